@@ -1,0 +1,155 @@
+// config.hpp: the one configuration of every dynmx program, loaded from one TOML file.
+//
+// Contract: loadConfig() turns the file into plain, validated structs or into a list of every error
+// found, each naming file:line:col, the key path and what was expected. Unknown keys, wrong types,
+// bad durations, sizes and socket specs, duplicate client names, a domain claimed by two clients and
+// an identity file readable by group or others are errors. Every key has an embedded default, so an
+// empty file is a valid configuration (with no clients). Nothing here opens sockets or starts work.
+//
+// What may change on reload (clients and their routing, retry policy) is kept apart from what needs a
+// restart (sockets, users, spool directory): see reloadableDifferences().
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dynmx {
+
+using Seconds = std::chrono::seconds;
+
+inline constexpr const char* kDefaultConfigPath = "/etc/dynmx/dynmx.toml";
+
+// Where a value came from, for messages that point into the file.
+struct SourceLoc {
+  std::string file;
+  uint32_t line = 0;
+  uint32_t col = 0;
+};
+
+struct ConfigError {
+  SourceLoc where;
+  std::string key;      // full key path, e.g. "client[2].domains[0]" or "tunneld.keepalive"
+  std::string message;  // what was wrong and what was expected
+  // "file:line:col: key: message" (line:col omitted when unknown, e.g. for a missing file)
+  std::string str() const;
+};
+
+// A milter socket as sendmail and libmilter spell it: "unix:/path" or "local:/path" (same thing),
+// "inet:port@host", "inet6:port@host". `text` is the libmilter form ("unix:/path", ...).
+struct SocketSpec {
+  enum class Kind { Unix, Inet, Inet6 };
+  Kind kind = Kind::Unix;
+  std::string path;  // Unix
+  std::string host;  // Inet/Inet6; may be empty meaning any address
+  uint16_t port = 0;
+  std::string text;
+};
+
+// Parses a socket spec; on error returns nullopt and sets *why to what was expected.
+std::optional<SocketSpec> parseSocketSpec(std::string_view s, std::string* why);
+// "30s", "5m", "2h", "5d", "1w", and sums such as "1h30m". Returns nullopt when malformed.
+std::optional<Seconds> parseDuration(std::string_view s);
+// "50M", "512K", "1G", "1000" (bytes); K/M/G are powers of 1024. nullopt when malformed/overflow.
+std::optional<uint64_t> parseSize(std::string_view s);
+// The inverse of parseDuration, for messages and status output: 5400s -> "1h30m", 0 -> "0s".
+std::string formatDuration(Seconds d);
+
+enum class OnError { Tempfail, Accept };
+
+struct SpoolConfig {
+  std::string dir = "/var/spool/dynmx";
+  uint64_t max_message_size = 50ull * 1024 * 1024;
+};
+
+struct MilterConfig {
+  SocketSpec socket;  // default unix:/run/dynmx/milter.sock
+  mode_t socket_mode = 0660;
+  std::string socket_group;  // empty: leave the group as created
+  std::string user;          // empty: do not change user
+  OnError on_error = OnError::Tempfail;
+};
+
+// Retry and lifetime policy; [tunneld] holds the defaults, a [[client]] may override each key.
+struct RetryPolicy {
+  Seconds retry_min{300};
+  Seconds retry_max{4000};
+  Seconds queue_lifetime{5 * 86400};
+  Seconds delay_warning{4 * 3600};  // 0 disables delay warnings
+};
+
+struct TunneldConfig {
+  std::string control_socket = "/run/dynmx/tunneld.sock";
+  std::string control_group;  // empty: leave the group as created
+  mode_t control_mode = 0660;
+  std::string identity = "/etc/dynmx/id_ed25519";  // private key used for every client by default
+  std::string known_hosts = "/etc/dynmx/known_hosts";
+  Seconds keepalive{30};
+  Seconds connect_timeout{30};
+  Seconds reconnect_min{5};
+  Seconds reconnect_max{600};
+  RetryPolicy retry;
+  Seconds idle_close{60};            // QUIT an idle SMTP session after this; SSH stays up
+  uint32_t max_transactions = 100;   // per SMTP session, then QUIT and start a new one
+  std::string bounce_from = "MAILER-DAEMON";  // header From: of bounces (envelope is always <>)
+  std::vector<std::string> sendmail = {"/usr/sbin/sendmail"};  // argv prefix for bounces
+  std::string remote_command = "/usr/sbin/sendmail -bs";  // exec request; authorized_keys forces it
+  std::string hostname;  // EHLO name and bounce host; empty: gethostname()
+  std::string user;      // empty: do not change user
+  std::string pid_file;  // empty: none
+};
+
+struct ClientConfig {
+  std::string name;
+  std::string host;
+  uint16_t port = 22;
+  std::string user = "dynmx";
+  std::vector<std::string> domains;  // lower case; ".example.org" means every subdomain of it
+  std::string host_key;  // "" | "ssh-ed25519 AAAA..." (pinned line) | "SHA256:base64"
+  std::string identity;  // "" means [tunneld] identity
+  uint32_t concurrency = 1;
+  RetryPolicy retry;  // [tunneld] values unless overridden
+  SourceLoc loc;      // where the [[client]] table starts
+};
+
+struct Config {
+  std::string path;  // the file it was loaded from
+  SpoolConfig spool;
+  MilterConfig milter;
+  TunneldConfig tunneld;
+  std::vector<ClientConfig> clients;
+
+  const ClientConfig* findClient(std::string_view name) const;
+};
+
+// Which program loads the file: each checks what it needs (tunneld: the identity file exists and
+// is private, every client can be verified by host_key or by an existing known_hosts file).
+enum class ConfigRole { Any, Enqueue, Milter, Tunneld };
+
+struct LoadResult {
+  std::optional<Config> config;     // set only when errors is empty
+  std::vector<ConfigError> errors;  // every error found, in file order
+};
+
+LoadResult loadConfig(const std::string& path, ConfigRole role = ConfigRole::Any);
+// Same, from text already in memory; `path` is used in messages (and for relative-path checks).
+LoadResult parseConfig(std::string_view text, const std::string& path,
+                       ConfigRole role = ConfigRole::Any);
+
+// Keys that differ between two configs but are only read at start-up (so a reload cannot apply
+// them), as key paths, e.g. {"spool.dir", "milter.socket"}. Empty when a reload can apply everything.
+std::vector<std::string> restartOnlyDifferences(const Config& running, const Config& next);
+
+}  // namespace dynmx
+
+namespace dynmx {
+// The --check-config behaviour every program shares: prints "config OK" to `out` (exit 0) or every
+// error, one per line, to `err` (exit 78, EX_CONFIG).
+int checkConfigCommand(const std::string& path, ConfigRole role, std::FILE* out, std::FILE* err);
+}  // namespace dynmx

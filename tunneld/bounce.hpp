@@ -1,0 +1,53 @@
+// bounce.hpp: delivery status notifications (RFC 3464) for failed, expired and delayed mail, and
+// the hand-off of a notification to the local MTA.
+//
+// Notifications come from the null sender <>, carry "Auto-Submitted: auto-replied" and the
+// original's headers (RET=HDRS, or over a size cap) or whole message. A message from <> is never
+// bounced. Hand-off spawns `sendmail... -oi -f <> -- SENDER` with Boost.Process: argv only, no
+// shell, a timeout, exit status checked; a failure is returned and the caller retries later.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "shared/config.hpp"
+#include "shared/result.hpp"
+#include "shared/spool.hpp"
+
+namespace dynmx::tunneld {
+
+enum class DsnKind { Failure, Delay };
+
+struct DsnInput {
+  DsnKind kind = DsnKind::Failure;
+  const SpoolMessage* msg = nullptr;
+  std::vector<size_t> rcpt_indexes;  // which recipients the report is about
+  std::string reporting_host;        // our host name (Reporting-MTA)
+  std::string from_header;           // e.g. "MAILER-DAEMON@mx.example.net"
+  int64_t now = 0;
+};
+
+// Builds the whole notification (headers + multipart/report body, CRLF) from the spool message,
+// reading the original from `spool`. Pure apart from reading the spool file.
+Result<std::string> buildDsn(const DsnInput& in, const Spool& spool);
+
+class BounceSender {
+ public:
+  virtual ~BounceSender() = default;
+  // Hands `message` to the MTA for delivery to `recipient` with envelope sender <>.
+  virtual Status send(const std::string& recipient, const std::string& message) = 0;
+};
+
+// Spawns argv_prefix + {"-oi", "-f", "<>", "--", recipient}, writes the message to its stdin.
+class SendmailBounceSender : public BounceSender {
+ public:
+  SendmailBounceSender(std::vector<std::string> argv_prefix, std::chrono::seconds timeout);
+  Status send(const std::string& recipient, const std::string& message) override;
+
+ private:
+  std::vector<std::string> argv_;
+  std::chrono::seconds timeout_;
+};
+
+}  // namespace dynmx::tunneld

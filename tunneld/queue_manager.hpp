@@ -1,0 +1,90 @@
+// queue_manager.hpp: what to deliver to which client, and what to do with the results.
+//
+// The queue manager owns active/ and deferred/ of the spool. It takes new mail from incoming/,
+// keeps per-client ready queues, hands out jobs to connected clients, records every per-recipient
+// result in the spool as it arrives, reschedules deferred mail with backoff (retry_min..retry_max,
+// growing with the message's age), expires mail after queue_lifetime with a bounce, sends delay
+// warnings when NOTIFY allows, and removes a message once every recipient is final.
+// It does no network I/O and has no thread of its own: the daemon's event loop calls it, passing
+// the time, so that tests can drive it with a clock of their own.
+//
+// Failure handling: a spool file that cannot be read goes to corrupt/ (logged); a journal write
+// that fails leaves the message in active/ for a retry after restart (duplicates over loss); a bounce
+// that cannot be handed to sendmail is retried on the next tick.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "shared/config.hpp"
+#include "shared/spool.hpp"
+#include "tunneld/bounce.hpp"
+#include "tunneld/smtp_client.hpp"
+
+namespace dynmx::tunneld {
+
+// Pure policy: the delay before the next attempt of a message that has been queued for `age` and
+// tried `attempts` times. Doubles from retry_min, capped at retry_max (Postfix's shape).
+std::chrono::seconds retryDelay(const RetryPolicy& p, uint32_t attempts, std::chrono::seconds age);
+
+// A message handed to the delivery side. Owns the spool message and its content stream.
+struct Job {
+  SpoolMessage msg;
+  std::vector<size_t> rcpt_indexes;       // pending recipients attempted in this job
+  std::unique_ptr<ContentSource> content;
+  SmtpJob smtpJob();                      // view for SmtpClient::start
+};
+
+struct ClientQueueStatus {
+  std::string client;
+  size_t active = 0, deferred = 0, hold = 0, in_flight = 0;
+  int64_t oldest_arrival = 0;  // 0 when empty
+};
+
+class QueueManager {
+ public:
+  QueueManager(Spool& spool, const Config& cfg, BounceSender& bounces);
+
+  // Applies a new configuration (clients, retry policy); messages of a client that no longer exists
+  // stay where they are and are reported in status.
+  void reconfigure(const Config& cfg);
+  // Start-up: spool recovery, then load active/ (after recovery: incoming/) and deferred/.
+  RecoveryReport start(int64_t now);
+  // Takes everything in incoming/ into active/ (called on a wake-up from inotify and periodically).
+  void scanIncoming(int64_t now);
+  // The client's connection came (back) up: its deferred mail becomes due now.
+  void clientUp(const std::string& client, int64_t now);
+
+  // The next message due for a client, or nullopt. The job is in flight until finish().
+  std::optional<Job> nextJob(const std::string& client, int64_t now);
+  // Results of a job (from SmtpClient::takeResult). `relay` is "HOST[IP]:PORT" for the log.
+  void finish(Job job, const TransactionResult& result, const std::string& relay, int64_t now);
+  // The session broke before a result: every recipient of the job is deferred with `reason`.
+  void abandon(Job job, const std::string& reason, int64_t now);
+
+  // Expiry, delay warnings, deferred mail coming due, bounces to retry.
+  void tick(int64_t now);
+  // The earliest time tick() has something to do (0: nothing scheduled).
+  int64_t nextWakeup() const;
+  bool hasDue(const std::string& client, int64_t now) const;
+
+  // Administration (dynmxctl): hold/release/delete by queue id, flush (all deferred due now).
+  Status hold(const std::string& id);
+  Status release(const std::string& id, int64_t now);
+  void flush(const std::string& client, int64_t now);  // "" means every client
+  std::vector<ClientQueueStatus> status() const;
+  // One line per message for "dynmxctl queue": id, state, client, size, arrival, sender, rcpts.
+  std::vector<std::string> listQueue() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace dynmx::tunneld

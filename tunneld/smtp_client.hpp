@@ -1,0 +1,129 @@
+// smtp_client.hpp: the sending side of one SMTP session, without I/O ("sans-IO").
+//
+// The engine is fed the bytes that arrive from the far end (the client's `sendmail -bs`, reached
+// through an SSH exec channel) and hands out the bytes to send. It never blocks and never touches a
+// socket, so the SSH event loop can drive hundreds of them and tests can drive one from a table.
+//
+// Contract:
+//  - Waits for the 220 greeting; lines before it that are not SMTP replies (a login shell's noise)
+//    are reported through notes() and skipped. EHLO, HELO fallback on 5xx.
+//  - PIPELINING only when offered; SIZE, 8BITMIME, SMTPUTF8 and the DSN parameters (ENVID, RET,
+//    NOTIFY, ORCPT) only when offered. Many transactions per session, RSET between them.
+//  - The body is pulled from a ContentSource in chunks (never whole in memory), dot-stuffed, with
+//    CRLF only (bare CR or LF become CRLF) and lines over 998 octets folded; output is bounded.
+//  - Per-recipient outcome from each RCPT reply; a 4xx/5xx to MAIL, DATA or the final dot applies to
+//    every recipient of the transaction. Losing the session after the final dot was sent and before
+//    its reply sets possible_duplicate (the caller logs it and retries).
+//  - Any reply that does not parse, or comes when none is expected, ends the session (Failed).
+//  - deadline() tells when the awaited reply is overdue (RFC 5321 4.5.3.2 values by default); the
+//    caller calls onTimeout() then.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shared/result.hpp"
+#include "shared/spool.hpp"
+
+namespace dynmx::tunneld {
+
+using Clock = std::chrono::steady_clock;
+
+// Message bytes as stored in the spool (CRLF already, but the engine does not rely on it).
+class ContentSource {
+ public:
+  virtual ~ContentSource() = default;
+  // Up to max bytes; an empty view means the end. An Error aborts the transaction: the engine
+  // closes the session without sending the final dot, so the far end discards the message.
+  virtual Result<std::string_view> next(size_t max) = 0;
+};
+
+struct SmtpTimeouts {
+  std::chrono::seconds greeting{300}, ehlo{300}, mail{300}, rcpt{300}, data{120}, block{180},
+      final_dot{600}, rset{120}, quit{60};
+};
+
+// One message to send: the envelope and which of its recipients to try now.
+struct SmtpJob {
+  const Envelope* env = nullptr;         // owned by the caller until the result is taken
+  std::vector<size_t> rcpt_indexes;      // indexes into env->rcpts still pending
+  ContentSource* content = nullptr;      // owned by the caller
+  uint64_t size_hint = 0;                // for SIZE=
+};
+
+enum class Outcome { Delivered, Deferred, Failed };
+
+struct RcptResult {
+  size_t index = 0;       // into env->rcpts
+  Outcome outcome = Outcome::Deferred;
+  std::string reply;      // the far end's reply, single line ("250 2.1.5 Ok"), or our own reason
+};
+
+struct TransactionResult {
+  std::vector<RcptResult> rcpts;  // one per rcpt_indexes entry, same order
+  bool possible_duplicate = false;
+  bool content_error = false;     // the ContentSource failed (spool file damaged)
+};
+
+class SmtpClient {
+ public:
+  enum class State {
+    Greeting,  // waiting for 220 (and the EHLO dance)
+    Ready,     // idle, a transaction may start
+    Busy,      // a transaction (or RSET) is in progress
+    Quitting,  // QUIT sent
+    Closed,    // ended cleanly
+    Failed,    // ended by an error: see failure()
+  };
+
+  struct Options {
+    std::string helo_name = "localhost";
+    SmtpTimeouts timeouts;
+    size_t max_output = 256 * 1024;  // bytes of body buffered ahead of the channel
+  };
+
+  explicit SmtpClient(Options opts, Clock::time_point now);
+
+  State state() const { return state_; }
+  const std::string& failure() const { return failure_; }
+  // The server's greeting and EHLO capabilities, once known (for status and logs).
+  const std::string& greeting() const { return greeting_; }
+  bool offers(std::string_view keyword) const;
+
+  // Bytes that arrived from the far end.
+  void onInput(std::string_view bytes, Clock::time_point now);
+  // The far end closed the stream (EOF) or the channel broke.
+  void onEof(Clock::time_point now);
+  // Bytes waiting to be sent; after sending n of them call consumed(n).
+  std::string_view output();
+  void consumed(size_t n, Clock::time_point now);
+  // True when the engine could produce more output if asked (it pulls body chunks lazily).
+  bool wantsToWrite() const;
+  // When the awaited reply is overdue, or nullopt when nothing is awaited.
+  std::optional<Clock::time_point> deadline() const;
+  void onTimeout(Clock::time_point now);
+
+  // Starts a transaction; only in Ready. The result comes back from takeResult().
+  void start(SmtpJob job, Clock::time_point now);
+  std::optional<TransactionResult> takeResult();
+  // Sends QUIT (in Ready) and ends the session.
+  void quit(Clock::time_point now);
+  // Lines from the far end that were not replies, and stderr-worthy remarks, for the log.
+  std::vector<std::string> takeNotes();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  State state_ = State::Greeting;
+  std::string failure_;
+  std::string greeting_;
+};
+
+}  // namespace dynmx::tunneld
