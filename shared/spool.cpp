@@ -403,7 +403,29 @@ FsOps& realFs() {
   return fs;
 }
 
+#if defined(__x86_64__)
+// The SSE 4.2 crc32 instruction computes CRC-32C eight bytes at a time.
+__attribute__((target("sse4.2"))) static uint32_t crc32cHw(uint32_t crc, const unsigned char* p,
+                                                          size_t len) {
+  uint64_t c = ~crc & 0xffffffffu;
+  while (len >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = __builtin_ia32_crc32di(c, v);
+    p += 8;
+    len -= 8;
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  while (len--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+  return ~c32;
+}
+#endif
+
 uint32_t crc32c(uint32_t crc, const void* data, size_t len) {
+#if defined(__x86_64__)
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  if (hw) return crc32cHw(crc, static_cast<const unsigned char*>(data), len);
+#endif
   const auto& t = crcTable();
   const auto* p = static_cast<const unsigned char*>(data);
   crc = ~crc;
@@ -546,8 +568,9 @@ Status MessageWriter::commit(const Envelope& env) {
   fd_ = -1;
   // The rename is what makes the message exist; a failed directory fsync leaves its durability in
   // doubt, so report failure (the sender retries; at worst a duplicate) but keep the file.
+  // Only the destination directory needs syncing: a rename is atomic, and the name it makes is
+  // what must survive a crash.
   Status st = spool_.fsyncDir(QueueState::Incoming);
-  if (st) st = spool_.fsyncDir(QueueState::Tmp);
   if (fs.close(fd) != 0 && st) st = sysError(errno, "close " + dest);
   return st;
 }
@@ -736,8 +759,7 @@ Status Spool::fsyncDir(QueueState st) const {
 Status Spool::moveId(const std::string& id, QueueState from, QueueState to) {
   const std::string a = path(from, id), b = path(to, id);
   if (fs_.rename(a.c_str(), b.c_str()) != 0) return sysError(errno, "rename " + a + " to " + b);
-  if (auto st = fsyncDir(to); !st) return st;
-  return fsyncDir(from);
+  return fsyncDir(to);
 }
 
 Status Spool::move(SpoolMessage& msg, QueueState to) {
@@ -753,8 +775,7 @@ Status Spool::markCorrupt(QueueState from, const std::string& id) {
   // Never overwrite an earlier corrupt file of the same name.
   for (int i = 1; ::access(b.c_str(), F_OK) == 0; ++i) b = path(QueueState::Corrupt, id) + "." + std::to_string(i);
   if (fs_.rename(a.c_str(), b.c_str()) != 0) return sysError(errno, "rename " + a + " to " + b);
-  if (auto st = fsyncDir(QueueState::Corrupt); !st) return st;
-  return fsyncDir(from);
+  return fsyncDir(QueueState::Corrupt);
 }
 
 Status Spool::appendJournal(SpoolMessage& msg, const std::string& line) {

@@ -8,10 +8,10 @@
 //   deferred/  waiting for its next attempt
 //   hold/      put aside by the administrator; never delivered until released
 //   corrupt/   unreadable; kept for inspection, never delivered and never deleted
-// A state change is a rename followed by fsync of both directories. Recovery is a scan.
+// A state change is a rename followed by fsync of the destination directory. Recovery is a scan.
 //
 // Commit: create tmp/ID (O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600, flock) -> write -> fsync ->
-// close (checked) -> rename to incoming/ID -> fsync(incoming) -> fsync(tmp). A crash anywhere
+// rename to incoming/ID -> fsync(incoming) -> close (checked). A crash anywhere
 // leaves no message or a whole one. Per-recipient results are appended to a journal at the end of
 // the file and fsynced as they happen; a torn journal line is ignored (and cut off before the next
 // append), so a restart re-sends what was in flight (a possible duplicate, never a loss).
@@ -195,7 +195,7 @@ class Spool {
   Result<SpoolMessage> load(QueueState st, const std::string& id) const;
   Result<ContentReader> openContent(const SpoolMessage& msg) const;
 
-  // rename + fsync of both directories; updates msg.state.
+  // rename + fsync of the destination directory; updates msg.state.
   Status move(SpoolMessage& msg, QueueState to);
   Status moveId(const std::string& id, QueueState from, QueueState to);
   Status markCorrupt(QueueState from, const std::string& id);

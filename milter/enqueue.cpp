@@ -1,0 +1,182 @@
+// enqueue.cpp: dynmx-enqueue's work (see enqueue.hpp). The main program only wires this up.
+#include "milter/enqueue.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+#include <map>
+#include <memory>
+
+#include "shared/crlf.hpp"
+#include "shared/log.hpp"
+#include "shared/routing.hpp"
+#include "shared/spool.hpp"
+#include "shared/sysexits.hpp"
+
+namespace dynmx {
+
+EnqueueArgs parseEnqueueArgs(const std::vector<std::string>& args) {
+  EnqueueArgs a;
+  bool have_sender = false;
+  auto usage = [&](std::string why) {
+    a.exit_code = kExitUsage;
+    a.reason = std::move(why) +
+               "; usage: dynmx-enqueue [-c FILE] -f SENDER [--client NAME] [--queue-id ID] -- RCPT...";
+    return a;
+  };
+  size_t i = 0;
+  for (; i < args.size(); ++i) {
+    const std::string& s = args[i];
+    auto value = [&](const char* opt) -> const std::string* {
+      if (i + 1 >= args.size()) return nullptr;
+      (void)opt;
+      return &args[++i];
+    };
+    if (s == "--") {
+      ++i;
+      break;
+    } else if (s == "-c" || s == "--config") {
+      auto v = value("-c");
+      if (!v) return usage("-c needs a file");
+      a.config_path = *v;
+    } else if (s == "-f") {
+      auto v = value("-f");
+      if (!v) return usage("-f needs a sender (use \"<>\" or \"\" for the null sender)");
+      a.req.sender = *v;
+      have_sender = true;
+    } else if (s == "--client") {
+      auto v = value("--client");
+      if (!v) return usage("--client needs a client name");
+      a.req.client = *v;
+    } else if (s == "--queue-id") {
+      auto v = value("--queue-id");
+      if (!v) return usage("--queue-id needs a value");
+      a.req.queue_id = *v;
+    } else if (s == "--check-config") {
+      a.check_config = true;
+    } else if (!s.empty() && s[0] == '-') {
+      return usage("unknown option " + s);
+    } else {
+      break;  // recipients without "--"
+    }
+  }
+  for (; i < args.size(); ++i) a.req.recipients.push_back(args[i]);
+  if (a.check_config) return a;
+  if (!have_sender) return usage("-f SENDER is required");
+  if (a.req.recipients.empty()) return usage("no recipients");
+  return a;
+}
+
+namespace {
+
+struct Target {
+  std::unique_ptr<MessageWriter> writer;
+  Envelope env;
+};
+
+EnqueueResult fail(int code, std::string reason) {
+  EnqueueResult r;
+  r.exit_code = code;
+  r.reason = std::move(reason);
+  return r;
+}
+
+}  // namespace
+
+EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int input_fd) {
+  std::string sender = bareAddress(req.sender);
+  const std::string qid = req.queue_id.empty() ? std::string("NOQUEUE") : req.queue_id;
+
+  // Route every recipient first: nothing is written unless all of them have a client.
+  Router router(cfg.clients);
+  std::map<std::string, std::vector<std::string>> by_client;
+  for (const auto& raw : req.recipients) {
+    std::string rcpt = bareAddress(raw);
+    if (rcpt.empty()) return fail(kExitNoUser, "empty recipient address");
+    if (!req.client.empty()) {
+      if (!cfg.findClient(req.client))
+        return fail(kExitConfig, "--client " + req.client + ": no such client in " + cfg.path);
+      by_client[req.client].push_back(rcpt);
+      continue;
+    }
+    auto idx = router.route(rcpt);
+    if (!idx) {
+      std::string dom = addressDomain(rcpt);
+      return fail(kExitNoUser, "<" + rcpt + ">: " +
+                                   (dom.empty() ? std::string("address has no domain")
+                                                : "no client claims domain " + dom) +
+                                   " in " + cfg.path);
+    }
+    by_client[router.clientName(*idx)].push_back(rcpt);
+  }
+
+  Spool spool(cfg.spool.dir);
+  if (auto st = spool.checkWritable(); !st) return fail(kExitTempFail, st.error().message);
+
+  const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  std::vector<Target> targets;
+  for (auto& [client, rcpts] : by_client) {
+    auto w = spool.create();
+    if (!w) return fail(kExitTempFail, w.error().message);
+    Target t;
+    t.writer = std::move(w.value());
+    t.env.client = client;
+    t.env.sender = sender;
+    t.env.mta_queue_id = req.queue_id;
+    t.env.origin = "dynmx-enqueue";
+    t.env.arrival = now;
+    for (auto& r : rcpts) {
+      SpoolRecipient sr;
+      sr.address = r;
+      t.env.rcpts.push_back(std::move(sr));
+    }
+    targets.push_back(std::move(t));
+  }
+
+  // Stream stdin into every file; a failing write discards them all (the writers' destructors).
+  CrlfNormalizer norm;
+  std::string out;
+  std::string buf(65536, '\0');
+  uint64_t total = 0;
+  for (bool eof = false; !eof;) {
+    ssize_t n = ::read(input_fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(kExitIoErr, sysError(errno, "read standard input").message);
+    }
+    out.clear();
+    if (n == 0) {
+      eof = true;
+      norm.finish(out);
+    } else {
+      norm.feed(std::string_view(buf.data(), static_cast<size_t>(n)), out);
+    }
+    total += out.size();
+    if (total > cfg.spool.max_message_size)
+      return fail(kExitDataErr, "message larger than spool.max_message_size (" +
+                                    std::to_string(cfg.spool.max_message_size) + " bytes)");
+    for (auto& t : targets)
+      if (auto st = t.writer->write(out); !st) return fail(kExitTempFail, st.error().message);
+  }
+
+  EnqueueResult result;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    auto& t = targets[i];
+    std::string id = t.writer->id();
+    if (auto st = t.writer->commit(t.env); !st) {
+      for (const auto& done : result.spool_ids)
+        logf(LogLevel::Warning, "%s: spool=%s committed before a later failure: possible duplicate when retried",
+             qid.c_str(), done.c_str());
+      return fail(kExitTempFail, st.error().message);
+    }
+    result.spool_ids.push_back(id);
+    for (const auto& r : t.env.rcpts)
+      logf(LogLevel::Info, "%s: enqueue: from=<%s>, to=<%s>, client=%s, spool=%s, size=%llu",
+           qid.c_str(), sender.c_str(), r.address.c_str(), t.env.client.c_str(), id.c_str(),
+           static_cast<unsigned long long>(total));
+  }
+  return result;
+}
+
+}  // namespace dynmx

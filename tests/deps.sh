@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# tests/deps.sh: installs, with apt-get, the Debian 12 packages dynmx needs to build, test and run
+# its demo — only those missing, so that a second run takes a moment. Needs root.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake ninja-build pkg-config
+  libmilter-dev libssh2-1-dev libboost-dev libtomlplusplus-dev
+  googletest libgtest-dev libgmock-dev
+  # fuzzing and sanitizers
+  clang libclang-rt-14-dev
+  # real parts for the tests and the demo
+  openssh-server openssh-client sendmail-bin sendmail-cf m4 miltertest swaks
+  procps iproute2 ca-certificates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/deps.sh: missing packages (${missing[*]}); run as root to install them" >&2
+    exit 1
+  fi
+  echo "tests/deps.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Installing sendmail must not start a daemon on port 25 of this machine.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# sshd wants its privilege-separation directory; sendmail warns without host_status.
+mkdir -p /run/sshd /var/lib/sendmail/host_status 2>/dev/null || true
