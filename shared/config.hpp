@@ -7,7 +7,7 @@
 // empty file is a valid configuration (with no clients). Nothing here opens sockets or starts work.
 //
 // What may change on reload (clients and their routing, retry policy) is kept apart from what needs a
-// restart (sockets, users, spool directory): see reloadableDifferences().
+// restart (sockets, users, spool directory): see restartOnlyDifferences().
 #pragma once
 
 #include <sys/types.h>

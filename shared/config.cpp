@@ -1,0 +1,1151 @@
+// config.cpp: the one loader of the dynmx configuration file.
+//
+// Contract: toml++ turns the text into a tree; this file alone walks that tree, checks every key
+// against the list of known keys, converts and validates each value, and fills the plain structs of
+// config.hpp. Every problem becomes a ConfigError with the file:line:col of the offending key or
+// value and its key path ("tunneld.keepalive", "client[2].domains[0]"); loading goes on after an
+// error so that one run reports all of them, sorted in file order. Defaults are the member
+// initialisers of config.hpp (plus the milter socket below), so an empty file is a valid
+// configuration. The only system calls are stat(2) on the identity and known_hosts files, and the
+// read of the file itself; a file that cannot be read is one error, never an exception.
+#include "shared/config.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <set>
+#include <span>
+#include <sstream>
+#include <utility>
+
+#include "shared/sysexits.hpp"
+
+namespace dynmx {
+
+namespace {
+
+constexpr const char* kDefaultMilterSocket = "unix:/run/dynmx/milter.sock";
+// Longest path a Unix socket can bind: sizeof(sockaddr_un::sun_path) is 108 with the NUL.
+constexpr size_t kMaxSocketPath = 107;
+constexpr int64_t kMaxDurationSeconds = 3650LL * 86400;  // ten years: beyond that it is a typo
+constexpr size_t kMaxClientName = 64;
+constexpr uint32_t kMaxConcurrency = 64;
+constexpr const char* kDurationExamples = "a duration such as \"30s\", \"5m\", \"1h\", \"5d\"";
+constexpr const char* kSizeExamples =
+    "a size such as \"50M\", \"512K\", \"1G\" or a number of bytes";
+
+// The known keys of each section, in the order the documentation lists them.
+constexpr std::string_view kSections[] = {"spool", "milter", "tunneld", "client"};
+constexpr std::string_view kSpoolKeys[] = {"dir", "max_message_size"};
+constexpr std::string_view kMilterKeys[] = {"socket", "socket_mode", "socket_group", "user",
+                                            "on_error"};
+constexpr std::string_view kTunneldKeys[] = {
+    "control_socket", "control_group",   "control_mode",   "identity",      "known_hosts",
+    "keepalive",      "connect_timeout", "reconnect_min",  "reconnect_max", "retry_min",
+    "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
+    "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
+    "pid_file"};
+constexpr std::string_view kClientKeys[] = {
+    "name",     "host",        "port",      "user",      "domains",        "host_key",
+    "identity", "concurrency", "retry_min", "retry_max", "queue_lifetime", "delay_warning"};
+
+struct SectionKeys {
+  std::string_view header;  // how the section is written in the file
+  std::span<const std::string_view> keys;
+};
+constexpr SectionKeys kAllSections[] = {{"[spool]", kSpoolKeys},
+                                        {"[milter]", kMilterKeys},
+                                        {"[tunneld]", kTunneldKeys},
+                                        {"[[client]]", kClientKeys}};
+
+size_t editDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      char ca = static_cast<char>(std::tolower(static_cast<unsigned char>(a[i - 1])));
+      char cb = static_cast<char>(std::tolower(static_cast<unsigned char>(b[j - 1])));
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (ca == cb ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// " (did you mean \"x\"?)" or " (\"x\" belongs in [tunneld])" or "".
+std::string suggestion(std::string_view key, std::span<const std::string_view> known,
+                       std::string_view here) {
+  std::string_view best;
+  size_t best_d = std::numeric_limits<size_t>::max();
+  for (auto k : known) {
+    size_t d = editDistance(key, k);
+    if (d < best_d) best_d = d, best = k;
+  }
+  // Close enough to be a typo: at most two edits, and fewer than half the word.
+  if (!best.empty() && best_d <= 2 && best_d * 2 < std::max(key.size(), best.size()))
+    return " (did you mean \"" + std::string(best) + "\"?)";
+  for (const auto& s : kAllSections) {
+    if (s.header == here) continue;
+    for (auto k : s.keys)
+      if (k == key)
+        return " (\"" + std::string(key) + "\" belongs in " + std::string(s.header) + ")";
+  }
+  return {};
+}
+
+std::string quoted(std::string_view s) {
+  std::string out = "\"";
+  size_t n = 0;
+  for (unsigned char c : s) {
+    if (++n > 80) {
+      out += "...";
+      break;
+    }
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+// What a value is, for "expected X, got Y".
+std::string describe(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string:
+      return quoted(n.as_string()->get());
+    case toml::node_type::integer:
+      return "the integer " + std::to_string(n.as_integer()->get());
+    case toml::node_type::floating_point: {
+      std::ostringstream os;
+      os << n.as_floating_point()->get();
+      return "the float " + os.str();
+    }
+    case toml::node_type::boolean:
+      return n.as_boolean()->get() ? "the boolean true" : "the boolean false";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+bool isDigit(char c) { return c >= '0' && c <= '9'; }
+bool isAlnum(char c) { return isDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+
+// Letters, digits and hyphens in dot-separated labels of 1..63 (RFC 1123), 253 in all; `extra`
+// admits one more character (the underscore some host names carry).
+bool isDnsName(std::string_view s, char extra = 0) {
+  if (s.empty() || s.size() > 253) return false;
+  size_t label = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == '.') {
+      if (label == 0 || s[i - 1] == '-') return false;
+      label = 0;
+      continue;
+    }
+    if (!isAlnum(c) && c != '-' && (extra == 0 || c != extra)) return false;
+    if (c == '-' && label == 0) return false;
+    if (++label > 63) return false;
+  }
+  return label > 0 && s.back() != '-';
+}
+
+bool isIpLiteral(std::string_view s, int family) {
+  std::string z(s);
+  unsigned char buf[sizeof(struct in6_addr)];
+  return inet_pton(family, z.c_str(), buf) == 1;
+}
+
+// Printable ASCII without spaces: user and group names, which go to getpwnam/getgrnam or to sshd.
+bool isAccountName(std::string_view s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s)
+    if (c <= 0x20 || c >= 0x7f || c == ':' || c == '/') return false;
+  return true;
+}
+
+bool hasControl(std::string_view s) {
+  for (unsigned char c : s)
+    if (c < 0x20 || c == 0x7f) return true;
+  return false;
+}
+
+int base64Value(char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (isDigit(c)) return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+// Strict base64: the standard alphabet, '=' padding only at the end (optional when unpadded is
+// allowed), and unused low bits zero, so that one text means one byte string.
+std::optional<std::string> base64Decode(std::string_view s, bool padded) {
+  size_t pad = 0;
+  while (!s.empty() && s.back() == '=') {
+    s.remove_suffix(1);
+    ++pad;
+  }
+  if (s.empty() || pad > 2) return std::nullopt;
+  size_t rem = s.size() % 4;
+  if (rem == 1) return std::nullopt;
+  if (padded && (rem == 0 ? pad != 0 : pad != 4 - rem)) return std::nullopt;
+  if (!padded && pad != 0) return std::nullopt;
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : s) {
+    int v = base64Value(c);
+    if (v < 0) return std::nullopt;
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((acc >> bits) & 0xff);
+    }
+  }
+  if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) return std::nullopt;
+  return out;
+}
+
+constexpr std::string_view kHostKeyTypes[] = {
+    "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"};
+
+// Empty when `s` is a pinned host key dynmx can use, else what is wrong with it.
+std::string hostKeyProblem(std::string_view s) {
+  constexpr std::string_view kForms =
+      "expected \"SHA256:\" and 43 base64 characters (as ssh-keygen -lf prints it) or a public key "
+      "line \"ssh-ed25519 AAAA...\"";
+  if (s.starts_with("SHA256:")) {
+    auto b64 = s.substr(7);
+    if (b64.size() != 43 || !base64Decode(b64, false))
+      return std::string(kForms) +
+             "; the fingerprint after \"SHA256:\" must be 43 base64 "
+             "characters without '=' padding";
+    return {};
+  }
+  auto sp = s.find_first_of(" \t");
+  if (sp == std::string_view::npos) return std::string(kForms);
+  std::string_view type = s.substr(0, sp);
+  bool known = false;
+  for (auto t : kHostKeyTypes) known = known || t == type;
+  if (!known) {
+    std::string list;
+    for (auto t : kHostKeyTypes) list += (list.empty() ? "" : ", ") + std::string(t);
+    return "unsupported key type " + quoted(type) + " (expected one of " + list + ")";
+  }
+  auto rest = s.substr(sp);
+  rest.remove_prefix(std::min(rest.find_first_not_of(" \t"), rest.size()));
+  std::string_view blob = rest.substr(0, rest.find_first_of(" \t"));
+  auto key = base64Decode(blob, true);
+  if (!key) return "the key data after " + std::string(type) + " is not valid base64";
+  // An SSH public key blob starts with its own type name as a length-prefixed string.
+  if (key->size() < 4) return "the key data after " + std::string(type) + " is too short";
+  uint32_t n = (static_cast<uint32_t>(static_cast<unsigned char>((*key)[0])) << 24) |
+               (static_cast<uint32_t>(static_cast<unsigned char>((*key)[1])) << 16) |
+               (static_cast<uint32_t>(static_cast<unsigned char>((*key)[2])) << 8) |
+               static_cast<uint32_t>(static_cast<unsigned char>((*key)[3]));
+  if (n > key->size() - 4) return "the key data after " + std::string(type) + " is truncated";
+  std::string_view inner(key->data() + 4, n);
+  if (inner != type) return "the key data is a " + quoted(inner) + " key, not " + std::string(type);
+  return {};
+}
+
+std::string octal(unsigned v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%04o", v);
+  return buf;
+}
+
+class Loader {
+ public:
+  Loader(const std::string& path, ConfigRole role) : path_(path), role_(role) {
+    cfg_.path = path;
+    cfg_.milter.socket = *parseSocketSpec(kDefaultMilterSocket, nullptr);
+  }
+
+  LoadResult load(std::string_view text) {
+    toml::table root;
+    try {
+      root = toml::parse(text, std::string_view(path_));
+    } catch (const toml::parse_error& e) {
+      fail(at(e.source()), "", std::string(e.description()));
+      return finish();
+    }
+    readRoot(root);
+    crossChecks();
+    return finish();
+  }
+
+ private:
+  void fail(SourceLoc where, const std::string& key, std::string message) {
+    if (!context_.empty()) message += context_;
+    bad_.insert(key);
+    errors_.push_back(ConfigError{std::move(where), key, std::move(message)});
+  }
+
+  SourceLoc at(const toml::source_region& r) const {
+    return SourceLoc{path_, r.begin.line, r.begin.column};
+  }
+  SourceLoc at(const toml::node& n) const { return at(n.source()); }
+  void fail(const toml::node& n, const std::string& key, std::string message) {
+    fail(at(n), key, std::move(message));
+  }
+  void typeError(const toml::node& n, const std::string& key, std::string_view expected) {
+    fail(n, key, "expected " + std::string(expected) + ", got " + describe(n));
+  }
+
+  LoadResult finish() {
+    std::stable_sort(errors_.begin(), errors_.end(),
+                     [](const ConfigError& a, const ConfigError& b) {
+                       auto rank = [](const ConfigError& e) {
+                         return std::pair<uint64_t, uint32_t>(
+                             e.where.line == 0 ? UINT64_MAX : e.where.line, e.where.col);
+                       };
+                       return rank(a) < rank(b);
+                     });
+    LoadResult r;
+    r.errors = std::move(errors_);
+    if (r.errors.empty()) r.config = std::move(cfg_);
+    return r;
+  }
+
+  // Calls f(key, node, keypath) for every known key of `t`; unknown keys are errors.
+  template <class F>
+  void forEachKey(const toml::table& t, const std::string& prefix,
+                  std::span<const std::string_view> known, std::string_view header, F&& f) {
+    for (auto&& [k, v] : t) {
+      std::string keypath = prefix + "." + std::string(k.str());
+      if (std::find(known.begin(), known.end(), k.str()) == known.end()) {
+        fail(at(k.source()), keypath,
+             "unknown key " + quoted(k.str()) + " in " + std::string(header) +
+                 suggestion(k.str(), known, header));
+        continue;
+      }
+      seen_[keypath] = at(v);
+      f(k.str(), v, keypath);
+    }
+  }
+
+  // ---- typed readers: each reports its own error and returns nullopt on failure ----
+
+  std::optional<std::string> string(const toml::node& n, const std::string& key,
+                                    std::string_view expected = "a string") {
+    const auto* s = n.as_string();
+    if (!s) {
+      typeError(n, key, expected);
+      return std::nullopt;
+    }
+    if (s->get().find('\0') != std::string::npos) {
+      fail(n, key, "expected " + std::string(expected) + ", got a string with a NUL character");
+      return std::nullopt;
+    }
+    return s->get();
+  }
+
+  std::optional<std::string> absolutePath(const toml::node& n, const std::string& key,
+                                          bool allow_empty = false) {
+    auto s = string(n, key, "an absolute path");
+    if (!s) return std::nullopt;
+    if (s->empty() && allow_empty) return s;
+    if (s->empty() || (*s)[0] != '/' || hasControl(*s)) {
+      fail(n, key, "expected an absolute path (starting with \"/\"), got " + quoted(*s));
+      return std::nullopt;
+    }
+    return s;
+  }
+
+  std::optional<std::string> socketPath(const toml::node& n, const std::string& key) {
+    auto s = absolutePath(n, key);
+    if (s && s->size() > kMaxSocketPath) {
+      fail(n, key,
+           "socket path " + quoted(*s) + " is longer than " + std::to_string(kMaxSocketPath) +
+               " bytes, the most a Unix socket allows");
+      return std::nullopt;
+    }
+    return s;
+  }
+
+  std::optional<std::string> accountName(const toml::node& n, const std::string& key,
+                                         bool allow_empty, std::string_view what) {
+    auto s = string(n, key);
+    if (!s) return std::nullopt;
+    if (s->empty() && allow_empty) return s;
+    if (!isAccountName(*s)) {
+      fail(n, key,
+           "expected " + std::string(what) + " (printable, no spaces, ':' or '/'), got " +
+               quoted(*s));
+      return std::nullopt;
+    }
+    return s;
+  }
+
+  std::optional<std::string> text(const toml::node& n, const std::string& key,
+                                  std::string_view what) {
+    auto s = string(n, key);
+    if (!s) return std::nullopt;
+    if (s->empty() || hasControl(*s)) {
+      fail(n, key,
+           "expected " + std::string(what) + " (not empty, no control characters), got " +
+               quoted(*s));
+      return std::nullopt;
+    }
+    return s;
+  }
+
+  std::optional<int64_t> integer(const toml::node& n, const std::string& key, int64_t lo,
+                                 int64_t hi) {
+    std::string expected = "an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
+    const auto* i = n.as_integer();
+    if (!i) {
+      typeError(n, key, expected);
+      return std::nullopt;
+    }
+    if (i->get() < lo || i->get() > hi) {
+      fail(n, key, "expected " + expected + ", got " + std::to_string(i->get()));
+      return std::nullopt;
+    }
+    return i->get();
+  }
+
+  void duration(const toml::node& n, const std::string& key, Seconds& out,
+                bool allow_zero = false) {
+    const auto* s = n.as_string();
+    if (!s) {
+      std::string hint;
+      if (const auto* i = n.as_integer()) hint = " (write \"" + std::to_string(i->get()) + "s\")";
+      fail(n, key, std::string("expected ") + kDurationExamples + ", got " + describe(n) + hint);
+      return;
+    }
+    auto d = parseDuration(s->get());
+    if (!d) {
+      fail(n, key, std::string("expected ") + kDurationExamples + ", got " + quoted(s->get()));
+      return;
+    }
+    if (d->count() == 0 && !allow_zero) {
+      fail(n, key, "expected a duration of more than zero, got " + quoted(s->get()));
+      return;
+    }
+    out = *d;
+  }
+
+  void mode(const toml::node& n, const std::string& key, mode_t& out) {
+    constexpr const char* kExpected = "a file mode such as \"0660\" (a string of octal digits)";
+    if (const auto* i = n.as_integer()) {
+      // Only an integer written in octal (0o660) means what it looks like; a decimal 660 is 01224.
+      if (i->flags() != toml::value_flags::format_as_octal) {
+        fail(n, key,
+             std::string("expected ") + kExpected +
+                 " or an octal integer such as 0o660, got "
+                 "the decimal integer " +
+                 std::to_string(i->get()) + " (write \"0" + std::to_string(i->get()) + "\" or 0o" +
+                 std::to_string(i->get()) + " if that was meant as octal)");
+        return;
+      }
+      if (i->get() < 0 || i->get() > 0777) {
+        fail(n, key,
+             "expected a file mode from 0000 to 0777, got 0o" +
+                 octal(static_cast<unsigned>(i->get() & 0xffffff)));
+        return;
+      }
+      out = static_cast<mode_t>(i->get());
+      return;
+    }
+    auto s = string(n, key, kExpected);
+    if (!s) return;
+    bool ok = !s->empty() && s->size() <= 4;
+    unsigned v = 0;
+    for (char c : *s) {
+      if (c < '0' || c > '7')
+        ok = false;
+      else
+        v = v * 8 + static_cast<unsigned>(c - '0');
+    }
+    if (!ok || v > 0777) {
+      fail(n, key,
+           std::string("expected ") + kExpected + " from \"0000\" to \"0777\", got " + quoted(*s));
+      return;
+    }
+    out = static_cast<mode_t>(v);
+  }
+
+  // ---- sections ----
+
+  void readRoot(const toml::table& root) {
+    for (auto&& [k, v] : root) {
+      if (std::find(std::begin(kSections), std::end(kSections), k.str()) != std::end(kSections))
+        continue;
+      std::string hint = suggestion(k.str(), kSections, "");
+      if (hint.empty()) hint = " (known sections: [spool], [milter], [tunneld], [[client]])";
+      fail(at(k.source()), std::string(k.str()),
+           "unknown section or key " + quoted(k.str()) + hint);
+    }
+    // [tunneld] first: its retry values are the defaults every [[client]] starts from.
+    if (const auto* n = root.get("spool")) readSpool(*n);
+    if (const auto* n = root.get("milter")) readMilter(*n);
+    if (const auto* n = root.get("tunneld")) readTunneld(*n);
+    if (const auto* n = root.get("client")) readClients(*n);
+  }
+
+  void readSpool(const toml::node& node) {
+    const auto* t = node.as_table();
+    if (!t) return typeError(node, "spool", "a table ([spool])");
+    auto& c = cfg_.spool;
+    forEachKey(*t, "spool", kSpoolKeys, "[spool]",
+               [&](std::string_view k, const toml::node& v, const std::string& key) {
+                 if (k == "dir") {
+                   if (auto s = absolutePath(v, key)) c.dir = *s;
+                 } else if (k == "max_message_size") {
+                   std::optional<uint64_t> size;
+                   if (const auto* i = v.as_integer()) {
+                     if (i->get() > 0) size = static_cast<uint64_t>(i->get());
+                   } else if (const auto* s = v.as_string()) {
+                     size = parseSize(s->get());
+                   } else {
+                     return typeError(v, key, kSizeExamples);
+                   }
+                   if (!size || *size == 0)
+                     return fail(v, key,
+                                 std::string("expected ") + kSizeExamples +
+                                     " (more than zero), got " + describe(v));
+                   c.max_message_size = *size;
+                 }
+               });
+  }
+
+  void readMilter(const toml::node& node) {
+    const auto* t = node.as_table();
+    if (!t) return typeError(node, "milter", "a table ([milter])");
+    auto& c = cfg_.milter;
+    forEachKey(*t, "milter", kMilterKeys, "[milter]",
+               [&](std::string_view k, const toml::node& v, const std::string& key) {
+                 if (k == "socket") {
+                   auto s = string(v, key, "a socket such as \"unix:/run/dynmx/milter.sock\"");
+                   if (!s) return;
+                   std::string why;
+                   if (auto spec = parseSocketSpec(*s, &why))
+                     c.socket = *spec;
+                   else
+                     fail(v, key, why + ", got " + quoted(*s));
+                 } else if (k == "socket_mode") {
+                   mode(v, key, c.socket_mode);
+                 } else if (k == "socket_group") {
+                   if (auto s = accountName(v, key, true, "a group name")) c.socket_group = *s;
+                 } else if (k == "user") {
+                   if (auto s = accountName(v, key, true, "a user name")) c.user = *s;
+                 } else if (k == "on_error") {
+                   auto s = string(v, key, "\"tempfail\" or \"accept\"");
+                   if (!s) return;
+                   if (*s == "tempfail")
+                     c.on_error = OnError::Tempfail;
+                   else if (*s == "accept")
+                     c.on_error = OnError::Accept;
+                   else
+                     fail(v, key, "expected \"tempfail\" or \"accept\", got " + quoted(*s));
+                 }
+               });
+  }
+
+  void readRetryKey(std::string_view k, const toml::node& v, const std::string& key,
+                    RetryPolicy& r) {
+    if (k == "retry_min")
+      duration(v, key, r.retry_min);
+    else if (k == "retry_max")
+      duration(v, key, r.retry_max);
+    else if (k == "queue_lifetime")
+      duration(v, key, r.queue_lifetime);
+    else if (k == "delay_warning")
+      duration(v, key, r.delay_warning, /*allow_zero=*/true);
+  }
+
+  void readTunneld(const toml::node& node) {
+    const auto* t = node.as_table();
+    if (!t) return typeError(node, "tunneld", "a table ([tunneld])");
+    auto& c = cfg_.tunneld;
+    forEachKey(*t, "tunneld", kTunneldKeys, "[tunneld]",
+               [&](std::string_view k, const toml::node& v, const std::string& key) {
+                 if (k == "control_socket") {
+                   if (auto s = socketPath(v, key)) c.control_socket = *s;
+                 } else if (k == "control_group") {
+                   if (auto s = accountName(v, key, true, "a group name")) c.control_group = *s;
+                 } else if (k == "control_mode") {
+                   mode(v, key, c.control_mode);
+                 } else if (k == "identity") {
+                   if (auto s = absolutePath(v, key)) c.identity = *s;
+                 } else if (k == "known_hosts") {
+                   if (auto s = absolutePath(v, key)) c.known_hosts = *s;
+                 } else if (k == "keepalive") {
+                   duration(v, key, c.keepalive);
+                 } else if (k == "connect_timeout") {
+                   duration(v, key, c.connect_timeout);
+                 } else if (k == "reconnect_min") {
+                   duration(v, key, c.reconnect_min);
+                 } else if (k == "reconnect_max") {
+                   duration(v, key, c.reconnect_max);
+                 } else if (k == "idle_close") {
+                   duration(v, key, c.idle_close);
+                 } else if (k == "max_transactions") {
+                   if (auto i = integer(v, key, 1, 1000000))
+                     c.max_transactions = static_cast<uint32_t>(*i);
+                 } else if (k == "bounce_from") {
+                   if (auto s = text(v, key, "a From: name or address")) c.bounce_from = *s;
+                 } else if (k == "sendmail") {
+                   readSendmail(v, key);
+                 } else if (k == "remote_command") {
+                   if (auto s = text(v, key, "a command line")) c.remote_command = *s;
+                 } else if (k == "hostname") {
+                   auto s = string(v, key, "a host name");
+                   if (!s) return;
+                   if (!s->empty() && !isDnsName(*s))
+                     return fail(v, key,
+                                 "expected a host name (letters, digits, '-' and "
+                                 "'.'), or \"\" for the system's name, got " +
+                                     quoted(*s));
+                   c.hostname = *s;
+                 } else if (k == "user") {
+                   if (auto s = accountName(v, key, true, "a user name")) c.user = *s;
+                 } else if (k == "pid_file") {
+                   if (auto s = absolutePath(v, key, /*allow_empty=*/true)) c.pid_file = *s;
+                 } else {
+                   readRetryKey(k, v, key, c.retry);
+                 }
+               });
+    orderCheck("tunneld.reconnect_min", c.reconnect_min, "tunneld.reconnect_max", c.reconnect_max);
+    orderCheck("tunneld.retry_min", c.retry.retry_min, "tunneld.retry_max", c.retry.retry_max);
+  }
+
+  void readSendmail(const toml::node& v, const std::string& key) {
+    constexpr const char* kExpected =
+        "an array of strings, the sendmail command and its first arguments, such as "
+        "[\"/usr/sbin/sendmail\"]";
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    if (a->empty()) return fail(v, key, std::string("expected ") + kExpected + ", got []");
+    std::vector<std::string> argv;
+    bool ok = true;
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      auto s = string(*a->get(i), ekey);
+      if (!s) {
+        ok = false;
+        continue;
+      }
+      if (i == 0 && (s->empty() || (*s)[0] != '/')) {
+        fail(*a->get(i), ekey,
+             "expected the absolute path of the sendmail program (no shell is used), got " +
+                 quoted(*s));
+        ok = false;
+      }
+      argv.push_back(*s);
+    }
+    if (ok) cfg_.tunneld.sendmail = std::move(argv);
+  }
+
+  // min <= max, reported on whichever of the two keys is set in the file (the max when both are).
+  void orderCheck(const std::string& min_key, Seconds min, const std::string& max_key,
+                  Seconds max) {
+    if (bad_.count(min_key) || bad_.count(max_key) || min <= max) return;
+    auto short_name = [](const std::string& k) { return k.substr(k.rfind('.') + 1); };
+    auto inherited = [&](const std::string& k) {
+      if (seen_.count(k)) return std::string();
+      return std::string(k.starts_with("client") ? " (from [tunneld])" : " (the default)");
+    };
+    std::string msg = short_name(max_key) + " " + formatDuration(max) + inherited(max_key) +
+                      " is less than " + short_name(min_key) + " " + formatDuration(min) +
+                      inherited(min_key) + "; expected " + short_name(min_key) +
+                      " <= " + short_name(max_key);
+    if (auto it = seen_.find(max_key); it != seen_.end())
+      fail(it->second, max_key, msg);
+    else if (auto it2 = seen_.find(min_key); it2 != seen_.end())
+      fail(it2->second, min_key, msg);
+  }
+
+  void readClients(const toml::node& node) {
+    const auto* a = node.as_array();
+    if (a && a->empty()) return;  // "client = []": no clients
+    if (!a || !a->is_array_of_tables()) {
+      std::string hint =
+          node.is_table() ? " (write [[client]], with double brackets, once per client)" : "";
+      return typeError(node, "client", "an array of tables ([[client]])" + hint);
+    }
+    std::map<std::string, size_t> names;                         // name -> index in clients
+    std::map<std::string, std::pair<size_t, SourceLoc>> claims;  // domain -> (client index, where)
+    for (size_t i = 0; i < a->size(); ++i) {
+      const auto& t = *a->get(i)->as_table();
+      std::string prefix = "client[" + std::to_string(i) + "]";
+      ClientConfig c;
+      c.retry = cfg_.tunneld.retry;
+      c.loc = at(t);
+      context_.clear();
+      // The name first, so that every other message about this client can mention it.
+      if (const auto* n = t.get("name")) {
+        if (auto s = string(*n, prefix + ".name")) {
+          c.name = *s;
+          if (!s->empty()) context_ = " (client " + quoted(*s) + ")";
+        }
+      }
+      std::vector<std::pair<std::string, SourceLoc>> domains_at;
+      forEachKey(
+          t, prefix, kClientKeys, "[[client]]",
+          [&](std::string_view k, const toml::node& v, const std::string& key) {
+            if (k == "name") {
+              validateClientName(v, key, c.name, names, i, *a);
+            } else if (k == "host") {
+              auto s = string(v, key, "a host name or address");
+              if (!s) return;
+              if (!isDnsName(*s, '_') && !isIpLiteral(*s, AF_INET) && !isIpLiteral(*s, AF_INET6))
+                return fail(v, key,
+                            "expected a host name or an IPv4 or IPv6 address, got " + quoted(*s));
+              c.host = *s;
+            } else if (k == "port") {
+              if (auto p = integer(v, key, 1, 65535)) c.port = static_cast<uint16_t>(*p);
+            } else if (k == "user") {
+              if (auto s = accountName(v, key, false, "the login name on the client")) c.user = *s;
+            } else if (k == "domains") {
+              readDomains(v, key, c, domains_at);
+            } else if (k == "host_key") {
+              auto s = string(v, key, "a public key line or a SHA256: fingerprint");
+              if (!s) return;
+              std::string trimmed = *s;
+              while (!trimmed.empty() && (trimmed.back() == ' ' || trimmed.back() == '\n'))
+                trimmed.pop_back();
+              // "" is the same as leaving it out: verify with known_hosts.
+              if (auto why = hostKeyProblem(trimmed); !trimmed.empty() && !why.empty())
+                return fail(v, key, why);
+              c.host_key = trimmed;
+            } else if (k == "identity") {
+              // "" is the same as leaving it out: use [tunneld] identity.
+              if (auto s = absolutePath(v, key, /*allow_empty=*/true)) c.identity = *s;
+            } else if (k == "concurrency") {
+              if (auto n = integer(v, key, 1, kMaxConcurrency))
+                c.concurrency = static_cast<uint32_t>(*n);
+            } else {
+              readRetryKey(k, v, key, c.retry);
+            }
+          });
+      for (const char* req : {"name", "host", "domains"}) {
+        if (!t.contains(req))
+          fail(c.loc, prefix, "missing required key " + quoted(req) + " in [[client]]");
+      }
+      clientOrderCheck(prefix, c);
+      // A domain belongs to one client: report the later claim, naming the earlier client.
+      for (size_t d = 0; d < c.domains.size() && d < domains_at.size(); ++d) {
+        const auto& [dkey, dloc] = domains_at[d];
+        auto [it, fresh] = claims.emplace(c.domains[d], std::make_pair(i, dloc));
+        if (fresh) continue;
+        size_t first = it->second.first;
+        if (first == i) {
+          fail(dloc, dkey,
+               "domain " + quoted(c.domains[d]) + " is listed twice (first at line " +
+                   std::to_string(it->second.second.line) + ")");
+        } else {
+          const auto& other = cfg_.clients[first].name;
+          fail(dloc, dkey,
+               "domain " + quoted(c.domains[d]) + " is already claimed by client " + quoted(other) +
+                   " (client[" + std::to_string(first) + "], line " +
+                   std::to_string(it->second.second.line) +
+                   "); a domain can belong to one client only");
+        }
+      }
+      cfg_.clients.push_back(std::move(c));
+      context_.clear();
+    }
+  }
+
+  void validateClientName(const toml::node& v, const std::string& key, const std::string& name,
+                          std::map<std::string, size_t>& names, size_t index,
+                          const toml::array& all) {
+    if (!v.is_string()) return;  // the type error was reported when the name was read
+    bool ok = !name.empty() && name.size() <= kMaxClientName && name[0] != '.';
+    for (char c : name) ok = ok && (isAlnum(c) || c == '.' || c == '_' || c == '-');
+    std::string context = std::exchange(context_, std::string());  // the name speaks for itself
+    if (!ok)
+      fail(v, key,
+           "expected a client name of 1 to " + std::to_string(kMaxClientName) +
+               " letters, digits, '.', '_' or '-', not starting with '.' (it is "
+               "used in file names and logs), got " +
+               quoted(name));
+    auto [it, fresh] = names.emplace(name, index);
+    if (ok && !fresh) {
+      const auto& first = *all.get(it->second)->as_table();
+      fail(v, key,
+           "duplicate client name " + quoted(name) + "; the first is client[" +
+               std::to_string(it->second) + "] at line " +
+               std::to_string(first.get("name")->source().begin.line));
+    }
+    context_ = std::move(context);
+  }
+
+  void readDomains(const toml::node& v, const std::string& key, ClientConfig& c,
+                   std::vector<std::pair<std::string, SourceLoc>>& where) {
+    constexpr const char* kExpected =
+        "a non-empty array of domain names such as [\"example.org\", \".example.org\"]";
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    if (a->empty()) return fail(v, key, std::string("expected ") + kExpected + ", got []");
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      const auto& e = *a->get(i);
+      auto s = string(e, ekey, "a domain name");
+      if (!s) continue;
+      std::string d = *s;
+      for (auto& ch : d) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      if (d.size() > 1 && d.back() == '.') d.pop_back();  // "example.org." is the same name
+      std::string_view name = d;
+      if (name.starts_with(".")) name.remove_prefix(1);
+      if (!isDnsName(name)) {
+        fail(e, ekey,
+             "expected a domain name (letters, digits, '-' and '.'; a leading '.' means "
+             "every subdomain), got " +
+                 quoted(*s));
+        continue;
+      }
+      c.domains.push_back(d);
+      where.emplace_back(ekey, at(e));
+    }
+  }
+
+  void clientOrderCheck(const std::string& prefix, const ClientConfig& c) {
+    std::string min_key = prefix + ".retry_min", max_key = prefix + ".retry_max";
+    // Inherited values were checked in [tunneld]; judge the client only when it sets one itself.
+    if (!seen_.count(min_key) && !seen_.count(max_key)) return;
+    if (bad_.count("tunneld.retry_min") || bad_.count("tunneld.retry_max")) {
+      if (!seen_.count(min_key) || !seen_.count(max_key)) return;
+    }
+    orderCheck(min_key, c.retry.retry_min, max_key, c.retry.retry_max);
+  }
+
+  // ---- checks of files on disk, which depend on the program loading the file ----
+
+  void crossChecks() {
+    const auto& t = cfg_.tunneld;
+    bool tunneld = role_ == ConfigRole::Tunneld;
+    bool default_identity_used = false;
+    for (size_t i = 0; i < cfg_.clients.size(); ++i) {
+      const auto& c = cfg_.clients[i];
+      std::string prefix = "client[" + std::to_string(i) + "]";
+      context_ = c.name.empty() ? std::string() : " (client " + quoted(c.name) + ")";
+      if (c.identity.empty()) {
+        default_identity_used = true;
+      } else if (!bad_.count(prefix + ".identity")) {
+        checkPrivateKey(c.identity, prefix + ".identity", tunneld);
+      }
+      if (tunneld && c.host_key.empty() && !bad_.count(prefix + ".host_key") &&
+          !bad_.count("tunneld.known_hosts")) {
+        struct stat st {};
+        std::string problem;
+        if (::stat(t.known_hosts.c_str(), &st) != 0)
+          problem = std::strerror(errno);
+        else if (!S_ISREG(st.st_mode))
+          problem = "not a regular file";
+        if (!problem.empty())
+          fail(c.loc, prefix,
+               "no host_key, and the known_hosts file " + t.known_hosts +
+                   " (tunneld.known_hosts) "
+                   "cannot verify the host: " +
+                   problem +
+                   "; pin the key with host_key = "
+                   "\"ssh-ed25519 AAAA...\" or put the host's key in " +
+                   t.known_hosts);
+      }
+      context_.clear();
+    }
+    if (!bad_.count("tunneld.identity") &&
+        (!tunneld || default_identity_used || seen_.count("tunneld.identity")))
+      checkPrivateKey(t.identity, "tunneld.identity",
+                      tunneld && (default_identity_used || seen_.count("tunneld.identity")));
+    if (tunneld && !bad_.count("tunneld.known_hosts")) {
+      struct stat st {};
+      if (::stat(t.known_hosts.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 002))
+        fail(where("tunneld.known_hosts"), "tunneld.known_hosts",
+             "the known_hosts file " + t.known_hosts + " has mode " + octal(st.st_mode & 07777) +
+                 " and anyone can write to it, so anyone could add a host key; fix it with: "
+                 "chmod o-w " +
+                 t.known_hosts);
+    }
+  }
+
+  SourceLoc where(const std::string& key) const {
+    auto it = seen_.find(key);
+    return it != seen_.end() ? it->second : SourceLoc{path_, 0, 0};
+  }
+
+  // A private key must be a regular file that only its owner can read. Outside tunneld (which
+  // needs the file) a missing or unreadable path is not this program's business.
+  void checkPrivateKey(const std::string& path, const std::string& key, bool must_exist) {
+    std::string origin = seen_.count(key) ? "" : " (the default)";
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+      int err = errno;
+      if (must_exist)
+        fail(where(key), key,
+             "identity file " + path + origin + ": " + std::strerror(err) +
+                 "; dynmx-tunneld needs the private key it logs in with");
+      return;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      fail(where(key), key, "identity file " + path + origin + " is not a regular file");
+      return;
+    }
+    if (st.st_mode & 077)
+      fail(where(key), key,
+           "identity file " + path + origin + " has mode " + octal(st.st_mode & 07777) +
+               " and is accessible by group or others; a private key must be "
+               "private: chmod 600 " +
+               path);
+  }
+
+  std::string path_;
+  ConfigRole role_;
+  Config cfg_;
+  std::vector<ConfigError> errors_;
+  std::map<std::string, SourceLoc> seen_;  // key path -> where its value is, for keys in the file
+  std::set<std::string> bad_;              // key paths that already have an error
+  std::string context_;                    // " (client \"name\")" while reading a client
+};
+
+}  // namespace
+
+std::string ConfigError::str() const {
+  std::string s = where.file;
+  if (where.line != 0) s += ":" + std::to_string(where.line) + ":" + std::to_string(where.col);
+  s += ": ";
+  if (!key.empty()) s += key + ": ";
+  return s + message;
+}
+
+std::optional<SocketSpec> parseSocketSpec(std::string_view s, std::string* why) {
+  auto failWith = [&](std::string msg) -> std::optional<SocketSpec> {
+    if (why) *why = std::move(msg);
+    return std::nullopt;
+  };
+  constexpr const char* kForms =
+      "expected \"unix:/absolute/path\", \"local:/absolute/path\", \"inet:port@host\", "
+      "\"inet:port\" or \"inet6:port@host\"";
+  auto colon = s.find(':');
+  if (colon == std::string_view::npos) return failWith(kForms);
+  std::string_view proto = s.substr(0, colon), rest = s.substr(colon + 1);
+  SocketSpec spec;
+  if (proto == "unix" || proto == "local") {
+    if (rest.empty() || rest[0] != '/' || hasControl(rest) ||
+        rest.find('\0') != std::string_view::npos)
+      return failWith(std::string(kForms) + " (a Unix socket needs an absolute path)");
+    if (rest.size() > kMaxSocketPath)
+      return failWith("expected a Unix socket path of at most " + std::to_string(kMaxSocketPath) +
+                      " bytes");
+    spec.kind = SocketSpec::Kind::Unix;
+    spec.path = std::string(rest);
+    spec.text = "unix:" + spec.path;
+    return spec;
+  }
+  if (proto != "inet" && proto != "inet6") return failWith(kForms);
+  spec.kind = proto == "inet" ? SocketSpec::Kind::Inet : SocketSpec::Kind::Inet6;
+  auto at = rest.find('@');
+  std::string_view port = rest.substr(0, at);
+  std::string_view host = at == std::string_view::npos ? std::string_view() : rest.substr(at + 1);
+  unsigned long p = 0;
+  bool ok = !port.empty() && port.size() <= 5;
+  for (char c : port) {
+    if (!isDigit(c))
+      ok = false;
+    else
+      p = p * 10 + static_cast<unsigned long>(c - '0');
+  }
+  if (!ok || p < 1 || p > 65535)
+    return failWith(std::string(kForms) + " (the port must be a number from 1 to 65535)");
+  if (at != std::string_view::npos) {
+    std::string_view bare = host;
+    if (bare.size() >= 2 && bare.front() == '[' && bare.back() == ']')
+      bare = bare.substr(1, bare.size() - 2);
+    int family = spec.kind == SocketSpec::Kind::Inet ? AF_INET : AF_INET6;
+    if (bare.empty() || !(isIpLiteral(bare, family) || isDnsName(bare)))
+      return failWith(std::string(kForms) + " (the host after '@' must be a host name or an " +
+                      (family == AF_INET ? "IPv4" : "IPv6") + " address)");
+    spec.host = std::string(bare);
+  }
+  spec.port = static_cast<uint16_t>(p);
+  spec.text = std::string(s);
+  return spec;
+}
+
+std::optional<Seconds> parseDuration(std::string_view s) {
+  if (s == "0") return Seconds{0};
+  if (s.empty()) return std::nullopt;
+  // Units in decreasing order, each at most once: "1h30m", not "30m1h" or "1h1h".
+  constexpr std::pair<char, int64_t> kUnits[] = {
+      {'w', 7 * 86400}, {'d', 86400}, {'h', 3600}, {'m', 60}, {'s', 1}};
+  int64_t total = 0;
+  size_t next_unit = 0;
+  size_t i = 0;
+  while (i < s.size()) {
+    int64_t n = 0;
+    size_t start = i;
+    while (i < s.size() && isDigit(s[i])) {
+      n = n * 10 + (s[i] - '0');
+      if (n > kMaxDurationSeconds) return std::nullopt;
+      ++i;
+    }
+    if (i == start || i == s.size()) return std::nullopt;
+    char u = s[i++];
+    size_t k = next_unit;
+    while (k < std::size(kUnits) && kUnits[k].first != u) ++k;
+    if (k == std::size(kUnits)) return std::nullopt;
+    next_unit = k + 1;
+    total += n * kUnits[k].second;
+    if (total > kMaxDurationSeconds) return std::nullopt;
+  }
+  return Seconds{total};
+}
+
+std::optional<uint64_t> parseSize(std::string_view s) {
+  if (s.empty()) return std::nullopt;
+  uint64_t mult = 1;
+  switch (s.back()) {
+    case 'K':
+    case 'k':
+      mult = 1ull << 10;
+      break;
+    case 'M':
+    case 'm':
+      mult = 1ull << 20;
+      break;
+    case 'G':
+    case 'g':
+      mult = 1ull << 30;
+      break;
+    default:
+      break;
+  }
+  if (mult != 1) s.remove_suffix(1);
+  if (s.empty() || s.size() > 19) return std::nullopt;
+  uint64_t n = 0;
+  for (char c : s) {
+    if (!isDigit(c)) return std::nullopt;
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (n > std::numeric_limits<uint64_t>::max() / mult) return std::nullopt;
+  return n * mult;
+}
+
+std::string formatDuration(Seconds d) {
+  int64_t s = d.count();
+  if (s == 0) return "0s";
+  std::string out;
+  if (s < 0) {
+    out = "-";
+    s = -s;
+  }
+  for (auto [unit, len] :
+       {std::pair<char, int64_t>{'d', 86400}, {'h', 3600}, {'m', 60}, {'s', 1}}) {
+    if (s >= len) {
+      out += std::to_string(s / len) + unit;
+      s %= len;
+    }
+  }
+  return out;
+}
+
+const ClientConfig* Config::findClient(std::string_view name) const {
+  for (const auto& c : clients)
+    if (c.name == name) return &c;
+  return nullptr;
+}
+
+LoadResult parseConfig(std::string_view text, const std::string& path, ConfigRole role) {
+  return Loader(path, role).load(text);
+}
+
+LoadResult loadConfig(const std::string& path, ConfigRole role) {
+  auto failed = [&](const char* what, int err) {
+    LoadResult r;
+    r.errors.push_back(ConfigError{SourceLoc{path, 0, 0}, "",
+                                   std::string(what) + " the configuration file: " +
+                                       (err != 0 ? std::strerror(err) : "not a regular file")});
+    return r;
+  };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return failed("cannot open", errno);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    ::close(fd);
+    return failed("cannot read", err);
+  }
+  std::string text;
+  char buf[16384];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      return failed("cannot read", err);
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return parseConfig(text, path, role);
+}
+
+std::vector<std::string> restartOnlyDifferences(const Config& running, const Config& next) {
+  std::vector<std::string> out;
+  auto diff = [&](const char* key, bool differs) {
+    if (differs) out.emplace_back(key);
+  };
+  diff("spool.dir", running.spool.dir != next.spool.dir);
+  diff("spool.max_message_size", running.spool.max_message_size != next.spool.max_message_size);
+  diff("milter.socket", running.milter.socket.text != next.milter.socket.text);
+  diff("milter.socket_mode", running.milter.socket_mode != next.milter.socket_mode);
+  diff("milter.socket_group", running.milter.socket_group != next.milter.socket_group);
+  diff("milter.user", running.milter.user != next.milter.user);
+  diff("tunneld.control_socket", running.tunneld.control_socket != next.tunneld.control_socket);
+  diff("tunneld.control_group", running.tunneld.control_group != next.tunneld.control_group);
+  diff("tunneld.control_mode", running.tunneld.control_mode != next.tunneld.control_mode);
+  diff("tunneld.user", running.tunneld.user != next.tunneld.user);
+  diff("tunneld.pid_file", running.tunneld.pid_file != next.tunneld.pid_file);
+  return out;
+}
+
+int checkConfigCommand(const std::string& path, ConfigRole role, std::FILE* out, std::FILE* err) {
+  LoadResult r = loadConfig(path, role);
+  if (r.errors.empty()) {
+    std::fprintf(out, "config OK\n");
+    std::fflush(out);
+    return kExitOk;
+  }
+  for (const auto& e : r.errors) std::fprintf(err, "%s\n", e.str().c_str());
+  std::fflush(err);
+  return kExitConfig;
+}
+
+}  // namespace dynmx
