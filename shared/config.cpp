@@ -9,6 +9,7 @@
 // configuration. The only system calls are stat(2) on the identity and known_hosts files, and the
 // read of the file itself; a file that cannot be read is one error, never an exception.
 #include "shared/config.hpp"
+#include "shared/result.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -864,7 +865,7 @@ class Loader {
         struct stat st {};
         std::string problem;
         if (::stat(t.known_hosts.c_str(), &st) != 0)
-          problem = std::strerror(errno);
+          problem = errnoText(errno);
         else if (!S_ISREG(st.st_mode))
           problem = "not a regular file";
         if (!problem.empty())
@@ -908,7 +909,7 @@ class Loader {
       int err = errno;
       if (must_exist)
         fail(where(key), key,
-             "identity file " + path + origin + ": " + std::strerror(err) +
+             "identity file " + path + origin + ": " + errnoText(err) +
                  "; dynmx-tunneld needs the private key it logs in with");
       return;
     }
@@ -1089,7 +1090,7 @@ LoadResult loadConfig(const std::string& path, ConfigRole role) {
     LoadResult r;
     r.errors.push_back(ConfigError{SourceLoc{path, 0, 0}, "",
                                    std::string(what) + " the configuration file: " +
-                                       (err != 0 ? std::strerror(err) : "not a regular file")});
+                                       (err != 0 ? errnoText(err) : "not a regular file")});
     return r;
   };
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);

@@ -20,10 +20,13 @@ struct Error {
   std::string message;  // names what failed and where, e.g. "fsync /var/spool/dynmx/tmp/X: EIO"
 };
 
-// "what: strerror(err)"; call with errno saved immediately after the failing call.
-inline Error sysError(int err, const std::string& what) {
-  return Error{err, what + ": " + std::strerror(err)};
+// errnoText: strerror that is safe on many threads (milter callbacks): the GNU strerror_r.
+// sysError: "what: strerror(err)"; call with errno saved immediately after the failing call.
+inline std::string errnoText(int err) {
+  char buf[256];
+  return ::strerror_r(err, buf, sizeof buf);
 }
+inline Error sysError(int err, const std::string& what) { return Error{err, what + ": " + errnoText(err)}; }
 
 template <class T>
 class [[nodiscard]] Result {

@@ -37,7 +37,7 @@ namespace {
 
 constexpr size_t kHeaderLen = 60;
 constexpr std::string_view kMagic = "DYNMX-SPOOL 1 ";
-constexpr size_t kWriteBuffer = 64 * 1024;
+constexpr size_t kWriteBuffer = size_t{64} * 1024;
 constexpr uint64_t kMaxEnvelope = 64ull * 1024 * 1024;
 
 class RealFs final : public FsOps {
@@ -71,7 +71,7 @@ const std::array<uint32_t, 256>& crcTable() {
 
 std::string hex8(uint32_t v) {
   char b[9];
-  std::snprintf(b, sizeof b, "%08" PRIx32, v);
+  (void)std::snprintf(b, sizeof b, "%08" PRIx32, v);
   return b;
 }
 
@@ -162,7 +162,7 @@ std::optional<uint32_t> parseHex8(std::string_view s) {
 
 std::string headerLine(uint64_t content, uint64_t envelope) {
   char b[kHeaderLen + 1];
-  std::snprintf(b, sizeof b, "DYNMX-SPOOL 1 C=%020" PRIu64 " E=%020" PRIu64 "\n", content, envelope);
+  (void)std::snprintf(b, sizeof b, "DYNMX-SPOOL 1 C=%020" PRIu64 " E=%020" PRIu64 "\n", content, envelope);
   return std::string(b, kHeaderLen);
 }
 
