@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,19 @@ struct DsnInput {
   std::string reporting_host;        // our host name (Reporting-MTA)
   std::string from_header;           // e.g. "MAILER-DAEMON@mx.example.net"
   int64_t now = 0;
+  // Added for the delivery core:
+  std::string remote_mta;        // the client's host, for Remote-MTA ("" leaves it out)
+  int64_t will_retry_until = 0;  // Delay: arrival + queue_lifetime (0 leaves it out)
+  std::string boundary;          // "" : derived from the queue id, time and host
+  std::string message_id;        // without <>; "" : derived likewise (tests fix both)
 };
+
+// The original goes back whole (message/rfc822) in a failure report unless RET=HDRS or it is
+// larger than this (then only its headers, text/rfc822-headers, as Postfix's bounce_size_limit).
+// Delay warnings always carry the headers only.
+inline constexpr uint64_t kDsnFullLimit = 50000;
+// RFC 5322 date in UTC: "Sun, 22 Nov 2026 02:20:00 +0000".
+std::string rfc5322Date(int64_t t);
 
 // Builds the whole notification (headers + multipart/report body, CRLF) from the spool message,
 // reading the original from `spool`. Pure apart from reading the spool file.
@@ -39,7 +52,11 @@ class BounceSender {
   virtual Status send(const std::string& recipient, const std::string& message) = 0;
 };
 
-// Spawns argv_prefix + {"-oi", "-f", "<>", "--", recipient}, writes the message to its stdin.
+// Spawns argv_prefix + {"-oi", "-f", "<>", "--", recipient}, writes the message to its stdin with
+// LF line ends (the local submission convention), closes it and waits for the exit status; a
+// child still running at the timeout is killed (SIGKILL) and reaped. Blocks the caller meanwhile.
+// stderr is captured for the error message. (bp::limit_handles is not used: in Boost 1.74 it
+// closes the stderr pipe too; descriptors of the daemon must be O_CLOEXEC instead.)
 class SendmailBounceSender : public BounceSender {
  public:
   SendmailBounceSender(std::vector<std::string> argv_prefix, std::chrono::seconds timeout);

@@ -9,8 +9,8 @@
 // the time, so that tests can drive it with a clock of their own.
 //
 // Failure handling: a spool file that cannot be read goes to corrupt/ (logged); a journal write
-// that fails leaves the message in active/ for a retry after restart (duplicates over loss); a bounce
-// that cannot be handed to sendmail is retried on the next tick.
+// that fails leaves the message in active/ for a retry after restart (duplicates over loss); a
+// bounce that cannot be handed to sendmail is retried on the next tick.
 #pragma once
 
 #include <cstdint>
@@ -29,16 +29,26 @@
 
 namespace dynmx::tunneld {
 
+// Notifications (bounces, delay warnings) wait in the spool as messages of this pseudo-client
+// (never a valid client name: config names are letters, digits, '.', '_' and '-'), from <> to the
+// original sender, until the local sendmail has taken them; tick() retries a failed hand-off with
+// the [tunneld] retry policy and drops one that outlives queue_lifetime (it is from <>).
+inline constexpr const char* kBounceClient = "<bounce>";
+
 // Pure policy: the delay before the next attempt of a message that has been queued for `age` and
-// tried `attempts` times. Doubles from retry_min, capped at retry_max (Postfix's shape).
+// tried `attempts` times. Doubles from retry_min, capped at retry_max (Postfix's shape), and is at
+// least the message's age (up to retry_max), as Postfix's queue manager backs off by age:
+//   clamp(max(retry_min * 2^(attempts-1), age), retry_min, retry_max); attempts 0 counts as 1.
 std::chrono::seconds retryDelay(const RetryPolicy& p, uint32_t attempts, std::chrono::seconds age);
 
 // A message handed to the delivery side. Owns the spool message and its content stream.
 struct Job {
   SpoolMessage msg;
-  std::vector<size_t> rcpt_indexes;       // pending recipients attempted in this job
+  std::vector<size_t> rcpt_indexes;  // pending recipients attempted in this job
   std::unique_ptr<ContentSource> content;
-  SmtpJob smtpJob();                      // view for SmtpClient::start
+  // View for SmtpClient::start. It points into this Job: call it once the Job has its final
+  // place (a moved Job needs a new view).
+  SmtpJob smtpJob();
 };
 
 struct ClientQueueStatus {

@@ -11,12 +11,18 @@
 //    NOTIFY, ORCPT) only when offered. Many transactions per session, RSET between them.
 //  - The body is pulled from a ContentSource in chunks (never whole in memory), dot-stuffed, with
 //    CRLF only (bare CR or LF become CRLF) and lines over 998 octets folded; output is bounded.
-//  - Per-recipient outcome from each RCPT reply; a 4xx/5xx to MAIL, DATA or the final dot applies to
-//    every recipient of the transaction. Losing the session after the final dot was sent and before
-//    its reply sets possible_duplicate (the caller logs it and retries).
+//  - Per-recipient outcome from each RCPT reply; a 4xx/5xx to MAIL, DATA or the final dot
+//    applies to every recipient of the transaction. Losing the session after the final dot was
+//    sent and before its reply sets possible_duplicate (the caller logs it and retries).
 //  - Any reply that does not parse, or comes when none is expected, ends the session (Failed).
 //  - deadline() tells when the awaited reply is overdue (RFC 5321 4.5.3.2 values by default); the
 //    caller calls onTimeout() then.
+// Details chosen here (smtp_client.cpp, smtp_body.hpp): RSET goes before every transaction but
+// the first of a session (in the same group when pipelining); a message over the far end's SIZE
+// limit, and an address with CR/LF/NUL in the spool, fail locally without a round trip; ENVID and
+// the address part of ORCPT go out as valid xtext (decoded, then encoded: right whether the spool
+// holds them as received, in xtext, or decoded); long lines are folded as Postfix does (CRLF +
+// SPACE after 998 octets). After Failed the output is empty: the caller closes the channel.
 #pragma once
 
 #include <chrono>
@@ -52,24 +58,24 @@ struct SmtpTimeouts {
 
 // One message to send: the envelope and which of its recipients to try now.
 struct SmtpJob {
-  const Envelope* env = nullptr;         // owned by the caller until the result is taken
-  std::vector<size_t> rcpt_indexes;      // indexes into env->rcpts still pending
-  ContentSource* content = nullptr;      // owned by the caller
-  uint64_t size_hint = 0;                // for SIZE=
+  const Envelope* env = nullptr;     // owned by the caller until the result is taken
+  std::vector<size_t> rcpt_indexes;  // indexes into env->rcpts still pending
+  ContentSource* content = nullptr;  // owned by the caller
+  uint64_t size_hint = 0;            // for SIZE=
 };
 
 enum class Outcome { Delivered, Deferred, Failed };
 
 struct RcptResult {
-  size_t index = 0;       // into env->rcpts
+  size_t index = 0;  // into env->rcpts
   Outcome outcome = Outcome::Deferred;
-  std::string reply;      // the far end's reply, single line ("250 2.1.5 Ok"), or our own reason
+  std::string reply;  // the far end's reply, single line ("250 2.1.5 Ok"), or our own reason
 };
 
 struct TransactionResult {
   std::vector<RcptResult> rcpts;  // one per rcpt_indexes entry, same order
   bool possible_duplicate = false;
-  bool content_error = false;     // the ContentSource failed (spool file damaged)
+  bool content_error = false;  // the ContentSource failed (spool file damaged)
 };
 
 class SmtpClient {
@@ -87,9 +93,20 @@ class SmtpClient {
     std::string helo_name = "localhost";
     SmtpTimeouts timeouts;
     size_t max_output = 256 * 1024;  // bytes of body buffered ahead of the channel
+    // Added: with PIPELINING, become Ready as soon as a message's final dot is in the output, so
+    // that the next transaction's commands follow it in the same group (RFC 2920: the content
+    // may start a group) and a message costs one round trip instead of two. Then up to two
+    // transactions are open at once; takeResult() hands their results out in start() order, so
+    // the caller keeps its jobs in a FIFO. Off by default (one job at a time).
+    bool overlap = false;
   };
 
   explicit SmtpClient(Options opts, Clock::time_point now);
+  ~SmtpClient();
+  SmtpClient(SmtpClient&& other) noexcept;
+  SmtpClient& operator=(SmtpClient&& other) noexcept;
+  SmtpClient(const SmtpClient&) = delete;
+  SmtpClient& operator=(const SmtpClient&) = delete;
 
   State state() const { return state_; }
   const std::string& failure() const { return failure_; }
@@ -110,10 +127,12 @@ class SmtpClient {
   std::optional<Clock::time_point> deadline() const;
   void onTimeout(Clock::time_point now);
 
-  // Starts a transaction; only in Ready. The result comes back from takeResult().
+  // Starts a transaction; only in Ready. The result comes back from takeResult() (one per
+  // start(), in start() order).
   void start(SmtpJob job, Clock::time_point now);
   std::optional<TransactionResult> takeResult();
-  // Sends QUIT (in Ready) and ends the session.
+  // Sends QUIT (in Ready) and ends the session. While Busy (or still in the EHLO dance), QUIT
+  // follows the end of the current transaction; before the greeting the session just ends (Closed).
   void quit(Clock::time_point now);
   // Lines from the far end that were not replies, and stderr-worthy remarks, for the log.
   std::vector<std::string> takeNotes();

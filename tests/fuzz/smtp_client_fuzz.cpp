@@ -2,8 +2,9 @@
 //
 // The input is what the far end says, cut into chunks at 0xff bytes; after each chunk the engine's
 // output is drained (as an always-writable channel would) and a transaction is started whenever
-// it is Ready. Invariants checked: the output never exceeds max_output plus command lines, a
-// result has one entry per recipient tried, and a session that ended stays ended.
+// it is Ready (with Options::overlap for inputs of even length). Invariants checked: the output
+// never exceeds max_output plus command lines, a result has one entry per recipient tried, every
+// transaction started gets exactly one result, and a session that ended stays ended.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -46,10 +47,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   SmtpClient::Options o;
   o.max_output = 1024;
+  o.overlap = size % 2 == 0;  // both ways of pipelining transactions
   Clock::time_point now{};
   SmtpClient c(o, now);
   Body body;
-  int started = 0;
+  int started = 0, results = 0;
   auto drain = [&] {
     for (int guard = 0; guard < 1000; ++guard) {
       auto out = c.output();
@@ -65,7 +67,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     now += std::chrono::seconds(1);
     c.onInput(in.substr(pos, cut - pos), now);
     drain();
-    if (auto r = c.takeResult(); r && r->rcpts.size() != 2) __builtin_trap();
+    while (auto r = c.takeResult()) {
+      if (r->rcpts.size() != 2) __builtin_trap();
+      ++results;
+    }
     if (c.state() == SmtpClient::State::Ready && started < 3) {
       body = Body{};
       SmtpJob j;
@@ -81,6 +86,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     pos = cut + 1;
   }
   c.onEof(now);
+  while (auto r = c.takeResult()) ++results;
+  if (results != started) __builtin_trap();
   auto st = c.state();
   if (st != SmtpClient::State::Closed && st != SmtpClient::State::Failed) __builtin_trap();
   c.onInput("250 ok\r\n", now);

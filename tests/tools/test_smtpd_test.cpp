@@ -1,0 +1,426 @@
+// test_smtpd_test.cpp: dynmx-test-smtpd, spawned on pipes, talked to by the real SmtpClient.
+//
+// Proves the scripted server does what the integration tests rely on (sink byte for byte, each
+// fault mode), and at the same time runs the engine against a separate program instead of a table.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tunneld/smtp_client.hpp"
+
+extern char** environ;
+
+namespace dynmx::tunneld {
+namespace {
+
+namespace fs = std::filesystem;
+
+class StringSource : public ContentSource {
+ public:
+  explicit StringSource(std::string s) : s_(std::move(s)) {}
+  Result<std::string_view> next(size_t max) override {
+    size_t n = std::min({max, size_t{4096}, s_.size() - pos_});
+    std::string_view v(s_.data() + pos_, n);
+    pos_ += n;
+    return v;
+  }
+
+ private:
+  std::string s_;
+  size_t pos_ = 0;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/dynmx-smtpd-test.XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// The server as a child process on two pipes; killed and reaped by pid on destruction.
+class Server {
+ public:
+  explicit Server(std::vector<std::string> args) {
+    ::signal(SIGPIPE, SIG_IGN);
+    int in[2], out[2];
+    EXPECT_EQ(::pipe2(in, O_CLOEXEC), 0);
+    EXPECT_EQ(::pipe2(out, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    args.insert(args.begin(), DYNMX_TEST_SMTPD);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    int rc = ::posix_spawn(&pid_, DYNMX_TEST_SMTPD, &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    EXPECT_EQ(rc, 0);
+    ::close(in[0]);
+    ::close(out[1]);
+    to_ = in[1];
+    from_ = out[0];
+  }
+  ~Server() {
+    if (to_ >= 0) ::close(to_);
+    if (from_ >= 0) ::close(from_);
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  // Closes our end of its stdin (the server sees EOF).
+  void closeInput() {
+    ::close(to_);
+    to_ = -1;
+  }
+  // Closes our end of its stdout (the server sees a hang-up when it looks).
+  void closeOutput() {
+    ::close(from_);
+    from_ = -1;
+  }
+  int inputFd() const { return to_; }
+  // Waits for the exit status (generous deadline: the test fails rather than hangs).
+  int wait() {
+    for (int i = 0; i < 3000; ++i) {
+      int st = 0;
+      pid_t r = ::waitpid(pid_, &st, WNOHANG);
+      if (r == pid_) {
+        pid_ = -1;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      }
+      ::usleep(10000);
+    }
+    return -1;
+  }
+
+  // Moves bytes between the engine and the server until `done` or the session ends.
+  template <class Pred>
+  void pump(SmtpClient& c, Pred done) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!done() && c.state() != SmtpClient::State::Closed &&
+           c.state() != SmtpClient::State::Failed) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no progress with the server";
+      auto out = c.output();
+      pollfd p[2] = {{from_, POLLIN, 0}, {to_, static_cast<short>(out.empty() ? 0 : POLLOUT), 0}};
+      int n = ::poll(p, to_ >= 0 ? 2 : 1, 1000);
+      if (n <= 0) continue;
+      auto now = Clock::now();
+      if (p[1].revents & (POLLOUT | POLLERR)) {
+        ssize_t w = ::write(to_, out.data(), out.size());
+        if (w > 0) c.consumed(static_cast<size_t>(w), now);
+        if (w < 0 && errno == EPIPE) c.onEof(now);
+      }
+      if (p[0].revents & (POLLIN | POLLHUP)) {
+        char buf[65536];
+        ssize_t r = ::read(from_, buf, sizeof buf);
+        if (r > 0) {
+          c.onInput(std::string_view(buf, static_cast<size_t>(r)), now);
+        } else {
+          c.onEof(now);
+        }
+      }
+    }
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+};
+
+Envelope makeEnv(std::vector<std::string> rcpts) {
+  Envelope env;
+  env.sender = "alice@a.example";
+  for (auto& r : rcpts) {
+    SpoolRecipient sr;
+    sr.address = r;
+    env.rcpts.push_back(sr);
+  }
+  return env;
+}
+
+SmtpJob jobFor(const Envelope& env, ContentSource& src) {
+  SmtpJob j;
+  j.env = &env;
+  j.content = &src;
+  for (size_t i = 0; i < env.rcpts.size(); ++i) j.rcpt_indexes.push_back(i);
+  return j;
+}
+
+SmtpClient::Options opts() {
+  SmtpClient::Options o;
+  o.helo_name = "mx.test";
+  return o;
+}
+
+bool ready(SmtpClient& c) {
+  return c.state() == SmtpClient::State::Ready;
+}
+
+// Runs one transaction; returns its result.
+std::optional<TransactionResult> transact(Server& s, SmtpClient& c, const Envelope& env,
+                                          ContentSource& src) {
+  s.pump(c, [&] { return ready(c); });
+  if (!ready(c)) return std::nullopt;
+  c.start(jobFor(env, src), Clock::now());
+  std::optional<TransactionResult> r;
+  s.pump(c, [&] {
+    if (!r) r = c.takeResult();
+    return r.has_value();
+  });
+  if (!r) r = c.takeResult();
+  return r;
+}
+
+TEST(TestSmtpd, SinkKeepsEnvelopeAndDataByteForByte) {
+  TempDir dir;
+  Server s({"--maildir", dir.path(), "--transcript", dir.path() + "/transcript"});
+  SmtpClient c(opts(), Clock::now());
+  auto env = makeEnv({"bob@b.example", "carol@b.example"});
+  StringSource src("Subject: t\n\n.leading dot\nbare\rcr\r\n..two\r\nend");
+  auto r = transact(s, c, env, src);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
+  EXPECT_EQ(r->rcpts[1].outcome, Outcome::Delivered);
+  c.quit(Clock::now());
+  s.pump(c, [] { return false; });
+  EXPECT_EQ(c.state(), SmtpClient::State::Closed);
+  EXPECT_EQ(s.wait(), 0);
+  std::vector<fs::path> data;
+  for (auto& e : fs::directory_iterator(dir.path())) {
+    if (e.path().extension() == ".data") data.push_back(e.path());
+  }
+  ASSERT_EQ(data.size(), 1u);
+  EXPECT_EQ(slurp(data[0]), "Subject: t\r\n\r\n.leading dot\r\nbare\r\ncr\r\n..two\r\nend\r\n");
+  auto envp = data[0];
+  envp.replace_extension(".env");
+  EXPECT_EQ(
+      slurp(envp),
+      "MAIL FROM:<alice@a.example>\r\nRCPT TO:<bob@b.example>\r\nRCPT TO:<carol@b.example>\r\n");
+  std::string tr = slurp(dir.path() + "/transcript");
+  EXPECT_NE(tr.find("EHLO mx.test\n"), std::string::npos);
+  EXPECT_NE(tr.find("QUIT\n"), std::string::npos);
+}
+
+TEST(TestSmtpd, PerRecipientRepliesAndNoPipelining) {
+  TempDir dir;
+  Server s({"--maildir", dir.path(), "--no-pipelining", "--no-dsn", "--rcpt-reply",
+            "Carol@b.example=450 4.2.0 busy", "--rcpt-reply",
+            "dave@b.example=550-5.1.1 no such\\n550 5.1.1 user"});
+  SmtpClient c(opts(), Clock::now());
+  auto env = makeEnv({"bob@b.example", "carol@b.example", "dave@b.example"});
+  StringSource src("x\r\n");
+  auto r = transact(s, c, env, src);
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(c.offers("PIPELINING"));
+  EXPECT_FALSE(c.offers("DSN"));
+  EXPECT_TRUE(c.offers("SIZE"));
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
+  EXPECT_EQ(r->rcpts[1].outcome, Outcome::Deferred);
+  EXPECT_EQ(r->rcpts[1].reply, "450 4.2.0 busy");
+  EXPECT_EQ(r->rcpts[2].outcome, Outcome::Failed);
+  EXPECT_EQ(r->rcpts[2].reply, "550 5.1.1 no such user");
+}
+
+TEST(TestSmtpd, FinalDotReplyAndMailReply) {
+  TempDir dir;
+  {
+    Server s({"--maildir", dir.path(), "--dot-reply", "554 5.7.1 rejected"});
+    SmtpClient c(opts(), Clock::now());
+    auto env = makeEnv({"bob@b.example"});
+    StringSource src("x\r\n");
+    auto r = transact(s, c, env, src);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->rcpts[0].outcome, Outcome::Failed);
+    EXPECT_EQ(r->rcpts[0].reply, "554 5.7.1 rejected");
+  }
+  {
+    Server s({"--maildir", dir.path(), "--mail-reply", "451 4.3.0 later"});
+    SmtpClient c(opts(), Clock::now());
+    auto env = makeEnv({"bob@b.example"});
+    StringSource src("x\r\n");
+    auto r = transact(s, c, env, src);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->rcpts[0].outcome, Outcome::Deferred);
+    EXPECT_EQ(c.state(), SmtpClient::State::Ready);  // the pipelined DATA got its 503
+  }
+  EXPECT_TRUE(fs::is_empty(dir.path()));
+}
+
+TEST(TestSmtpd, DisconnectInDataDefers) {
+  TempDir dir;
+  Server s({"--maildir", dir.path(), "--disconnect-after-data-bytes", "5000"});
+  SmtpClient c(opts(), Clock::now());
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src(std::string(4 << 20, 'y') + "\r\n");  // more than any pipe holds
+  auto r = transact(s, c, env, src);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Deferred);
+  EXPECT_FALSE(r->possible_duplicate);
+  EXPECT_EQ(c.state(), SmtpClient::State::Failed);
+  EXPECT_TRUE(fs::is_empty(dir.path()));
+}
+
+TEST(TestSmtpd, StallAtFinalDotThenLossIsPossibleDuplicate) {
+  TempDir dir;
+  Server s({"--maildir", dir.path(), "--stall", "dot"});
+  SmtpClient::Options o = opts();
+  o.timeouts.final_dot = std::chrono::hours(1000);  // recognisable: the dot's reply is awaited
+  SmtpClient c(o, Clock::now());
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src("x\r\n");
+  s.pump(c, [&] { return ready(c); });
+  c.start(jobFor(env, src), Clock::now());
+  // Everything goes out; the server never answers the dot.
+  s.pump(c, [&] {
+    return !c.wantsToWrite() && c.deadline() &&
+           *c.deadline() > Clock::now() + std::chrono::hours(900);
+  });
+  EXPECT_EQ(c.state(), SmtpClient::State::Busy);
+  s.closeInput();  // the stalled server exits at EOF without a reply
+  s.pump(c, [] { return false; });
+  auto r = c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->possible_duplicate);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Deferred);
+  EXPECT_EQ(s.wait(), 0);
+}
+
+TEST(TestSmtpd, GarbageAndNoiseAndGreetingRefusal) {
+  TempDir dir;
+  {
+    Server s({"--maildir", dir.path(), "--garbage", "mail", "--noise", "Welcome!", "--noise",
+              "motd line"});
+    SmtpClient c(opts(), Clock::now());
+    auto env = makeEnv({"bob@b.example"});
+    StringSource src("x\r\n");
+    auto r = transact(s, c, env, src);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(c.state(), SmtpClient::State::Failed);
+    EXPECT_NE(c.failure().find("garbage reply"), std::string::npos);
+    auto notes = c.takeNotes();
+    ASSERT_GE(notes.size(), 2u);
+    EXPECT_EQ(notes[0], "non-reply line before the greeting: Welcome!");
+  }
+  {
+    Server s({"--maildir", dir.path(), "--greeting-reply", "554 5.3.2 not today"});
+    SmtpClient c(opts(), Clock::now());
+    s.pump(c, [] { return false; });
+    EXPECT_EQ(c.state(), SmtpClient::State::Failed);
+    EXPECT_EQ(c.failure(), "far end refused the session: 554 5.3.2 not today");
+  }
+  {
+    Server s({"--maildir", dir.path(), "--no-ehlo"});
+    SmtpClient c(opts(), Clock::now());
+    s.pump(c, [&] { return ready(c); });
+    EXPECT_TRUE(ready(c));  // HELO fallback
+  }
+}
+
+TEST(TestSmtpd, DiscardModeCounts) {
+  TempDir dir;
+  Server s({"--discard", "--count-file", dir.path() + "/count"});
+  SmtpClient c(opts(), Clock::now());
+  auto env = makeEnv({"bob@b.example"});
+  for (int i = 0; i < 3; ++i) {
+    StringSource src("x\r\n");
+    auto r = transact(s, c, env, src);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
+  }
+  c.quit(Clock::now());
+  s.pump(c, [] { return false; });
+  EXPECT_EQ(s.wait(), 0);
+  EXPECT_EQ(slurp(dir.path() + "/count"), "3\n");
+}
+
+TEST(TestSmtpd, StallInBodyStopsReadingAndEndsOnHangup) {
+  TempDir dir;
+  Server s({"--maildir", dir.path(), "--stall", "body"});
+  SmtpClient c(opts(), Clock::now());
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src(std::string(8 << 20, 'z') + "\r\n");
+  s.pump(c, [&] { return ready(c); });
+  c.start(jobFor(env, src), Clock::now());
+  // Feed it until the pipe is full: the server does not read any more.
+  ::fcntl(s.inputFd(), F_SETFL, O_NONBLOCK);
+  bool full = false;
+  s.pump(c, [&] {
+    if (!c.deadline() || *c.deadline() - Clock::now() < std::chrono::seconds(150)) return false;
+    auto out = c.output();  // data block deadline (180 s) is the one awaited: in the body
+    if (out.empty()) return false;
+    ssize_t w = ::write(s.inputFd(), out.data(), out.size());
+    if (w > 0) c.consumed(static_cast<size_t>(w), Clock::now());
+    full = w < 0 && errno == EAGAIN;
+    return full;
+  });
+  ASSERT_TRUE(full);
+  EXPECT_EQ(c.state(), SmtpClient::State::Busy);
+  s.closeOutput();
+  EXPECT_EQ(s.wait(), 0);  // it noticed the hang-up and left, nothing written
+  EXPECT_TRUE(fs::is_empty(dir.path()));
+}
+
+TEST(TestSmtpd, OverlappedTransactionsThroughTheSink) {
+  TempDir dir;
+  Server s({"--maildir", dir.path()});
+  SmtpClient::Options o = opts();
+  o.overlap = true;
+  SmtpClient c(o, Clock::now());
+  const int kMessages = 20;
+  std::vector<Envelope> envs;
+  std::vector<std::unique_ptr<StringSource>> srcs;
+  for (int i = 0; i < kMessages; ++i) {
+    envs.push_back(makeEnv({"rcpt" + std::to_string(i) + "@b.example"}));
+    srcs.push_back(
+        std::make_unique<StringSource>("Subject: " + std::to_string(i) + "\r\n\r\n.x\r\n"));
+  }
+  int started = 0;
+  std::vector<TransactionResult> results;
+  s.pump(c, [&] {
+    while (auto r = c.takeResult()) results.push_back(*r);
+    if (ready(c) && started < kMessages) {
+      c.start(jobFor(envs[started], *srcs[started]), Clock::now());
+      ++started;
+    }
+    return static_cast<int>(results.size()) == kMessages;
+  });
+  ASSERT_EQ(static_cast<int>(results.size()), kMessages);
+  for (const auto& r : results) EXPECT_EQ(r.rcpts[0].outcome, Outcome::Delivered);
+  int files = 0;
+  for (auto& e : fs::directory_iterator(dir.path())) {
+    if (e.path().extension() == ".data") {
+      ++files;
+      EXPECT_EQ(slurp(e.path()).substr(slurp(e.path()).find("\r\n\r\n")), "\r\n\r\n.x\r\n");
+    }
+  }
+  EXPECT_EQ(files, kMessages);
+}
+
+}  // namespace
+}  // namespace dynmx::tunneld

@@ -1,0 +1,673 @@
+// queue_manager_test.cpp: the queue manager over a real spool in a temp dir, with a clock of the
+// test's own and a BounceSender that records (or refuses) notifications.
+//
+// The real SendmailBounceSender has its own tests (bounce_test.cpp); here the point is what the
+// queue manager does with results, time and notifications, and that the spool says so after a
+// "restart" (a new QueueManager over the same directory).
+#include "tunneld/queue_manager.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <mutex>
+
+#include "shared/log.hpp"
+
+namespace dynmx::tunneld {
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::seconds;
+
+constexpr int64_t kT0 = 1700000000;
+
+std::vector<std::string>& logLines() {
+  static std::vector<std::string> v;
+  return v;
+}
+void captureLog(LogLevel, std::string_view line) {
+  logLines().emplace_back(line);
+}
+bool logged(std::string_view needle) {
+  for (const auto& l : logLines()) {
+    if (l.find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/dynmx-qmgr-test.XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+class RecordingBounceSender : public BounceSender {
+ public:
+  Status send(const std::string& recipient, const std::string& message) override {
+    ++calls;
+    if (fail) return Error{0, "sendmail exit status 75"};
+    sent.push_back({recipient, message});
+    return {};
+  }
+  struct Sent {
+    std::string rcpt, text;
+  };
+  std::vector<Sent> sent;
+  bool fail = false;
+  int calls = 0;
+};
+
+// The real file system, except that opening for writing a path that contains `fail_substr`
+// fails with EIO while armed: a journal append (active/...) or a new spool file (tmp/...).
+class FailingFs : public FsOps {
+ public:
+  int open(const char* path, int flags, mode_t mode) override {
+    if (!fail_substr.empty() && (flags & (O_WRONLY | O_RDWR)) &&
+        std::string_view(path).find(fail_substr) != std::string_view::npos) {
+      errno = EIO;
+      return -1;
+    }
+    return realFs().open(path, flags, mode);
+  }
+  ssize_t write(int fd, const void* b, size_t n) override { return realFs().write(fd, b, n); }
+  ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override {
+    return realFs().pwrite(fd, b, n, o);
+  }
+  int fsync(int fd) override { return realFs().fsync(fd); }
+  int close(int fd) override { return realFs().close(fd); }
+  int rename(const char* a, const char* b) override { return realFs().rename(a, b); }
+  int unlink(const char* p) override { return realFs().unlink(p); }
+  int ftruncate(int fd, off_t l) override { return realFs().ftruncate(fd, l); }
+  int mkdir(const char* p, mode_t m) override { return realFs().mkdir(p, m); }
+  std::string fail_substr;
+};
+
+TEST(RetryDelay, Table) {
+  RetryPolicy p;
+  p.retry_min = seconds(300);
+  p.retry_max = seconds(4000);
+  struct Case {
+    uint32_t attempts;
+    int64_t age;
+    int64_t want;
+  } cases[] = {
+      {0, 0, 300},           {1, 0, 300},     {2, 0, 600},  {3, 0, 1200},
+      {4, 0, 2400},          {5, 0, 4000},    {6, 0, 4000}, {100, 0, 4000},
+      {UINT32_MAX, 0, 4000}, {1, 1000, 1000},  // older than the doubling: its age
+      {2, 100000, 4000},                       // capped
+      {3, 10, 1200},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(retryDelay(p, c.attempts, seconds(c.age)).count(), c.want)
+        << "attempts=" << c.attempts << " age=" << c.age;
+  }
+  RetryPolicy odd;
+  odd.retry_min = seconds(0);
+  odd.retry_max = seconds(0);
+  EXPECT_EQ(retryDelay(odd, 3, seconds(0)).count(), 1);  // never a zero delay (busy loop)
+  odd.retry_min = seconds(500);
+  odd.retry_max = seconds(100);  // max below min: min wins
+  EXPECT_EQ(retryDelay(odd, 9, seconds(0)).count(), 500);
+}
+
+class QueueTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    logLines().clear();
+    logCaptureForTest(captureLog);
+    spool_ = std::make_unique<Spool>(dir_.path(), fs_);
+    ASSERT_TRUE(spool_->prepare().ok());
+    cfg_.tunneld.hostname = "mx.test";
+    cfg_.tunneld.retry.retry_min = seconds(300);
+    cfg_.tunneld.retry.retry_max = seconds(4000);
+    cfg_.tunneld.retry.queue_lifetime = seconds(5 * 86400);
+    cfg_.tunneld.retry.delay_warning = seconds(4 * 3600);
+    ClientConfig c;
+    c.name = "c1";
+    c.host = "client.example.org";
+    c.retry = cfg_.tunneld.retry;
+    cfg_.clients.push_back(c);
+    qm_ = std::make_unique<QueueManager>(*spool_, cfg_, bounces_);
+  }
+  void TearDown() override { logCaptureForTest(nullptr); }
+
+  // Commits a message to incoming/ as the milter would.
+  std::string commit(std::vector<std::string> rcpts, std::string sender = "alice@a.example",
+                     int64_t arrival = kT0, std::string client = "c1",
+                     std::vector<std::string> notify = {}) {
+    Envelope env;
+    env.client = client;
+    env.sender = sender;
+    env.arrival = arrival;
+    for (size_t i = 0; i < rcpts.size(); ++i) {
+      SpoolRecipient r;
+      r.address = rcpts[i];
+      if (i < notify.size()) r.notify = notify[i];
+      env.rcpts.push_back(r);
+    }
+    auto w = spool_->create();
+    EXPECT_TRUE(w.ok());
+    EXPECT_TRUE((*w)->write("Subject: test\r\n\r\nhello\r\n").ok());
+    std::string id = (*w)->id();
+    EXPECT_TRUE((*w)->commit(env).ok());
+    return id;
+  }
+
+  size_t count(QueueState st) { return spool_->list(st).size(); }
+  size_t total() {
+    size_t n = 0;
+    for (auto st : {QueueState::Incoming, QueueState::Active, QueueState::Deferred,
+                    QueueState::Hold, QueueState::Corrupt}) {
+      n += count(st);
+    }
+    return n;
+  }
+
+  static TransactionResult results(const Job& job,
+                                   std::vector<std::pair<Outcome, std::string>> rs) {
+    TransactionResult r;
+    for (size_t i = 0; i < job.rcpt_indexes.size(); ++i) {
+      r.rcpts.push_back(RcptResult{job.rcpt_indexes[i], rs[i].first, rs[i].second});
+    }
+    return r;
+  }
+
+  void restart() { qm_ = std::make_unique<QueueManager>(*spool_, cfg_, bounces_); }
+
+  TempDir dir_;
+  FailingFs fs_;
+  std::unique_ptr<Spool> spool_;
+  Config cfg_;
+  RecordingBounceSender bounces_;
+  std::unique_ptr<QueueManager> qm_;
+  const std::string relay_ = "client.example.org[192.0.2.1]:22";
+};
+
+TEST_F(QueueTest, DeliversStreamsContentAndRemoves) {
+  std::string id = commit({"bob@b.example", "carol@b.example"});
+  qm_->start(kT0);
+  EXPECT_EQ(count(QueueState::Active), 1u);
+  EXPECT_TRUE(qm_->hasDue("c1", kT0));
+  EXPECT_FALSE(qm_->hasDue("other", kT0));
+  auto job = qm_->nextJob("c1", kT0 + 5);
+  ASSERT_TRUE(job);
+  EXPECT_EQ(job->msg.id, id);
+  EXPECT_EQ(job->rcpt_indexes, (std::vector<size_t>{0, 1}));
+  EXPECT_FALSE(qm_->nextJob("c1", kT0 + 5));  // in flight
+  SmtpJob sj = job->smtpJob();
+  EXPECT_EQ(sj.env->rcpts[1].address, "carol@b.example");
+  std::string content;
+  for (;;) {
+    auto c = sj.content->next(7);
+    ASSERT_TRUE(c.ok());
+    if (c->empty()) break;
+    content += *c;
+  }
+  EXPECT_EQ(content, "Subject: test\r\n\r\nhello\r\n");
+  auto r = results(*job, {{Outcome::Delivered, "250 2.0.0 Ok: queued as X1"},
+                          {Outcome::Delivered, "250 2.0.0 Ok: queued as X1"}});
+  qm_->finish(std::move(*job), r, relay_, kT0 + 5);
+  EXPECT_EQ(total(), 0u);
+  EXPECT_TRUE(logged(id +
+                     ": to=<bob@b.example>, client=c1, relay=client.example.org[192.0.2.1]:22, "
+                     "delay=5, attempts=1, status=sent (250 2.0.0 Ok: queued as X1)"));
+  EXPECT_TRUE(logged(id + ": removed"));
+  EXPECT_TRUE(bounces_.sent.empty());
+  EXPECT_EQ(qm_->nextWakeup(), 0);
+}
+
+TEST_F(QueueTest, PartialFailureBouncesNowAndDefersTheRest) {
+  std::string id = commit({"bob@b.example", "carol@b.example", "dave@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  auto r = results(*job, {{Outcome::Delivered, "250 2.0.0 Ok"},
+                          {Outcome::Failed, "550 5.1.1 <carol@b.example>: unknown user"},
+                          {Outcome::Deferred, "450 4.2.0 <dave@b.example>: mailbox busy"}});
+  qm_->finish(std::move(*job), r, relay_, kT0 + 1);
+
+  ASSERT_EQ(bounces_.sent.size(), 1u);
+  EXPECT_EQ(bounces_.sent[0].rcpt, "alice@a.example");
+  const std::string& dsn = bounces_.sent[0].text;
+  EXPECT_NE(dsn.find("Final-Recipient: rfc822; carol@b.example\r\nAction: failed\r\n"
+                     "Status: 5.1.1\r\nRemote-MTA: dns; client.example.org\r\n"
+                     "Diagnostic-Code: smtp; 550 5.1.1 <carol@b.example>: unknown user\r\n"),
+            std::string::npos)
+      << dsn;
+  EXPECT_EQ(dsn.find("Final-Recipient: rfc822; bob@b.example"), std::string::npos);
+  EXPECT_EQ(dsn.find("Final-Recipient: rfc822; dave@b.example"), std::string::npos);
+  EXPECT_NE(dsn.find("From: Mail Delivery System <MAILER-DAEMON@mx.test>"), std::string::npos);
+  EXPECT_TRUE(logged("status=bounced (550 5.1.1 <carol@b.example>: unknown user)"));
+  EXPECT_TRUE(logged("status=deferred (450 4.2.0 <dave@b.example>: mailbox busy)"));
+
+  // Journaled: what the spool says after the attempt.
+  ASSERT_EQ(count(QueueState::Deferred), 1u);
+  auto m = spool_->load(QueueState::Deferred, id);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->env.rcpts[0].state, RcptState::Delivered);
+  EXPECT_EQ(m->env.rcpts[1].state, RcptState::Failed);
+  EXPECT_EQ(m->env.rcpts[2].state, RcptState::Pending);
+  EXPECT_EQ(m->env.rcpts[2].reply, "450 4.2.0 <dave@b.example>: mailbox busy");
+  EXPECT_EQ(m->delivery.attempts, 1u);
+  EXPECT_EQ(m->delivery.next_attempt, kT0 + 1 + 300);
+
+  // Nothing due until the backoff has passed; then only dave.
+  EXPECT_FALSE(qm_->hasDue("c1", kT0 + 2));
+  EXPECT_EQ(qm_->nextWakeup(), kT0 + 301);
+  qm_->tick(kT0 + 301);
+  EXPECT_EQ(count(QueueState::Active), 1u);
+  auto job2 = qm_->nextJob("c1", kT0 + 301);
+  ASSERT_TRUE(job2);
+  EXPECT_EQ(job2->rcpt_indexes, (std::vector<size_t>{2}));
+  qm_->finish(std::move(*job2), results(*job2, {{Outcome::Delivered, "250 Ok"}}), relay_,
+              kT0 + 302);
+  EXPECT_EQ(total(), 0u);
+  EXPECT_TRUE(logged("delay=302, attempts=2, status=sent (250 Ok)"));
+}
+
+TEST_F(QueueTest, BackoffGrowsWithAttempts) {
+  std::string id = commit({"bob@b.example"});
+  qm_->start(kT0);
+  int64_t now = kT0;
+  std::vector<int64_t> gaps;
+  for (int i = 0; i < 5; ++i) {
+    auto job = qm_->nextJob("c1", now);
+    ASSERT_TRUE(job) << i;
+    qm_->finish(std::move(*job), results(*job, {{Outcome::Deferred, "451 4.3.0 later"}}), relay_,
+                now);
+    int64_t next = qm_->nextWakeup();
+    gaps.push_back(next - now);
+    now = next;
+    qm_->tick(now);
+  }
+  EXPECT_EQ(gaps, (std::vector<int64_t>{300, 600, 1200, 2400, 4000}));
+}
+
+TEST_F(QueueTest, NotifyNeverOrWithoutFailureMeansNoBounce) {
+  commit({"bob@b.example", "carol@b.example"}, "alice@a.example", kT0, "c1",
+         {"NEVER", "SUCCESS,DELAY"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  qm_->finish(std::move(*job),
+              results(*job, {{Outcome::Failed, "550 5.1.1 no"}, {Outcome::Failed, "550 5.1.1 no"}}),
+              relay_, kT0);
+  EXPECT_TRUE(bounces_.sent.empty());
+  EXPECT_EQ(bounces_.calls, 0);
+  EXPECT_EQ(total(), 0u);
+}
+
+TEST_F(QueueTest, NullSenderIsNeverBounced) {
+  std::string id = commit({"bob@b.example"}, "");
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
+  EXPECT_EQ(bounces_.calls, 0);
+  EXPECT_EQ(total(), 0u);
+  EXPECT_TRUE(logged(id + ": sender is <>, no non-delivery notification"));
+}
+
+TEST_F(QueueTest, ExpiryReturnsPendingRecipientsAndRemoves) {
+  const int64_t life = 5 * 86400;
+  std::string id = commit({"bob@b.example", "carol@b.example", "dave@b.example"}, "alice@a.example",
+                          kT0, "c1", {"", "NEVER", "FAILURE"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  qm_->finish(std::move(*job),
+              results(*job, {{Outcome::Deferred, "451 4.3.0 later"},
+                             {Outcome::Deferred, "451 4.3.0 later"},
+                             {Outcome::Delivered, "250 Ok"}}),
+              relay_, kT0);
+  qm_->tick(kT0 + life - 1);
+  size_t warnings = bounces_.sent.size();
+  EXPECT_EQ(warnings, 1u);  // the delay warning for bob (NOTIFY absent), long before
+  EXPECT_EQ(count(QueueState::Active) + count(QueueState::Deferred), 1u);
+  EXPECT_LE(qm_->nextWakeup(), kT0 + life);
+  qm_->tick(kT0 + life);
+  EXPECT_EQ(total(), 0u);
+  ASSERT_EQ(bounces_.sent.size(), warnings + 1);
+  const std::string& dsn = bounces_.sent.back().text;
+  EXPECT_NE(dsn.find("Subject: Undelivered Mail Returned to Sender"), std::string::npos);
+  EXPECT_NE(dsn.find("Final-Recipient: rfc822; bob@b.example\r\nAction: failed\r\nStatus: 4.3.0"),
+            std::string::npos);
+  EXPECT_EQ(dsn.find("carol@b.example"), std::string::npos);                // NOTIFY=NEVER
+  EXPECT_EQ(dsn.find("Final-Recipient: rfc822; dave"), std::string::npos);  // delivered
+  EXPECT_TRUE(logged(id + ": to=<bob@b.example>, client=c1, relay=none, delay=432000, attempts=1, "
+                          "status=expired, returned to sender (451 4.3.0 later)"));
+  EXPECT_TRUE(logged("status=expired, not returned (NOTIFY)"));
+}
+
+TEST_F(QueueTest, ExpiryWithoutAnyAttemptSaysSo) {
+  commit({"bob@b.example"}, "alice@a.example", kT0 - 6 * 86400);
+  qm_->start(kT0);  // the client never came up
+  qm_->tick(kT0);
+  EXPECT_EQ(total(), 0u);
+  ASSERT_EQ(bounces_.sent.size(), 1u);
+  EXPECT_NE(bounces_.sent[0].text.find("Status: 4.4.7"), std::string::npos);
+  EXPECT_NE(bounces_.sent[0].text.find("without a delivery attempt"), std::string::npos);
+}
+
+TEST_F(QueueTest, ExpiredNullSenderMessageIsDroppedWithLog) {
+  std::string id = commit({"bob@b.example"}, "", kT0 - 6 * 86400);
+  qm_->start(kT0);
+  qm_->tick(kT0);
+  EXPECT_EQ(total(), 0u);
+  EXPECT_EQ(bounces_.calls, 0);
+  EXPECT_TRUE(logged(id + ": to=<bob@b.example>") &&
+              logged("status=expired, dropped (the sender is <>)"));
+}
+
+TEST_F(QueueTest, DelayWarningOnceForRecipientsThatAllowIt) {
+  std::string id = commit({"bob@b.example", "carol@b.example", "dave@b.example"}, "alice@a.example",
+                          kT0, "c1", {"", "FAILURE", "DELAY,FAILURE"});
+  qm_->start(kT0);
+  EXPECT_EQ(qm_->nextWakeup(), kT0 + 4 * 3600);
+  qm_->tick(kT0 + 4 * 3600 - 1);
+  EXPECT_TRUE(bounces_.sent.empty());
+  qm_->tick(kT0 + 4 * 3600);
+  ASSERT_EQ(bounces_.sent.size(), 1u);
+  const std::string& dsn = bounces_.sent[0].text;
+  EXPECT_NE(dsn.find("Subject: Delayed Mail (still being retried)"), std::string::npos);
+  EXPECT_NE(dsn.find("Final-Recipient: rfc822; bob@b.example\r\nAction: delayed"),
+            std::string::npos);
+  EXPECT_NE(dsn.find("Final-Recipient: rfc822; dave@b.example\r\nAction: delayed"),
+            std::string::npos);
+  EXPECT_EQ(dsn.find("carol@b.example"), std::string::npos);
+  qm_->tick(kT0 + 5 * 3600);
+  EXPECT_EQ(bounces_.sent.size(), 1u);
+  // Journaled: a restart does not warn again.
+  restart();
+  qm_->start(kT0 + 6 * 3600);
+  qm_->tick(kT0 + 6 * 3600);
+  EXPECT_EQ(bounces_.sent.size(), 1u);
+  // The message itself is still there, still pending.
+  EXPECT_TRUE(qm_->hasDue("c1", kT0 + 6 * 3600));
+}
+
+TEST_F(QueueTest, DelayWarningOffWhenZeroOrNullSender) {
+  cfg_.clients[0].retry.delay_warning = seconds(0);
+  qm_->reconfigure(cfg_);
+  commit({"bob@b.example"});
+  commit({"carol@b.example"}, "", kT0, "c1");
+  qm_->start(kT0);
+  qm_->tick(kT0 + 86400);
+  EXPECT_EQ(bounces_.calls, 0);
+}
+
+TEST_F(QueueTest, FailedHandOffIsKeptInTheSpoolAndRetriedOnTick) {
+  bounces_.fail = true;
+  commit({"bob@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
+  EXPECT_EQ(bounces_.calls, 1);
+  // The original is gone (its recipient is final); the notification waits in deferred/.
+  ASSERT_EQ(count(QueueState::Deferred), 1u);
+  auto nid = spool_->list(QueueState::Deferred)[0];
+  auto n = spool_->load(QueueState::Deferred, nid);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(n->env.client, kBounceClient);
+  EXPECT_EQ(n->env.sender, "");
+  EXPECT_EQ(n->env.rcpts[0].address, "alice@a.example");
+  EXPECT_TRUE(logged(nid + ": to=<alice@a.example>, client=<bounce>, relay=local, delay=0, "
+                           "attempts=1, status=deferred (sendmail exit status 75)"));
+  EXPECT_EQ(qm_->nextWakeup(), kT0 + 300);
+  EXPECT_FALSE(qm_->hasDue(kBounceClient, kT0 + 300));  // never handed out as SMTP
+  qm_->tick(kT0 + 299);
+  EXPECT_EQ(bounces_.calls, 1);
+  bounces_.fail = false;
+  qm_->tick(kT0 + 300);
+  ASSERT_EQ(bounces_.sent.size(), 1u);
+  EXPECT_NE(bounces_.sent[0].text.find("550 5.1.1 no"), std::string::npos);
+  EXPECT_EQ(total(), 0u);
+}
+
+TEST_F(QueueTest, PendingNotificationSurvivesRestart) {
+  bounces_.fail = true;
+  commit({"bob@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
+  bounces_.fail = false;
+  restart();
+  qm_->start(kT0 + 1000);
+  ASSERT_EQ(bounces_.sent.size(), 1u);
+  EXPECT_EQ(total(), 0u);
+}
+
+TEST_F(QueueTest, NotificationThatNeverGetsOutIsDroppedAtExpiry) {
+  bounces_.fail = true;
+  commit({"bob@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
+  for (int64_t t = kT0; t <= kT0 + 6 * 86400; t += 3600) qm_->tick(t);
+  EXPECT_EQ(total(), 0u);
+  EXPECT_TRUE(logged("dropped (it is from <>)"));
+}
+
+TEST_F(QueueTest, CrashWhileInFlightResendsEverythingPending) {
+  std::string id = commit({"bob@b.example", "carol@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  EXPECT_EQ(count(QueueState::Active), 1u);
+  job.reset();  // the daemon dies here: no finish()
+  restart();
+  auto rep = qm_->start(kT0 + 10);
+  EXPECT_EQ(rep.active_requeued, 1u);
+  auto again = qm_->nextJob("c1", kT0 + 10);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->msg.id, id);
+  EXPECT_EQ(again->rcpt_indexes, (std::vector<size_t>{0, 1}));
+}
+
+TEST_F(QueueTest, JournaledResultsSurviveRestart) {
+  std::string id = commit({"bob@b.example", "carol@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  qm_->finish(std::move(*job),
+              results(*job, {{Outcome::Delivered, "250 Ok"}, {Outcome::Deferred, "451 later"}}),
+              relay_, kT0);
+  restart();
+  qm_->start(kT0 + 1);
+  EXPECT_FALSE(qm_->hasDue("c1", kT0 + 1));  // the schedule survives too
+  qm_->clientUp("c1", kT0 + 2);              // ... until the client comes (back) up
+  auto again = qm_->nextJob("c1", kT0 + 2);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->rcpt_indexes, (std::vector<size_t>{1}));
+  EXPECT_EQ(again->msg.delivery.attempts, 1u);
+}
+
+TEST_F(QueueTest, AbandonDefersEveryRecipient) {
+  commit({"bob@b.example", "carol@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  qm_->abandon(std::move(*job), "SSH connection lost", kT0 + 3);
+  EXPECT_EQ(count(QueueState::Deferred), 1u);
+  EXPECT_TRUE(
+      logged("to=<carol@b.example>, client=c1, relay=none, delay=3, attempts=1, "
+             "status=deferred (SSH connection lost)"));
+}
+
+TEST_F(QueueTest, PossibleDuplicateIsLogged) {
+  std::string id = commit({"bob@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  auto r = results(*job, {{Outcome::Deferred, "lost connection"}});
+  r.possible_duplicate = true;
+  qm_->finish(std::move(*job), r, relay_, kT0);
+  EXPECT_TRUE(logged(id + ": conversation with client.example.org[192.0.2.1]:22 ended after the "
+                          "end of data: possible duplicate delivery"));
+  EXPECT_EQ(count(QueueState::Deferred), 1u);
+}
+
+TEST_F(QueueTest, ContentErrorMovesToCorrupt) {
+  commit({"bob@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  auto r = results(*job, {{Outcome::Deferred, "cannot read"}});
+  r.content_error = true;
+  qm_->finish(std::move(*job), r, relay_, kT0);
+  EXPECT_EQ(count(QueueState::Corrupt), 1u);
+  EXPECT_EQ(total(), 1u);
+  EXPECT_FALSE(qm_->nextJob("c1", kT0 + 10000));
+}
+
+TEST_F(QueueTest, UnreadableIncomingFileGoesToCorrupt) {
+  qm_->start(kT0);
+  std::string id = newQueueId();
+  std::ofstream(spool_->path(QueueState::Incoming, id)) << "this is no spool file\n";
+  qm_->scanIncoming(kT0);
+  EXPECT_EQ(count(QueueState::Corrupt), 1u);
+  EXPECT_EQ(count(QueueState::Incoming), 0u);
+}
+
+TEST_F(QueueTest, HoldAndRelease) {
+  std::string id = commit({"bob@b.example"});
+  qm_->start(kT0);
+  ASSERT_TRUE(qm_->hold(id).ok());
+  EXPECT_EQ(count(QueueState::Hold), 1u);
+  EXPECT_FALSE(qm_->nextJob("c1", kT0));
+  auto lines = qm_->listQueue();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0], id + " hold client=c1 size=24 arrival=1700000000 from=<alice@a.example> "
+                           "to=<bob@b.example>");
+  qm_->tick(kT0 + 10 * 86400);  // held mail does not expire
+  EXPECT_EQ(count(QueueState::Hold), 1u);
+  EXPECT_FALSE(qm_->release("NOSUCHID", kT0).ok());
+  ASSERT_TRUE(qm_->release(id, kT0 + 1).ok());
+  auto job = qm_->nextJob("c1", kT0 + 1);
+  ASSERT_TRUE(job);
+  // Hold while in flight: it goes to hold/ when the attempt ends.
+  ASSERT_TRUE(qm_->hold(id).ok());
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Deferred, "451 later"}}), relay_, kT0 + 2);
+  EXPECT_EQ(count(QueueState::Hold), 1u);
+  EXPECT_FALSE(qm_->hasDue("c1", kT0 + 100000));
+}
+
+TEST_F(QueueTest, FlushMakesDeferredDueNow) {
+  commit({"bob@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Deferred, "451 later"}}), relay_, kT0);
+  EXPECT_FALSE(qm_->hasDue("c1", kT0 + 1));
+  qm_->flush("", kT0 + 1);
+  EXPECT_TRUE(qm_->hasDue("c1", kT0 + 1));
+  EXPECT_TRUE(qm_->nextJob("c1", kT0 + 1));
+}
+
+TEST_F(QueueTest, StatusCountsPerClientIncludingUnknownOnes) {
+  commit({"bob@b.example"});
+  commit({"bob@b.example"});
+  commit({"x@gone.example"}, "alice@a.example", kT0 - 5, "removed-client");
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  auto st = qm_->status();
+  ASSERT_EQ(st.size(), 2u);
+  EXPECT_EQ(st[0].client, "c1");
+  EXPECT_EQ(st[0].in_flight, 1u);
+  EXPECT_EQ(st[0].active, 1u);
+  EXPECT_EQ(st[0].oldest_arrival, kT0);
+  EXPECT_EQ(st[1].client, "removed-client");
+  EXPECT_EQ(st[1].active, 1u);
+}
+
+TEST_F(QueueTest, JournalFailureLeavesMessageInActiveUntilRestart) {
+  std::string id = commit({"bob@b.example", "carol@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  fs_.fail_substr = "/active/";
+  qm_->finish(std::move(*job),
+              results(*job, {{Outcome::Delivered, "250 Ok"}, {Outcome::Deferred, "451 later"}}),
+              relay_, kT0);
+  EXPECT_TRUE(logged(id + ": cannot record delivery results"));
+  EXPECT_EQ(count(QueueState::Active), 1u);
+  EXPECT_FALSE(qm_->hasDue("c1", kT0 + 100000));
+  EXPECT_FALSE(qm_->nextJob("c1", kT0 + 100000));
+  EXPECT_NE(qm_->listQueue()[0].find(" stuck "), std::string::npos);
+  fs_.fail_substr.clear();
+  // After a restart both recipients are tried again: bob may get it twice, nobody loses it.
+  restart();
+  qm_->start(kT0 + 10);
+  auto again = qm_->nextJob("c1", kT0 + 10);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->rcpt_indexes, (std::vector<size_t>{0, 1}));
+}
+
+TEST_F(QueueTest, NotificationThatCannotBeSpooledKeepsRecipientPending) {
+  std::string id = commit({"bob@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  fs_.fail_substr = spool_->stateDir(QueueState::Tmp) + "/";
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
+  EXPECT_TRUE(logged(id + ": cannot spool the notification"));
+  EXPECT_EQ(bounces_.calls, 0);
+  auto m = spool_->load(QueueState::Deferred, id);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->env.rcpts[0].state, RcptState::Pending);
+  EXPECT_EQ(m->env.rcpts[0].reply, "550 5.1.1 no");
+  fs_.fail_substr.clear();
+  // The next attempt meets the same refusal and reports it this time.
+  qm_->tick(kT0 + 300);
+  auto job2 = qm_->nextJob("c1", kT0 + 300);
+  ASSERT_TRUE(job2);
+  qm_->finish(std::move(*job2), results(*job2, {{Outcome::Failed, "550 5.1.1 no"}}), relay_,
+              kT0 + 300);
+  EXPECT_EQ(bounces_.sent.size(), 1u);
+  EXPECT_EQ(total(), 0u);
+}
+
+TEST_F(QueueTest, ExpiryWhoseNotificationCannotBeSpooledIsRetriedLater) {
+  commit({"bob@b.example"}, "alice@a.example", kT0 - 6 * 86400);
+  fs_.fail_substr = spool_->stateDir(QueueState::Tmp) + "/";
+  qm_->start(kT0);
+  EXPECT_EQ(total(), 1u);                  // kept: nothing may be lost
+  EXPECT_EQ(qm_->nextWakeup(), kT0 + 60);  // not a busy loop
+  fs_.fail_substr.clear();
+  qm_->tick(kT0 + 60);
+  EXPECT_EQ(bounces_.sent.size(), 1u);
+  EXPECT_EQ(total(), 0u);
+}
+
+TEST_F(QueueTest, FullyDeliveredMessageIsRemovedWithoutJournalWrite) {
+  commit({"bob@b.example", "carol@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  fs_.fail_substr = "/active/";  // any journal append would fail
+  qm_->finish(std::move(*job),
+              results(*job, {{Outcome::Delivered, "250 Ok"}, {Outcome::Delivered, "250 Ok"}}),
+              relay_, kT0);
+  EXPECT_EQ(total(), 0u);
+  EXPECT_FALSE(logged("cannot record"));
+}
+
+TEST_F(QueueTest, NextWakeupFollowsChanges) {
+  EXPECT_EQ(qm_->nextWakeup(), 0);
+  commit({"bob@b.example"});
+  qm_->start(kT0);
+  EXPECT_EQ(qm_->nextWakeup(), kT0 + 4 * 3600);  // the delay warning
+  auto job = qm_->nextJob("c1", kT0);
+  EXPECT_EQ(qm_->nextWakeup(), 0);  // in flight: nothing for tick()
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Deferred, "451 later"}}), relay_, kT0);
+  EXPECT_EQ(qm_->nextWakeup(), kT0 + 300);
+}
+
+}  // namespace
+}  // namespace dynmx::tunneld
