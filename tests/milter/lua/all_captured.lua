@@ -1,0 +1,13 @@
+-- Every recipient is captured: the MTA's copy is discarded (SMFIR_DISCARD).
+dofile(luadir .. "/common.lua")
+local conn = open()
+mt.macro(conn, SMFIC_MAIL, "i", "QALL")
+ok(mt.mailfrom(conn, "<sender@x.example>"), "mailfrom")
+ok(mt.rcptto(conn, "<bob@alpha.example>"), "rcpt bob")
+ok(mt.rcptto(conn, "<eve@alpha.example>"), "rcpt eve")
+ok(mt.header(conn, "Subject", "all"), "header")
+ok(mt.eoh(conn), "eoh")
+ok(mt.bodystring(conn, "body\r\n"), "body")
+ok(mt.eom(conn), "eom")
+expect_reply(conn, SMFIR_DISCARD, "eom")
+mt.disconnect(conn)

@@ -1,0 +1,13 @@
+-- A bounce (MAIL FROM:<>) for a client is captured like any other message.
+dofile(luadir .. "/common.lua")
+local conn = open()
+mt.macro(conn, SMFIC_MAIL, "i", "QNULL")
+ok(mt.mailfrom(conn, "<>"), "mailfrom <>")
+expect_reply(conn, SMFIR_CONTINUE, "mailfrom <>")
+ok(mt.rcptto(conn, "<bob@alpha.example>"), "rcpt")
+ok(mt.header(conn, "Subject", "Undelivered Mail Returned to Sender"), "header")
+ok(mt.eoh(conn), "eoh")
+ok(mt.bodystring(conn, "bounce\r\n"), "body")
+ok(mt.eom(conn), "eom")
+expect_reply(conn, SMFIR_DISCARD, "eom")
+mt.disconnect(conn)

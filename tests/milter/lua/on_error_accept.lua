@@ -1,0 +1,12 @@
+-- With on_error = "accept" an unwritable spool lets the message pass untouched (SMFIR_ACCEPT).
+dofile(luadir .. "/common.lua")
+local conn = open()
+ok(mt.mailfrom(conn, "<sender@x.example>"), "mailfrom")
+ok(mt.rcptto(conn, "<bob@alpha.example>"), "rcpt bob")
+ok(mt.header(conn, "Subject", "cannot spool"), "header")
+ok(mt.eoh(conn), "eoh")
+ok(mt.bodystring(conn, "body\r\n"), "body")
+ok(mt.eom(conn), "eom")
+expect_reply(conn, SMFIR_ACCEPT, "eom")
+check(not mt.eom_check(conn, MT_RCPTDELETE, "<bob@alpha.example>"), "bob not deleted")
+mt.disconnect(conn)
