@@ -111,7 +111,8 @@ int main(int argc, char** argv) {
   if (auto f = milter::dropPrivileges(cfg.milter.user)) {
     return fail(foreground, f->exit_code, f->message);
   }
-  if (Status st = spool->checkWritable(); !st) {
+  // The state directories may not exist yet when the milter starts before dynmx-tunneld ever ran.
+  if (Status st = spool->prepareExisting(); !st) {
     return fail(foreground, kExitCantCreat, "spool: " + st.error().message);
   }
   if (!foreground && daemon(0, 0) != 0) {

@@ -660,6 +660,13 @@ Status Spool::prepare() {
   return checkWritable();
 }
 
+Status Spool::prepareExisting() {
+  struct stat sb;
+  if (::stat(dir_.c_str(), &sb) != 0) return sysError(errno, "spool directory " + dir_);
+  if (!S_ISDIR(sb.st_mode)) return Error{ENOTDIR, "spool directory " + dir_ + ": not a directory"};
+  return prepare();
+}
+
 Status Spool::checkWritable() const {
   for (auto s : {QueueState::Tmp, QueueState::Incoming}) {
     std::string d = stateDir(s);

@@ -182,6 +182,9 @@ class Spool {
 
   // Creates the state directories that are missing (mode 0700). Fails naming the directory.
   Status prepare();
+  // The same, but the spool directory itself must already exist (the installer makes it, with its
+  // owner): for programs that may start before dynmx-tunneld has ever run.
+  Status prepareExisting();
   // Checks that the spool is there and writable without creating anything (for writers).
   Status checkWritable() const;
 

@@ -462,6 +462,14 @@ TEST_F(MilterStartupTest, MissingSpoolExitsWithExCantCreat) {
             kExitCantCreat);
 }
 
+TEST_F(MilterStartupTest, MissingStateDirectoriesAreCreated) {
+  std::filesystem::remove_all(milter_->spoolDir());
+  ASSERT_EQ(mkdir(milter_->spoolDir().c_str(), 0700), 0);
+  start();
+  ASSERT_EQ(run("all_captured.lua"), 0);
+  EXPECT_EQ(Spool(milter_->spoolDir()).list(QueueState::Incoming).size(), 1u);
+}
+
 TEST_F(MilterStartupTest, UnknownOptionIsAUsageError) {
   EXPECT_EQ(runCommand({binDir() + "/dynmx-milter", "--bogus"}), kExitUsage);
 }
