@@ -1,0 +1,580 @@
+// daemon_delivery_test.cpp: the whole dynmx-tunneld (the built program, run in the foreground)
+// delivering spooled mail through a real sshd on loopback into the far end the client's
+// authorized_keys line forces: dynmx-test-smtpd (sink and fault modes) or a real sendmail -bs.
+// Cases: delivery byte for byte, real sendmail, host-key mismatch and restore, client offline and
+// back, partial recipient failure, expiry with a bounce, kill -9 during a run, a 50 MB message in
+// bounded memory, SIGTERM with a transaction in flight, dynmxctl and reload.
+// Waiting is always for an event with a generous deadline; nothing asserts on elapsed time.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <gtest/gtest.h>
+#include <set>
+
+#include "shared/spool.hpp"
+#include "tests/harness/test_sshd.hpp"
+
+using namespace dynmx;
+using namespace dynmx::test;
+
+namespace {
+
+constexpr auto kLong = std::chrono::seconds(120);
+
+bool contains(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    bin = binDir();
+    mkdir(sshd_dir().c_str(), 0700);
+    mkdir(maildir().c_str(), 0755);
+    mkdir(bouncedir().c_str(), 0755);
+    sshd = std::make_unique<TestSshd>(sshd_dir());
+    key = generateKey(dir / "id_ed25519");
+    writeFile(dir / "recorder",
+              "#!/bin/sh\nd=" + bouncedir() +
+                  "\nprintf '%s\\n' \"$@\" > $d/.args.$$\ncat > $d/.msg.$$\n"
+                  "mv $d/.args.$$ $d/$$.args\nmv $d/.msg.$$ $d/$$.msg\n",
+              0755);
+  }
+
+  std::string sshd_dir() { return dir / "sshd"; }
+  std::string maildir() { return dir / "mail"; }
+  std::string bouncedir() { return dir / "bounces"; }
+  std::string spooldir() { return dir / "spool"; }
+  std::string sock() { return dir / "ctl.sock"; }
+  std::string smtpd() { return bin + "/dynmx-test-smtpd"; }
+
+  // Authorizes the client key with the far-end command and starts sshd.
+  void startSshd(const std::string& command) {
+    sshd->authorize(key, command);
+    sshd->start();
+    writeFile(dir / "known_hosts", sshd->knownHostsLine() + "\n");
+  }
+
+  void writeConfig(const std::string& tunneld_extra = "", const std::string& client_extra = "",
+                   const std::string& more_clients = "") {
+    std::string c;
+    c += "[spool]\ndir = \"" + spooldir() + "\"\n\n";
+    c += "[tunneld]\ncontrol_socket = \"" + sock() + "\"\n";
+    c += "identity = \"" + key.private_path + "\"\nknown_hosts = \"" + (dir / "known_hosts") +
+         "\"\n";
+    if (!contains(tunneld_extra, "keepalive")) c += "keepalive = \"10s\"\n";
+    c += "connect_timeout = \"20s\"\nreconnect_min = \"1s\"\n"
+         "reconnect_max = \"2s\"\nretry_min = \"1s\"\nretry_max = \"2s\"\n";
+    c += "sendmail = [\"" + (dir / "recorder") + "\"]\nhostname = \"mx.test\"\n";
+    c += tunneld_extra + "\n";
+    c += "[[client]]\nname = \"alpha\"\nhost = \"127.0.0.1\"\nport = " +
+         std::to_string(sshd->port()) + "\nuser = \"" + sshd->user() +
+         "\"\ndomains = [\"alpha.test\"]\n" + client_extra + "\n" + more_clients;
+    writeFile(dir / "dynmx.toml", c, 0644);
+  }
+
+  void startDaemon() {
+    // Under AddressSanitizer, freed buffers would sit in its quarantine and count as resident:
+    // keep it small so that the memory bound of the 50 MB test measures the daemon.
+    const char* asan = std::getenv("ASAN_OPTIONS");
+    std::string asan_opts =
+        "ASAN_OPTIONS=" + (asan ? std::string(asan) + ":" : std::string()) + "quarantine_size_mb=1";
+    daemon = std::make_unique<Process>(
+        std::vector<std::string>{bin + "/dynmx-tunneld", "-f", "-c", dir / "dynmx.toml"},
+        SpawnOptions{"", "", dir / "daemon.log", {asan_opts}, true});
+    ASSERT_TRUE(waitFor([&] { return !daemon->running() || ctl({"status"}).first == 0; }, kLong));
+    ASSERT_TRUE(daemon->running()) << readFile(dir / "daemon.log");
+  }
+
+  std::pair<int, std::string> ctl(const std::vector<std::string>& args) {
+    std::vector<std::string> argv{bin + "/dynmxctl", "-s", sock()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::string out;
+    int rc = runCommand(argv, &out);
+    return {rc, out};
+  }
+  std::string status() { return ctl({"status"}).second; }
+  bool connected() { return contains(status(), "client alpha: connected"); }
+
+  std::string spool(const std::string& content, const std::vector<std::string>& rcpts,
+                    const std::string& sender = "sender@origin.test",
+                    const std::string& client = "alpha") {
+    Spool sp(spooldir());
+    EXPECT_TRUE(sp.prepare().ok());
+    auto w = sp.create();
+    EXPECT_TRUE(w.ok()) << w.error().message;
+    EXPECT_TRUE((*w)->write(content).ok());
+    Envelope env;
+    env.client = client;
+    env.sender = sender;
+    env.arrival = time(nullptr);
+    env.origin = "test";
+    for (auto& r : rcpts) {
+      SpoolRecipient sr;
+      sr.address = r;
+      env.rcpts.push_back(sr);
+    }
+    std::string id = (*w)->id();
+    auto st = (*w)->commit(env);
+    EXPECT_TRUE(st.ok()) << st.error().message;
+    return id;
+  }
+
+  size_t delivered() {
+    size_t n = 0;
+    for (auto& f : listDir(maildir()))
+      if (f.size() > 5 && f.compare(f.size() - 5, 5, ".data") == 0) ++n;
+    return n;
+  }
+  size_t spooled() {
+    Spool sp(spooldir());
+    return sp.list(QueueState::Incoming).size() + sp.list(QueueState::Active).size() +
+           sp.list(QueueState::Deferred).size() + sp.list(QueueState::Hold).size();
+  }
+  std::vector<std::string> bounces() {
+    std::vector<std::string> out;
+    for (auto& f : listDir(bouncedir()))
+      if (f.size() > 4 && f.compare(f.size() - 4, 4, ".msg") == 0)
+        out.push_back(bouncedir() + "/" + f);
+    return out;
+  }
+  std::string log() { return readFile(dir / "daemon.log"); }
+  // The sink's files are named PID-N.data / PID-N.env: the one message's file with this suffix.
+  std::string onlyFile(const std::string& suffix) {
+    std::string found;
+    for (auto& f : listDir(maildir()))
+      if (f.size() > suffix.size() &&
+          f.compare(f.size() - suffix.size(), suffix.size(), suffix) == 0)
+        found = maildir() + "/" + f;
+    return found;
+  }
+
+  void TearDown() override {
+    if (HasFailure()) {
+      std::cerr << "---- daemon log ----\n" << log() << "---- status ----\n";
+      if (daemon && daemon->running()) std::cerr << status();
+    }
+    daemon.reset();
+    sshd.reset();
+  }
+
+  TempDir dir{"dynmx-daemon"};
+  std::string bin;
+  std::unique_ptr<TestSshd> sshd;
+  KeyPair key;
+  std::unique_ptr<Process> daemon;
+};
+
+}  // namespace
+
+TEST_F(DaemonTest, DeliversByteForByteWithDotStuffingAndLineEndsNormalised) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  std::string content =
+      "Subject: dots\r\nX-Test: 1\r\n\r\n.\r\n..\r\n.leading dot\r\n...three\r\n"
+      "bare LF\nbare CR\rCRLF\r\n\r\n.\r\nlast line without end";
+  std::string expect =
+      "Subject: dots\r\nX-Test: 1\r\n\r\n.\r\n..\r\n.leading dot\r\n...three\r\n"
+      "bare LF\r\nbare CR\r\nCRLF\r\n\r\n.\r\nlast line without end\r\n";
+  std::string id = spool(content, {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong));
+  EXPECT_EQ(readFile(onlyFile(".data")), expect);
+  std::string env = readFile(onlyFile(".env"));
+  EXPECT_TRUE(contains(env, "MAIL FROM:<sender@origin.test>")) << env;
+  EXPECT_TRUE(contains(env, "RCPT TO:<bob@alpha.test>")) << env;
+  EXPECT_TRUE(waitFor([&] { return contains(log(), id + ": to=<bob@alpha.test>"); }, kLong));
+  EXPECT_TRUE(contains(log(), "status=sent")) << log();
+  std::string st = status();
+  EXPECT_TRUE(contains(st, "ssh: kex ")) << st;
+  EXPECT_TRUE(contains(st, "cipher aes")) << st;
+}
+
+TEST_F(DaemonTest, DeliversIntoARealSendmailBs) {
+  std::string q = dir / "farend-queue";
+  mkdir(q.c_str(), 0700);
+  std::string mc =
+      "include(`/usr/share/sendmail/cf/m4/cf.m4')dnl\nOSTYPE(`debian')dnl\n"
+      "FEATURE(`no_default_msa')dnl\ndefine(`QUEUE_DIR', `" +
+      q +
+      "')dnl\n"
+      "define(`confPID_FILE', `" +
+      (dir / "farend.pid") +
+      "')dnl\n"
+      "define(`confBIND_OPTS', `-DNSRCH -DEFNAMES')dnl\n"
+      "define(`confDOMAIN_NAME', `farend.test')dnl\n"
+      "define(`confDONT_PROBE_INTERFACES', `True')dnl\n"
+      "FEATURE(`accept_unresolvable_domains')dnl\nMAILER(`local')dnl\nMAILER(`smtp')dnl\n";
+  writeFile(dir / "farend.mc", mc);
+  std::string cf;
+  ASSERT_EQ(runCommand({"/usr/bin/m4", dir / "farend.mc"}, &cf), 0);
+  writeFile(dir / "farend.cf", cf);
+  // The far end's sendmail wants a qualified host name of its own (else it sleeps a minute):
+  // give it one in a private UTS namespace.
+  writeFile(dir / "farend.sh",
+            "#!/bin/sh\nexec /usr/bin/unshare --uts /bin/sh -c 'hostname farend.test && exec "
+            "/usr/sbin/sendmail -C" +
+                (dir / "farend.cf") + " -odq -bs'\n",
+            0755);
+  startSshd(dir / "farend.sh");
+  writeConfig();
+  startDaemon();
+  std::string body = "Subject: real sendmail\r\n\r\n.hidden dot\r\nline two\r\n";
+  spool(body, {"bob@alpha.test", "carol@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return spooled() == 0; }, kLong)) << status();
+  std::string qf, df;
+  for (auto& f : listDir(q)) {
+    if (f.rfind("qf", 0) == 0) qf = readFile(q + "/" + f);
+    if (f.rfind("df", 0) == 0) df = readFile(q + "/" + f);
+  }
+  ASSERT_FALSE(qf.empty()) << "nothing in the far end's queue: " << log();
+  EXPECT_TRUE(contains(qf, "bob@alpha.test")) << qf;
+  EXPECT_TRUE(contains(qf, "carol@alpha.test")) << qf;
+  EXPECT_TRUE(contains(qf, "Subject: real sendmail")) << qf;
+  EXPECT_EQ(df, ".hidden dot\nline two\n");  // sendmail keeps df files with LF line ends
+  EXPECT_TRUE(contains(log(), "status=sent")) << log();
+}
+
+TEST_F(DaemonTest, HostKeyMismatchDeliversNothingUntilTheRightKeyIsBack) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  KeyPair right = sshd->hostKey();
+  KeyPair stranger = generateKey(dir / "stranger_host_key");
+  sshd->restartWithHostKey(stranger);
+  size_t accepted_before = 0;
+  {
+    std::string l = readFile(sshd->logPath());
+    for (size_t p = 0; (p = l.find("Accepted publickey", p)) != std::string::npos; ++p)
+      ++accepted_before;
+  }
+  spool("Subject: x\r\n\r\nhello\r\n", {"bob@alpha.test"});
+  std::string fp_stranger, fp_right;
+  {
+    std::string out;
+    runCommand({"/usr/bin/ssh-keygen", "-l", "-E", "sha256", "-f", stranger.private_path + ".pub"},
+               &out);
+    fp_stranger =
+        out.substr(out.find("SHA256:"), out.find(' ', out.find("SHA256:")) - out.find("SHA256:"));
+    out.clear();
+    runCommand({"/usr/bin/ssh-keygen", "-l", "-E", "sha256", "-f", right.private_path + ".pub"},
+               &out);
+    fp_right =
+        out.substr(out.find("SHA256:"), out.find(' ', out.find("SHA256:")) - out.find("SHA256:"));
+  }
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "host-key-mismatch"); }, kLong)) << status();
+  std::string st = status();
+  EXPECT_TRUE(contains(st, "presented " + fp_stranger)) << st;
+  EXPECT_TRUE(contains(st, "expected " + fp_right)) << st;
+  // Let it retry a few times: still nothing delivered, never authenticated.
+  ASSERT_TRUE(waitFor(
+      [&] {
+        std::string l = log();
+        size_t n = 0;
+        for (size_t p = 0; (p = l.find("host key mismatch", p)) != std::string::npos; ++p) ++n;
+        return n >= 3;
+      },
+      kLong));
+  EXPECT_EQ(delivered(), 0u);
+  size_t accepted_after = 0;
+  {
+    std::string l = readFile(sshd->logPath());
+    for (size_t p = 0; (p = l.find("Accepted publickey", p)) != std::string::npos; ++p)
+      ++accepted_after;
+  }
+  EXPECT_EQ(accepted_after, accepted_before);
+  // One warning per change of the presented key, not one per retry.
+  std::string l = log();
+  size_t warnings = 0;
+  for (size_t p = 0;
+       (p = l.find("warning: client=alpha: host key mismatch", p)) != std::string::npos; ++p)
+    ++warnings;
+  EXPECT_EQ(warnings, 1u) << l;
+
+  sshd->restartWithHostKey(right);
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+  EXPECT_TRUE(contains(status(), "client alpha: connected"));
+}
+
+TEST_F(DaemonTest, ClientOfflineThenBackGetsItsMail) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  sshd->stop();
+  startDaemon();
+  spool("Subject: while offline\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "last error: connect to"); }, kLong))
+      << status();
+  EXPECT_TRUE(contains(status(), "client alpha: backoff"));
+  EXPECT_EQ(delivered(), 0u);
+  sshd->start();
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+}
+
+TEST_F(DaemonTest, PartialRecipientFailureBouncesOnlyTheFailedRecipient) {
+  startSshd(smtpd() + " --maildir " + maildir() +
+            " --rcpt-reply 'nobody@alpha.test=550 5.1.1 no such user here'");
+  writeConfig();
+  startDaemon();
+  spool("Subject: partial\r\n\r\nhi\r\n", {"bob@alpha.test", "nobody@alpha.test"});
+  ASSERT_TRUE(
+      waitFor([&] { return delivered() == 1 && bounces().size() == 1 && spooled() == 0; }, kLong))
+      << status();
+  std::string env = readFile(onlyFile(".env"));
+  EXPECT_TRUE(contains(env, "bob@alpha.test"));
+  EXPECT_FALSE(contains(env, "RCPT TO:<nobody@alpha.test>"));
+  std::string bounce = readFile(bounces()[0]);
+  std::string args = readFile(bounces()[0].substr(0, bounces()[0].size() - 4) + ".args");
+  EXPECT_TRUE(contains(args, "sender@origin.test")) << args;
+  EXPECT_TRUE(contains(bounce, "nobody@alpha.test")) << bounce;
+  EXPECT_TRUE(contains(bounce, "550 5.1.1 no such user here")) << bounce;
+  EXPECT_FALSE(contains(bounce, "Final-Recipient: rfc822; bob@alpha.test")) << bounce;
+  EXPECT_TRUE(contains(log(), "status=bounced")) << log();
+}
+
+TEST_F(DaemonTest, ExpiredMailIsBouncedAndRemoved) {
+  startSshd(smtpd() + " --maildir " + maildir() +
+            " --rcpt-reply 'bob@alpha.test=450 4.2.0 mailbox busy'");
+  writeConfig("queue_lifetime = \"3s\"\ndelay_warning = \"0s\"\n");
+  startDaemon();
+  spool("Subject: will expire\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return bounces().size() == 1 && spooled() == 0; }, kLong)) << status();
+  EXPECT_EQ(delivered(), 0u);
+  std::string bounce = readFile(bounces()[0]);
+  EXPECT_TRUE(contains(bounce, "bob@alpha.test")) << bounce;
+  EXPECT_TRUE(contains(bounce, "Auto-Submitted: auto-replied")) << bounce;
+}
+
+TEST_F(DaemonTest, KillNineDuringARunLosesNothing) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig("", "concurrency = 2\n");
+  const int kMessages = 600;  // many SMTP sessions' worth (100 transactions each by default)
+  for (int i = 0; i < kMessages; ++i)
+    spool(
+        "Subject: n\r\nX-Seq: " + std::to_string(i) + "\r\n\r\nbody " + std::to_string(i) + "\r\n",
+        {"bob@alpha.test"});
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return delivered() >= 1; }, kLong, std::chrono::milliseconds(2)))
+      << status();
+  daemon->signal(SIGKILL);
+  daemon->wait();
+  size_t at_kill = delivered();
+  ASSERT_LT(at_kill, static_cast<size_t>(kMessages)) << "all delivered before the kill; no test";
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return spooled() == 0; }, std::chrono::seconds(300))) << status();
+  std::set<int> seen;
+  for (auto& f : listDir(maildir())) {
+    if (f.size() < 5 || f.compare(f.size() - 5, 5, ".data") != 0) continue;
+    std::string d = readFile(maildir() + "/" + f);
+    auto p = d.find("X-Seq: ");
+    ASSERT_NE(p, std::string::npos);
+    seen.insert(std::stoi(d.substr(p + 7)));
+  }
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kMessages));  // every one at least once
+}
+
+TEST_F(DaemonTest, FiftyMegabyteMessageStreamsInBoundedMemory) {
+  startSshd(smtpd() + " --discard --count-file " + (dir / "count"));
+  writeConfig();
+  startDaemon();
+  // Baseline: the daemon after one small delivery (sanitizer builds start much higher).
+  spool("Subject: small\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return spooled() == 0; }, kLong)) << status();
+  long base = procStatusKb(daemon->pid(), "VmHWM");
+  ASSERT_GT(base, 0);
+  {
+    Spool sp(spooldir());
+    ASSERT_TRUE(sp.prepare().ok());
+    auto w = sp.create();
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE((*w)->write("Subject: big\r\n\r\n").ok());
+    std::string line(76, 'x');
+    line += "\r\n";
+    std::string chunk;
+    for (int i = 0; i < 840; ++i) chunk += line;                         // 65 KB
+    for (int i = 0; i < 800; ++i) ASSERT_TRUE((*w)->write(chunk).ok());  // 52 MB
+    Envelope env;
+    env.client = "alpha";
+    env.sender = "big@origin.test";
+    env.arrival = time(nullptr);
+    SpoolRecipient r;
+    r.address = "bob@alpha.test";
+    env.rcpts.push_back(r);
+    ASSERT_TRUE((*w)->commit(env).ok());
+  }
+  ASSERT_TRUE(waitFor([&] { return spooled() == 0; }, std::chrono::seconds(300))) << status();
+  EXPECT_TRUE(contains(readFile(dir / "count"), "2"));  // the small one and the big one
+  long hwm = procStatusKb(daemon->pid(), "VmHWM");
+  ASSERT_GT(hwm, 0);
+  RecordProperty("daemon_VmHWM_kB", static_cast<int>(hwm));
+  std::cerr << "daemon VmHWM: " << base << " kB before, " << hwm << " kB after a 52 MB message\n";
+  // A memory bound, not a timing: the peak grew by far less than the message (52 MB).
+  EXPECT_LT(hwm - base, 13 * 1024) << "peak RSS grew from " << base << " to " << hwm << " kB";
+}
+
+TEST_F(DaemonTest, SigtermWithATransactionInFlightMarksNothingDelivered) {
+  startSshd(smtpd() + " --maildir " + maildir() + " --stall dot");
+  writeConfig();
+  startDaemon();
+  std::string id = spool("Subject: stalled\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "in flight 1"); }, kLong)) << status();
+  daemon->signal(SIGTERM);
+  ASSERT_TRUE(waitFor([&] { return contains(log(), "stopping"); }, kLong));
+  daemon->signal(SIGTERM);  // the second one abandons at once instead of after the grace period
+  auto st = daemon->wait(kLong);
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0);
+  EXPECT_EQ(delivered(), 0u);
+  Spool sp(spooldir());
+  std::optional<SpoolMessage> msg;
+  for (auto s : {QueueState::Incoming, QueueState::Active, QueueState::Deferred}) {
+    auto l = sp.list(s);
+    if (!l.empty()) {
+      auto m = sp.load(s, l[0]);
+      ASSERT_TRUE(m.ok());
+      msg = *m;
+    }
+  }
+  ASSERT_TRUE(msg.has_value()) << "the message left the spool";
+  EXPECT_EQ(msg->id, id);
+  EXPECT_EQ(msg->env.rcpts[0].state, RcptState::Pending);
+}
+
+TEST_F(DaemonTest, DynmxctlCommandsAndReload) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  EXPECT_EQ(ctl({"bogus"}).first, 64);
+  EXPECT_EQ(ctl({"flush", "nosuchclient"}).first, 1);
+  EXPECT_EQ(ctl({"flush"}).first, 0);
+  EXPECT_EQ(ctl({"queue"}).first, 0);
+  {
+    std::string out;
+    int rc = runCommand({bin + "/dynmxctl", "-s", dir / "nothing-here.sock", "status"}, &out);
+    EXPECT_EQ(rc, 69);
+  }
+  struct stat st;
+  ASSERT_EQ(stat(sock().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  // A bad file is refused and the running configuration stays.
+  std::string good = readFile(dir / "dynmx.toml");
+  writeFile(dir / "dynmx.toml", good + "\n[tunneld.nonsense]\n");
+  auto bad = ctl({"reload"});
+  EXPECT_EQ(bad.first, 1);
+  daemon->signal(SIGHUP);
+  ASSERT_TRUE(waitFor([&] { return contains(log(), "keeping the running configuration"); }, kLong));
+  EXPECT_TRUE(connected());
+  // A new client appears on reload.
+  writeFile(dir / "dynmx.toml", good);
+  writeConfig(
+      "", "",
+      "[[client]]\nname = \"beta\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(sshd->port()) +
+          "\nuser = \"" + sshd->user() + "\"\ndomains = [\"beta.test\"]\n");
+  auto ok = ctl({"reload"});
+  EXPECT_EQ(ok.first, 0) << ok.second;
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "client beta: connected"); }, kLong))
+      << status();
+  // A second daemon on the same socket refuses to start.
+  std::string out;
+  Process second({bin + "/dynmx-tunneld", "-f", "-c", dir / "dynmx.toml"},
+                 SpawnOptions{"", "", dir / "second.log", {}, true});
+  auto st2 = second.wait(kLong);
+  ASSERT_TRUE(st2.has_value());
+  EXPECT_NE(WEXITSTATUS(*st2), 0);
+  EXPECT_TRUE(contains(readFile(dir / "second.log"), "another dynmx-tunneld"))
+      << readFile(dir / "second.log");
+}
+
+TEST_F(DaemonTest, SigtermWhenIdleQuitsAndExitsZero) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  startDaemon();
+  spool("Subject: one\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+  daemon->signal(SIGTERM);
+  auto st = daemon->wait(kLong);
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0);
+  EXPECT_TRUE(contains(log(), "stopped"));
+  struct stat sb;
+  EXPECT_NE(stat(sock().c_str(), &sb), 0) << "the admin socket was left behind";
+}
+
+TEST_F(DaemonTest, SigtermGracePeriodEndsAStuckTransactionWithoutMarkingIt) {
+  startSshd(smtpd() + " --maildir " + maildir() + " --stall dot");
+  writeConfig();
+  startDaemon();
+  spool("Subject: stuck\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "in flight 1"); }, kLong)) << status();
+  daemon->signal(SIGTERM);  // one signal: the grace period runs out, then the session is abandoned
+  auto st = daemon->wait(kLong);
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0);
+  EXPECT_TRUE(contains(log(), "grace period over")) << log();
+  EXPECT_EQ(delivered(), 0u);
+  EXPECT_EQ(spooled(), 1u);
+}
+
+TEST_F(DaemonTest, HeldMessageWaitsUntilReleased) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  sshd->stop();
+  startDaemon();
+  std::string id = spool("Subject: held\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(ctl({"queue"}).second, id); }, kLong));
+  auto held = ctl({"hold", id});
+  ASSERT_EQ(held.first, 0) << held.second;
+  EXPECT_EQ(ctl({"hold", "0000000000000000"}).first, 1);
+  sshd->start();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  EXPECT_EQ(ctl({"flush", "alpha"}).first, 0);
+  EXPECT_TRUE(contains(status(), "hold 1")) << status();
+  EXPECT_EQ(delivered(), 0u);
+  ASSERT_EQ(ctl({"release", id}).first, 0);
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+}
+
+TEST_F(DaemonTest, FarEndRefusingEverySessionIsRetriedWithBackoffAndMailStays) {
+  startSshd(smtpd() + " --maildir " + maildir() + " --greeting-reply '554 5.3.2 not today'");
+  writeConfig();
+  startDaemon();
+  std::string id = spool("Subject: refused\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(log(), "next SMTP session in"); }, kLong)) << log();
+  std::string st = status();
+  EXPECT_TRUE(contains(st, "ended before any transaction")) << st;
+  EXPECT_TRUE(contains(st, "554 5.3.2 not today")) << st;
+  EXPECT_TRUE(contains(st, "client alpha: connected")) << st;  // the SSH connection stays up
+  EXPECT_EQ(delivered(), 0u);
+  EXPECT_EQ(spooled(), 1u);
+  EXPECT_TRUE(bounces().empty());
+}
+
+TEST_F(DaemonTest, AStalledTransactionDoesNotMakeTheConnectionLookDead) {
+  // The far end takes the message and then says nothing: keepalive replies must keep the
+  // connection up (dead would be declared after 3 keepalives without a byte received).
+  startSshd(smtpd() + " --maildir " + maildir() + " --stall dot");
+  writeConfig("keepalive = \"2s\"\n");
+  startDaemon();
+  spool("Subject: slow far end\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "in flight 1"); }, kLong)) << status();
+  auto count = [&](const std::string& hay, const std::string& needle) {
+    size_t n = 0;
+    for (size_t p = 0; (p = hay.find(needle, p)) != std::string::npos; ++p) ++n;
+    return n;
+  };
+  size_t before = count(readFile(sshd->logPath()), "rtype keepalive@libssh2.org");
+  // Six keepalives answered (twice the dead-peer limit): the connection must still be the same.
+  ASSERT_TRUE(waitFor(
+      [&] { return count(readFile(sshd->logPath()), "rtype keepalive@libssh2.org") >= before + 6; },
+      kLong));
+  std::string st = status();
+  EXPECT_TRUE(contains(st, "client alpha: connected")) << st;
+  EXPECT_TRUE(contains(st, "in flight 1")) << st;
+  EXPECT_EQ(count(readFile(sshd->logPath()), "Accepted publickey"), 1u);
+  EXPECT_FALSE(contains(log(), "dead")) << log();
+}

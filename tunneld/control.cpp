@@ -1,0 +1,248 @@
+// control.cpp: admin socket: request parser, reply framing, server socket setup, client call.
+//
+// Failure behaviour: a bad request gets "ERR ..." and the connection is closed; socket setup
+// errors are returned naming the path (the daemon turns them into a start-up failure).
+#include "tunneld/control.hpp"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+namespace dynmx::tunneld {
+
+namespace {
+bool validArg(std::string_view s) {
+  if (s.empty() || s.size() > 255) return false;
+  for (char c : s) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7f) return false;
+  }
+  return true;
+}
+}  // namespace
+
+Result<ControlRequest> parseControlRequest(std::string_view line) {
+  if (line.size() > kMaxRequest) return Error{0, "request too long"};
+  if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  std::vector<std::string_view> words;
+  size_t i = 0;
+  while (i < line.size()) {
+    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+    if (i >= line.size()) break;
+    size_t j = i;
+    while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
+    words.push_back(line.substr(i, j - i));
+    i = j;
+  }
+  if (words.empty())
+    return Error{0, "empty request; expected status, queue, flush, hold, release or reload"};
+  for (auto w : words)
+    if (!validArg(w)) return Error{0, "request contains control characters or an overlong word"};
+  ControlRequest r;
+  std::string_view cmd = words[0];
+  auto want = [&](size_t min, size_t max) -> Status {
+    if (words.size() - 1 < min || words.size() - 1 > max)
+      return Error{0, std::string(cmd) + ": expected " +
+                          (max == 0   ? "no argument"
+                           : min == 0 ? "at most one argument"
+                                      : "one argument")};
+    return {};
+  };
+  if (cmd == "status")
+    r.command = ControlRequest::Command::Status;
+  else if (cmd == "queue")
+    r.command = ControlRequest::Command::Queue;
+  else if (cmd == "reload")
+    r.command = ControlRequest::Command::Reload;
+  else if (cmd == "flush")
+    r.command = ControlRequest::Command::Flush;
+  else if (cmd == "hold")
+    r.command = ControlRequest::Command::Hold;
+  else if (cmd == "release")
+    r.command = ControlRequest::Command::Release;
+  else
+    return Error{0, "unknown command \"" + std::string(cmd) +
+                        "\"; expected status, queue, flush, hold, release or reload"};
+  Status st;
+  switch (r.command) {
+    case ControlRequest::Command::Status:
+    case ControlRequest::Command::Queue:
+    case ControlRequest::Command::Reload:
+      st = want(0, 0);
+      break;
+    case ControlRequest::Command::Flush:
+      st = want(0, 1);
+      break;
+    case ControlRequest::Command::Hold:
+    case ControlRequest::Command::Release:
+      st = want(1, 1);
+      break;
+  }
+  if (!st) return st.error();
+  if (words.size() > 1) r.arg = std::string(words[1]);
+  return r;
+}
+
+std::string formatControlReply(const ControlReply& r) {
+  std::string out = r.ok ? "OK\n" : "ERR " + r.error + "\n";
+  for (auto& l : r.lines) {
+    // One reply line per body line; embedded line ends would break the framing.
+    size_t start = 0;
+    while (true) {
+      size_t nl = l.find('\n', start);
+      std::string part = l.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+      if (!part.empty() && part[0] == '.') out += '.';
+      out += part;
+      out += '\n';
+      if (nl == std::string::npos) break;
+      start = nl + 1;
+    }
+  }
+  out += ".\n";
+  return out;
+}
+
+Result<ControlReply> parseControlReply(std::string_view text) {
+  ControlReply r;
+  size_t pos = text.find('\n');
+  if (pos == std::string_view::npos) return Error{0, "reply has no status line"};
+  std::string_view first = text.substr(0, pos);
+  if (first == "OK") {
+    r.ok = true;
+  } else if (first.rfind("ERR ", 0) == 0) {
+    r.ok = false;
+    r.error = std::string(first.substr(4));
+  } else {
+    return Error{0, "unexpected status line \"" + std::string(first) + "\""};
+  }
+  size_t start = pos + 1;
+  while (start < text.size()) {
+    size_t nl = text.find('\n', start);
+    if (nl == std::string_view::npos) return Error{0, "reply ends without \".\""};
+    std::string_view line = text.substr(start, nl - start);
+    start = nl + 1;
+    if (line == ".") return r;
+    if (!line.empty() && line[0] == '.') line.remove_prefix(1);
+    r.lines.emplace_back(line);
+  }
+  return Error{0, "reply ends without \".\""};
+}
+
+Result<int> openControlSocket(const std::string& path, mode_t mode, const std::string& group) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sa.sun_path)
+    return Error{0, "control_socket " + path + ": path too long"};
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      return Error{0, "control_socket " + path + ": exists and is not a socket; not touching it"};
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rc = connect(probe, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    int e = errno;
+    close(probe);
+    if (rc == 0)
+      return Error{0, "control_socket " + path + ": another dynmx-tunneld is listening on it"};
+    if (e != ECONNREFUSED && e != ENOENT)
+      return sysError(e, "control_socket " + path + ": cannot tell whether it is in use");
+    if (unlink(path.c_str()) != 0 && errno != ENOENT)
+      return sysError(errno, "control_socket " + path + ": removing the stale socket");
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return sysError(errno, "control_socket " + path + ": socket");
+  mode_t old = umask(077);
+  int rc = bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  int e = errno;
+  umask(old);
+  if (rc != 0) {
+    close(fd);
+    return sysError(e, "control_socket " + path + ": bind");
+  }
+  if (listen(fd, 16) != 0) {
+    e = errno;
+    close(fd);
+    return sysError(e, "control_socket " + path + ": listen");
+  }
+  if (!group.empty()) {
+    struct group* g = getgrnam(group.c_str());
+    if (!g) {
+      close(fd);
+      unlink(path.c_str());
+      return Error{0, "control_group " + group + ": no such group"};
+    }
+    if (chown(path.c_str(), static_cast<uid_t>(-1), g->gr_gid) != 0) {
+      e = errno;
+      close(fd);
+      unlink(path.c_str());
+      return sysError(e, "control_socket " + path + ": chgrp " + group);
+    }
+  }
+  if (chmod(path.c_str(), mode) != 0) {
+    e = errno;
+    close(fd);
+    unlink(path.c_str());
+    return sysError(e, "control_socket " + path + ": chmod");
+  }
+  return fd;
+}
+
+Result<ControlReply> controlRequest(const std::string& path, const std::string& request,
+                                    int timeout_ms) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sa.sun_path) return Error{0, path + ": path too long"};
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return sysError(errno, "socket");
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    int e = errno;
+    close(fd);
+    return sysError(e, "connect to " + path);
+  }
+  std::string req = request + "\n";
+  size_t off = 0;
+  while (off < req.size()) {
+    ssize_t n = send(fd, req.data() + off, req.size() - off, MSG_NOSIGNAL);
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      return sysError(e, "write to " + path);
+    }
+    off += static_cast<size_t>(n);
+  }
+  std::string reply;
+  char buf[8192];
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    end - std::chrono::steady_clock::now())
+                    .count();
+    if (left <= 0) {
+      close(fd);
+      return Error{ETIMEDOUT, "no complete reply from " + path};
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left)) < 0 && errno != EINTR) break;
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) break;
+    reply.append(buf, static_cast<size_t>(n));
+    if (reply.size() >= 2 && reply.compare(reply.size() - 2, 2, ".\n") == 0 &&
+        (reply.size() == 2 || reply[reply.size() - 3] == '\n'))
+      break;
+  }
+  close(fd);
+  return parseControlReply(reply);
+}
+
+}  // namespace dynmx::tunneld

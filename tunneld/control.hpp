@@ -1,0 +1,47 @@
+// control.hpp: the admin socket of dynmx-tunneld and its line protocol (dynmxctl is the client).
+//
+// Protocol: one request per connection, one line (at most kMaxRequest octets, LF or CRLF):
+//   status | queue | flush [CLIENT] | hold ID | release ID | reload
+// The reply is a status line "OK" or "ERR <reason>", then zero or more text lines, then a line
+// holding a single "." (body lines that begin with "." get another "." in front, as in SMTP).
+// The socket is created under umask 077, then chmod control_mode and chgrp control_group. A stale
+// socket (connect refused) is removed; a live one means another daemon runs: refuse to start.
+// parseControlRequest() reads outside input: it is pure, total, and fuzzed.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shared/result.hpp"
+
+namespace dynmx::tunneld {
+
+inline constexpr size_t kMaxRequest = 1024;
+
+struct ControlRequest {
+  enum class Command { Status, Queue, Flush, Hold, Release, Reload } command = Command::Status;
+  std::string arg;  // client name (flush, may be empty) or queue id (hold, release)
+};
+
+// Parses one request line (without or with its line end). Errors name what was expected.
+Result<ControlRequest> parseControlRequest(std::string_view line);
+
+struct ControlReply {
+  bool ok = true;
+  std::string error;               // when !ok
+  std::vector<std::string> lines;  // body
+};
+std::string formatControlReply(const ControlReply& r);
+// Parses a whole reply as read from the socket (for dynmxctl and tests).
+Result<ControlReply> parseControlReply(std::string_view text);
+
+// Creates the listening socket (stale-socket handling as described above). Returns the fd.
+Result<int> openControlSocket(const std::string& path, mode_t mode, const std::string& group);
+// Client side: connects, sends `request` + "\n", reads the reply until "." (or EOF).
+Result<ControlReply> controlRequest(const std::string& path, const std::string& request,
+                                    int timeout_ms = 30000);
+
+}  // namespace dynmx::tunneld

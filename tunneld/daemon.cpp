@@ -1,0 +1,687 @@
+// daemon.cpp: dynmx-tunneld's event loop wiring, signals, reload, admin socket, command line.
+//
+// Failure behaviour: start-up failures (config, spool, control socket, privileges) end the
+// program with a sysexits code and a message naming the cause; at run time nothing stops the
+// daemon but a signal: network and delivery failures are the SSH clients' and the queue's to
+// handle, a bad reload keeps the running configuration.
+#include "tunneld/daemon.hpp"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "shared/log.hpp"
+#include "shared/sysexits.hpp"
+
+namespace dynmx::tunneld {
+
+namespace {
+
+int64_t unixNow() {
+  return static_cast<int64_t>(time(nullptr));
+}
+
+std::string isoTime(int64_t t) {
+  if (t <= 0) return "-";
+  char buf[32];
+  time_t tt = static_cast<time_t>(t);
+  tm tmv;
+  gmtime_r(&tt, &tmv);
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+  return buf;
+}
+
+}  // namespace
+
+struct Daemon::ControlConn {
+  int fd = -1;
+  std::string in, out;
+  size_t sent = 0;
+  bool replied = false;
+  uint64_t timer = 0;
+};
+
+Daemon::Daemon(Config cfg) : cfg_(std::move(cfg)), spool_(cfg_.spool.dir) {}
+
+Daemon::~Daemon() {
+  clients_.clear();
+  retiring_.clear();
+  for (auto& [fd, c] : conns_) {
+    (void)c;
+    close(fd);
+  }
+  if (control_fd_ >= 0) {
+    close(control_fd_);
+    if (control_owned_) unlink(cfg_.tunneld.control_socket.c_str());
+  }
+  for (int fd : {signal_fd_, inotify_fd_, wake_fd_})
+    if (fd >= 0) close(fd);
+}
+
+Status Daemon::blockSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  if (sigprocmask(SIG_BLOCK, &set, nullptr) != 0) return sysError(errno, "sigprocmask");
+  signal(SIGPIPE, SIG_IGN);
+  return {};
+}
+
+void Daemon::wake() {
+  uint64_t one = 1;
+  ssize_t n = write(wake_fd_, &one, sizeof one);
+  (void)n;
+}
+
+Status Daemon::init() {
+  if (auto st = blockSignals(); !st) return st;
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  signal_fd_ = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (signal_fd_ < 0) return sysError(errno, "signalfd");
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) return sysError(errno, "eventfd");
+
+  for (const auto& c : cfg_.clients) {
+    std::string id = c.identity.empty() ? cfg_.tunneld.identity : c.identity;
+    if (auto st = checkPrivateKeyFile(id); !st) return st;
+  }
+  if (auto st = spool_.prepare(); !st) return st;
+  bounces_ =
+      std::make_unique<SendmailBounceSender>(cfg_.tunneld.sendmail, std::chrono::seconds(120));
+  queue_ = std::make_unique<QueueManager>(spool_, cfg_, *bounces_);
+  jobs_ = std::make_unique<QueueJobSource>(*queue_);
+
+  inotify_fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (inotify_fd_ < 0) return sysError(errno, "inotify_init1");
+  std::string incoming = spool_.stateDir(QueueState::Incoming);
+  if (inotify_add_watch(inotify_fd_, incoming.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0)
+    return sysError(errno, "inotify_add_watch " + incoming);
+
+  auto fd = openControlSocket(cfg_.tunneld.control_socket, cfg_.tunneld.control_mode,
+                              cfg_.tunneld.control_group);
+  if (!fd) return fd.error();
+  control_fd_ = *fd;
+  control_owned_ = true;
+
+  RecoveryReport rep = queue_->start(unixNow());
+  last_scan_ = unixNow();
+  logf(LogLevel::Info,
+       "starting: %zu client(s), spool %s (recovery: %zu tmp removed, %zu requeued, %zu corrupt)",
+       cfg_.clients.size(), cfg_.spool.dir.c_str(), rep.tmp_removed, rep.active_requeued,
+       rep.corrupt);
+
+  loop_.watch(signal_fd_, POLLIN, [this](short) { onSignal(); });
+  loop_.watch(wake_fd_, POLLIN, [this](short) {
+    uint64_t v;
+    while (read(wake_fd_, &v, sizeof v) > 0) {
+    }
+    for (auto& [n, e] : clients_) service(e);
+  });
+  loop_.watch(inotify_fd_, POLLIN, [this](short) { onInotify(); });
+  loop_.watch(control_fd_, POLLIN, [this](short) { onControlAccept(); });
+  applyClients();
+  return {};
+}
+
+void Daemon::applyClients() {
+  auto now = EventLoop::Clock::now();
+  // Removed clients finish (or abandon) their work, then go.
+  for (auto it = clients_.begin(); it != clients_.end();) {
+    if (!cfg_.findClient(it->first)) {
+      logf(LogLevel::Info, "client=%s: removed from the configuration; closing", it->first.c_str());
+      it->second.client->beginStop(now, kShutdownGrace);
+      retiring_.push_back(std::move(it->second));
+      it = clients_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& c : cfg_.clients) {
+    auto it = clients_.find(c.name);
+    if (it == clients_.end()) {
+      ClientEntry e;
+      e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this);
+      auto [pos, ok] = clients_.emplace(c.name, std::move(e));
+      (void)ok;
+      service(pos->second);
+    } else {
+      it->second.client->reconfigure(c, cfg_.tunneld, now);
+      service(it->second);
+    }
+  }
+  for (auto& e : retiring_) service(e);
+}
+
+void Daemon::service(ClientEntry& e, short revents) {
+  e.client->step(EventLoop::Clock::now(), revents);
+  sync(e);
+}
+
+void Daemon::sync(ClientEntry& e) {
+  SshClient* c = e.client.get();
+  int fd = c->fd();
+  if (e.watched_fd != fd) {
+    if (e.watched_fd >= 0) loop_.unwatch(e.watched_fd);
+    e.watched_fd = -1;
+  }
+  if (fd >= 0) {
+    short ev = c->events();
+    if (e.watched_fd != fd) {
+      loop_.watch(fd, ev, [this, c](short rev) {
+        for (auto* m : {&clients_}) {
+          for (auto& [n, ce] : *m)
+            if (ce.client.get() == c) return service(ce, rev);
+        }
+        for (auto& ce : retiring_)
+          if (ce.client.get() == c) return service(ce, rev);
+      });
+      e.watched_fd = fd;
+    } else {
+      loop_.setEvents(fd, ev);
+    }
+  }
+  auto d = c->deadline();
+  auto now = EventLoop::Clock::now();
+  if (d && *d <= now) d = now + std::chrono::milliseconds(1);
+  if (d != e.timer_when) {
+    if (e.timer_id) loop_.cancelTimer(e.timer_id);
+    e.timer_id = 0;
+    e.timer_when = d;
+    if (d) {
+      e.timer_id = loop_.addTimer(*d, [this, c]() {
+        for (auto& [n, ce] : clients_)
+          if (ce.client.get() == c) {
+            ce.timer_id = 0;
+            ce.timer_when.reset();
+            return service(ce);
+          }
+        for (auto& ce : retiring_)
+          if (ce.client.get() == c) {
+            ce.timer_id = 0;
+            ce.timer_when.reset();
+            return service(ce);
+          }
+      });
+    }
+  }
+}
+
+void Daemon::pokeDue() {
+  if (stopping_) return;
+  int64_t now = unixNow();
+  for (auto& [name, e] : clients_) {
+    if (queue_->hasDue(name, now)) {
+      e.client->poke();
+      service(e);
+    }
+  }
+}
+
+void Daemon::onInotify() {
+  alignas(inotify_event) char buf[8192];
+  while (read(inotify_fd_, buf, sizeof buf) > 0) {
+  }
+  int64_t now = unixNow();
+  queue_->scanIncoming(now);
+  last_scan_ = now;
+  pokeDue();
+}
+
+void Daemon::onSignal() {
+  signalfd_siginfo si;
+  while (read(signal_fd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+    if (si.ssi_signo == SIGHUP) {
+      logf(LogLevel::Info, "SIGHUP: reloading %s", cfg_.path.c_str());
+      (void)reload();
+    } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+      if (stopping_) {
+        logf(LogLevel::Warning, "second %s: abandoning every session now",
+             si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        auto now = EventLoop::Clock::now();
+        for (auto& [n, e] : clients_) e.client->beginStop(now, std::chrono::seconds(0));
+        for (auto& e : retiring_) e.client->beginStop(now, std::chrono::seconds(0));
+        for (auto& [n, e] : clients_) service(e);
+        for (auto& e : retiring_) service(e);
+      } else {
+        beginShutdown();
+      }
+    }
+  }
+}
+
+void Daemon::beginShutdown() {
+  stopping_ = true;
+  logf(LogLevel::Info, "stopping: no new transactions; waiting up to %llds for those in flight",
+       static_cast<long long>(kShutdownGrace.count()));
+  auto now = EventLoop::Clock::now();
+  for (auto& [n, e] : clients_) e.client->beginStop(now, kShutdownGrace);
+  for (auto& e : retiring_) e.client->beginStop(now, kShutdownGrace);
+  for (auto& [n, e] : clients_) service(e);
+  for (auto& e : retiring_) service(e);
+}
+
+Status Daemon::reload() {
+  LoadResult lr = loadConfig(cfg_.path, ConfigRole::Tunneld);
+  if (!lr.config) {
+    std::string all;
+    for (auto& e : lr.errors) {
+      logf(LogLevel::Error, "reload: %s", e.str().c_str());
+      if (!all.empty()) all += "; ";
+      all += e.str();
+    }
+    logf(LogLevel::Error, "reload: %s has errors; keeping the running configuration",
+         cfg_.path.c_str());
+    return Error{0, "configuration has errors, keeping the running one: " + all};
+  }
+  Config next = std::move(*lr.config);
+  auto restart = restartOnlyDifferences(cfg_, next);
+  std::string restart_list;
+  for (auto& k : restart) {
+    if (!restart_list.empty()) restart_list += ", ";
+    restart_list += k;
+  }
+  if (!restart.empty())
+    logf(LogLevel::Warning, "reload: %s changed; these keys need a restart to take effect",
+         restart_list.c_str());
+  // Keep the start-up-only keys as they are running, apply the rest.
+  TunneldConfig keep = cfg_.tunneld;
+  SpoolConfig keep_spool = cfg_.spool;
+  std::string path = cfg_.path;
+  cfg_ = std::move(next);
+  cfg_.path = path;
+  cfg_.spool = keep_spool;
+  cfg_.tunneld.control_socket = keep.control_socket;
+  cfg_.tunneld.control_group = keep.control_group;
+  cfg_.tunneld.control_mode = keep.control_mode;
+  cfg_.tunneld.user = keep.user;
+  cfg_.tunneld.pid_file = keep.pid_file;
+  queue_->reconfigure(cfg_);
+  applyClients();
+  logf(LogLevel::Info, "reload: %zu client(s) configured", cfg_.clients.size());
+  reload_note_ =
+      restart.empty() ? "" : "changed keys that need a restart to apply: " + restart_list;
+  return {};
+}
+
+void Daemon::onControlAccept() {
+  while (true) {
+    int fd = accept4(control_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    auto conn = std::make_unique<ControlConn>();
+    conn->fd = fd;
+    conn->timer = loop_.addTimer(EventLoop::Clock::now() + std::chrono::seconds(10), [this, fd]() {
+      auto it = conns_.find(fd);
+      if (it != conns_.end()) it->second->timer = 0;
+      closeControl(fd);
+    });
+    conns_[fd] = std::move(conn);
+    loop_.watch(fd, POLLIN, [this, fd](short rev) { onControlIo(fd, rev); });
+  }
+}
+
+void Daemon::closeControl(int fd) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  if (it->second->timer) loop_.cancelTimer(it->second->timer);
+  loop_.unwatch(fd);
+  close(fd);
+  conns_.erase(it);
+}
+
+void Daemon::onControlIo(int fd, short revents) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  ControlConn& c = *it->second;
+  if (!c.replied && (revents & (POLLIN | POLLHUP | POLLERR))) {
+    char buf[1024];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) c.in.append(buf, static_cast<size_t>(n));
+    size_t nl = c.in.find('\n');
+    ControlReply reply;
+    if (nl == std::string::npos && c.in.size() <= kMaxRequest && n != 0) return;  // wait for more
+    if (nl == std::string::npos && c.in.size() <= kMaxRequest && c.in.empty()) {
+      closeControl(fd);
+      return;
+    }
+    auto req = parseControlRequest(nl == std::string::npos ? std::string_view(c.in)
+                                                           : std::string_view(c.in).substr(0, nl));
+    if (!req) {
+      reply.ok = false;
+      reply.error = req.error().message;
+    } else {
+      reply = handleRequest(*req);
+    }
+    c.out = formatControlReply(reply);
+    c.replied = true;
+    loop_.setEvents(fd, POLLOUT);
+  }
+  if (c.replied) {
+    while (c.sent < c.out.size()) {
+      ssize_t n = send(fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EAGAIN) return;
+        break;
+      }
+      c.sent += static_cast<size_t>(n);
+    }
+    closeControl(fd);
+  }
+}
+
+std::vector<std::string> Daemon::statusLines() {
+  std::vector<std::string> lines;
+  std::map<std::string, ClientQueueStatus> qs;
+  for (auto& s : queue_->status()) qs[s.client] = s;
+  lines.push_back(std::string("dynmx-tunneld: ") + (stopping_ ? "stopping" : "running") + ", " +
+                  std::to_string(clients_.size()) + " client(s)");
+  for (auto& [name, e] : clients_) {
+    ClientStatus s = e.client->status();
+    std::string l = "client " + name + ": " + s.state;
+    if (s.state == "connected")
+      l += " to " + s.address + " since " + isoTime(s.connected_since);
+    else if (!s.address.empty())
+      l += " (" + s.address + ")";
+    if (s.backoff_until) l += ", next attempt " + isoTime(s.backoff_until);
+    lines.push_back(l);
+    if (!s.kex.empty())
+      lines.push_back("  ssh: kex " + s.kex + ", hostkey " + s.hostkey + ", cipher " + s.cipher +
+                      ", mac " + s.mac);
+    if (s.state == "host-key-mismatch" || s.state == "host-key-unknown")
+      lines.push_back("  host key: presented " + s.presented_fp + ", expected " +
+                      (s.expected_fp.empty() ? std::string("(none known)") : s.expected_fp));
+    else if (!s.presented_fp.empty())
+      lines.push_back("  host key: " + s.presented_fp);
+    auto q = qs[name];
+    lines.push_back("  queue: active " + std::to_string(q.active) + ", deferred " +
+                    std::to_string(q.deferred) + ", hold " + std::to_string(q.hold) +
+                    ", in flight " + std::to_string(q.in_flight) + ", channels " +
+                    std::to_string(s.channels) +
+                    (q.oldest_arrival ? ", oldest " + isoTime(q.oldest_arrival) : ""));
+    if (!s.last_error.empty()) lines.push_back("  last error: " + s.last_error);
+    qs.erase(name);
+  }
+  for (auto& [name, q] : qs) {
+    if (name.empty()) continue;
+    if (name == kBounceClient) {
+      if (q.active + q.deferred + q.hold)
+        lines.push_back("notifications waiting for the local sendmail: " +
+                        std::to_string(q.active + q.deferred));
+      continue;
+    }
+    lines.push_back("client " + name + ": not configured; queue: active " +
+                    std::to_string(q.active) + ", deferred " + std::to_string(q.deferred) +
+                    ", hold " + std::to_string(q.hold));
+  }
+  return lines;
+}
+
+ControlReply Daemon::handleRequest(const ControlRequest& req) {
+  ControlReply r;
+  int64_t now = unixNow();
+  switch (req.command) {
+    case ControlRequest::Command::Status:
+      r.lines = statusLines();
+      break;
+    case ControlRequest::Command::Queue:
+      r.lines = queue_->listQueue();
+      break;
+    case ControlRequest::Command::Flush: {
+      if (!req.arg.empty() && !clients_.count(req.arg)) {
+        r.ok = false;
+        r.error = "no client named " + req.arg;
+        break;
+      }
+      queue_->scanIncoming(now);
+      queue_->flush(req.arg, now);
+      auto t = EventLoop::Clock::now();
+      for (auto& [name, e] : clients_) {
+        if (!req.arg.empty() && name != req.arg) continue;
+        e.client->retryNow(t);
+        service(e);
+      }
+      r.lines.push_back("flushed " + (req.arg.empty() ? std::string("every client") : req.arg));
+      break;
+    }
+    case ControlRequest::Command::Hold: {
+      auto st = queue_->hold(req.arg);
+      if (!st) {
+        r.ok = false;
+        r.error = st.error().message;
+      } else {
+        r.lines.push_back(req.arg + ": held");
+      }
+      break;
+    }
+    case ControlRequest::Command::Release: {
+      auto st = queue_->release(req.arg, now);
+      if (!st) {
+        r.ok = false;
+        r.error = st.error().message;
+      } else {
+        r.lines.push_back(req.arg + ": released");
+        pokeDue();
+      }
+      break;
+    }
+    case ControlRequest::Command::Reload: {
+      auto st = reload();
+      if (!st) {
+        r.ok = false;
+        r.error = st.error().message;
+      } else {
+        r.lines.push_back("reloaded " + cfg_.path);
+        if (!reload_note_.empty()) r.lines.push_back(reload_note_);
+      }
+      break;
+    }
+  }
+  return r;
+}
+
+int Daemon::run() {
+  while (true) {
+    int64_t now = unixNow();
+    if (!stopping_) {
+      if (now != wake_checked_at_) {
+        wake_checked_at_ = now;
+        next_wake_ = queue_->nextWakeup();
+      }
+      if (next_wake_ != 0 && next_wake_ <= now) {
+        queue_->tick(now);
+        pokeDue();
+        next_wake_ = queue_->nextWakeup();
+      }
+      if (now - last_scan_ >= kIncomingRescan.count()) {
+        queue_->scanIncoming(now);
+        last_scan_ = now;
+        pokeDue();
+      }
+    } else {
+      bool all = true;
+      for (auto& [n, e] : clients_) all = all && e.client->stopped();
+      for (auto& e : retiring_) all = all && e.client->stopped();
+      if (all) break;
+    }
+    // Retired clients that are done can go.
+    for (auto it = retiring_.begin(); it != retiring_.end();) {
+      if (it->client->stopped()) {
+        if (it->watched_fd >= 0) loop_.unwatch(it->watched_fd);
+        if (it->timer_id) loop_.cancelTimer(it->timer_id);
+        it = retiring_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // Idle (nothing queued, nothing moving): sleep until an event or the incoming/ rescan.
+    // Otherwise look at the queue's timers again within a second: deliveries finishing meanwhile
+    // may have scheduled retries that the cached next_wake_ does not know about.
+    std::chrono::seconds max_wait = kIncomingRescan;
+    bool busy = stopping_ || next_wake_ != 0;
+    for (auto& [n, e] : clients_) busy = busy || e.client->busy();
+    if (busy) max_wait = std::chrono::seconds(1);
+    if (!stopping_ && next_wake_ > now)
+      max_wait = std::min(max_wait, std::chrono::seconds(next_wake_ - now));
+    loop_.runOnce(max_wait);
+  }
+  logf(LogLevel::Info, "stopped");
+  return kExitOk;
+}
+
+// ---- command line ------------------------------------------------------------------------
+
+namespace {
+
+void usage(FILE* f) {
+  fprintf(f, "usage: dynmx-tunneld [-c FILE] [-f|--foreground] [--check-config]\n");
+}
+
+Status dropPrivileges(const std::string& user) {
+  if (user.empty()) return {};
+  passwd* pw = getpwnam(user.c_str());
+  if (!pw) return Error{0, "tunneld.user " + user + ": no such user"};
+  if (initgroups(pw->pw_name, pw->pw_gid) != 0) return sysError(errno, "initgroups " + user);
+  if (setgid(pw->pw_gid) != 0) return sysError(errno, "setgid for " + user);
+  if (setuid(pw->pw_uid) != 0) return sysError(errno, "setuid " + user);
+  return {};
+}
+
+Status writePidFile(const std::string& path) {
+  if (path.empty()) return {};
+  std::string tmp = path + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return sysError(errno, "pid_file " + tmp);
+  std::string s = std::to_string(getpid()) + "\n";
+  bool ok = write(fd, s.data(), s.size()) == static_cast<ssize_t>(s.size());
+  ok = close(fd) == 0 && ok;
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) return sysError(errno, "pid_file " + path);
+  return {};
+}
+
+}  // namespace
+
+int tunneldMain(int argc, char** argv) {
+  std::string path = kDefaultConfigPath;
+  bool foreground = false, check = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-c" && i + 1 < argc)
+      path = argv[++i];
+    else if (a.rfind("-c", 0) == 0 && a.size() > 2)
+      path = a.substr(2);
+    else if (a == "-f" || a == "--foreground")
+      foreground = true;
+    else if (a == "--check-config")
+      check = true;
+    else if (a == "-h" || a == "--help") {
+      usage(stdout);
+      return kExitOk;
+    } else {
+      usage(stderr);
+      return kExitUsage;
+    }
+  }
+  if (check) return checkConfigCommand(path, ConfigRole::Tunneld, stdout, stderr);
+
+  LoadResult lr = loadConfig(path, ConfigRole::Tunneld);
+  if (!lr.config) {
+    for (auto& e : lr.errors) fprintf(stderr, "dynmx-tunneld: %s\n", e.str().c_str());
+    return kExitConfig;
+  }
+  Config cfg = std::move(*lr.config);
+  cfg.path = path;
+
+  // Without -f: fork, and let the parent exit only once the child is ready (or with its error),
+  // so that init scripts see start-up failures.
+  int ready[2] = {-1, -1};
+  if (!foreground) {
+    if (pipe2(ready, O_CLOEXEC) != 0) {
+      perror("dynmx-tunneld: pipe");
+      return kExitOsErr;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+      perror("dynmx-tunneld: fork");
+      return kExitOsErr;
+    }
+    if (pid > 0) {
+      // The child reports one status byte, then (on failure) why; print that for init scripts.
+      close(ready[1]);
+      std::string msg;
+      char buf[512];
+      ssize_t n;
+      while ((n = read(ready[0], buf, sizeof buf)) > 0) msg.append(buf, static_cast<size_t>(n));
+      if (msg.empty()) return kExitOsErr;
+      int code = static_cast<unsigned char>(msg[0]);
+      if (code != kExitOk) fprintf(stderr, "dynmx-tunneld: cannot start: %s\n", msg.c_str() + 1);
+      return code;
+    }
+    close(ready[0]);
+    setsid();
+    if (chdir("/") != 0) {
+    }
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+      dup2(null, 0);
+      dup2(null, 1);
+      dup2(null, 2);
+    }
+  }
+  auto report = [&](int code, const std::string& why = "") {
+    if (ready[1] >= 0) {
+      std::string m(1, static_cast<char>(code));
+      m += why;
+      ssize_t n = write(ready[1], m.data(), m.size());
+      (void)n;
+      close(ready[1]);
+      ready[1] = -1;
+    }
+    return code;
+  };
+
+  logInit("dynmx-tunneld", foreground);
+  libssh2_init(0);  // before any thread exists: libssh2_init is not thread-safe
+  int code;
+  {
+    Daemon d(cfg);
+    if (auto st = d.init(); !st) {
+      logf(LogLevel::Critical, "cannot start: %s", st.error().message.c_str());
+      if (foreground)
+        fprintf(stderr, "dynmx-tunneld: cannot start: %s\n", st.error().message.c_str());
+      return report(kExitOsErr, st.error().message);
+    }
+    if (auto st = writePidFile(cfg.tunneld.pid_file); !st) {
+      logf(LogLevel::Critical, "cannot start: %s", st.error().message.c_str());
+      return report(kExitCantCreat, st.error().message);
+    }
+    if (auto st = dropPrivileges(cfg.tunneld.user); !st) {
+      logf(LogLevel::Critical, "cannot start: %s", st.error().message.c_str());
+      if (!cfg.tunneld.pid_file.empty()) unlink(cfg.tunneld.pid_file.c_str());
+      return report(kExitNoPerm, st.error().message);
+    }
+    report(kExitOk);
+    code = d.run();
+  }
+  if (!cfg.tunneld.pid_file.empty()) unlink(cfg.tunneld.pid_file.c_str());
+  libssh2_exit();
+  return code;
+}
+
+}  // namespace dynmx::tunneld

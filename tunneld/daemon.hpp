@@ -1,0 +1,95 @@
+// daemon.hpp: dynmx-tunneld's wiring of spool, queue manager, SSH clients, admin socket, signals.
+//
+// Contract: init() prepares everything that can fail at start-up (spool recovery, control socket,
+// inotify on incoming/, signalfd) and returns an Error naming what failed; run() serves until
+// SIGTERM/SIGINT and returns the exit status. On SIGTERM no new transactions start, transactions in
+// flight may finish for kShutdownGrace, then whatever is still open is abandoned (its recipients
+// stay pending in the spool: nothing is marked delivered that was not), sessions QUIT, connections
+// close, exit 0. SIGHUP (or "reload" on the admin socket) reloads the configuration: a bad file
+// keeps the running one (the reason is logged), keys that need a restart are named in the log.
+// Mail committed to incoming/ while its client is connected starts at once (inotify IN_MOVED_TO).
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shared/config.hpp"
+#include "shared/result.hpp"
+#include "shared/spool.hpp"
+#include "tunneld/bounce.hpp"
+#include "tunneld/control.hpp"
+#include "tunneld/event_loop.hpp"
+#include "tunneld/queue_manager.hpp"
+#include "tunneld/ssh_client.hpp"
+
+namespace dynmx::tunneld {
+
+inline constexpr std::chrono::seconds kShutdownGrace{30};
+inline constexpr std::chrono::seconds kIncomingRescan{30};
+
+class Daemon : public Waker {
+ public:
+  explicit Daemon(Config cfg);
+  ~Daemon() override;
+
+  Status init();
+  // Blocks SIGTERM/SIGINT/SIGHUP into a signalfd; call before any thread starts.
+  static Status blockSignals();
+  int run();
+  void wake() override;
+
+  // The text of a control reply, for the admin socket (and tests).
+  ControlReply handleRequest(const ControlRequest& req);
+  Status reload();
+
+ private:
+  struct ClientEntry {
+    std::unique_ptr<SshClient> client;
+    int watched_fd = -1;
+    uint64_t timer_id = 0;
+    std::optional<EventLoop::Clock::time_point> timer_when;
+  };
+  struct ControlConn;
+
+  void service(ClientEntry& e, short revents = 0);
+  void sync(ClientEntry& e);
+  void pokeDue();
+  void applyClients();
+  void onSignal();
+  void onInotify();
+  void onControlAccept();
+  void onControlIo(int fd, short revents);
+  void closeControl(int fd);
+  void beginShutdown();
+  std::vector<std::string> statusLines();
+
+  Config cfg_;
+  Spool spool_;
+  std::unique_ptr<SendmailBounceSender> bounces_;
+  std::unique_ptr<QueueManager> queue_;
+  std::unique_ptr<QueueJobSource> jobs_;
+  EventLoop loop_;
+  std::map<std::string, ClientEntry> clients_;
+  std::vector<ClientEntry> retiring_;  // removed by a reload, finishing their work
+  std::map<int, std::unique_ptr<ControlConn>> conns_;
+  int signal_fd_ = -1;
+  int inotify_fd_ = -1;
+  int wake_fd_ = -1;
+  int control_fd_ = -1;
+  bool stopping_ = false;
+  bool control_owned_ = false;
+  int64_t last_scan_ = 0;
+  std::string reload_note_;  // what the last reload could not apply
+  // QueueManager::nextWakeup() walks every message: asked at most once per second.
+  int64_t wake_checked_at_ = -1;
+  int64_t next_wake_ = 0;
+};
+
+// dynmx-tunneld's command line and life: parses argv, loads the config, daemonizes (unless -f),
+// runs. Returns the exit status. Kept here (not in main.cpp) so that tests can run it in-process.
+int tunneldMain(int argc, char** argv);
+
+}  // namespace dynmx::tunneld

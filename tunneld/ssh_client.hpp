@@ -1,0 +1,218 @@
+// ssh_client.hpp: one client's persistent SSH connection and the SMTP sessions run over it.
+//
+// Contract: an SshClient is a non-blocking state machine driven by the daemon's event loop: it
+// exposes the socket to watch (fd(), events()) and the time it next needs attention (deadline()),
+// and step() advances it as far as it can without blocking. States:
+//   backoff -> resolving (helper thread) -> connecting (non-blocking connect, connect_timeout)
+//   -> handshake (pinned cipher/MAC/kex, host-key method restricted to the stored key's type)
+//   -> host-key check (before authentication) -> authenticating (identity file, private mode)
+//   -> connected (keepalive; dead after 3 keepalives without a byte received)
+// A failure anywhere closes the connection and waits reconnectDelay() (capped exponential backoff,
+// full jitter, reset only after the connection stayed up kStableAfter). A host key that does not
+// match, or an unknown host, means no authentication and no delivery; the state names both
+// fingerprints, and a warning is logged once per change of the presented key.
+// While connected and the queue has mail for the client, up to `concurrency` exec channels each
+// run an SmtpClient fed from the channel (stderr read apart and logged). Results go back to the
+// JobSource (finish/abandon); a transaction that cannot end cleanly is abandoned, never counted as
+// delivered. libssh2 is driven per its non-blocking rules: after EAGAIN the same call is repeated
+// with the same arguments; a send that is half-done blocks other senders of the session until done.
+#pragma once
+
+#include <netdb.h>
+
+#include <chrono>
+#include <cstdint>
+#include <libssh2.h>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "shared/config.hpp"
+#include "shared/result.hpp"
+#include "tunneld/host_keys.hpp"
+#include "tunneld/queue_manager.hpp"
+#include "tunneld/smtp_client.hpp"
+
+namespace dynmx::tunneld {
+
+// Pure policy: the wait before reconnect attempt number `failures` (1 for the first failure):
+// a uniform draw `u` in [0,1) over [min, min(max, min * 2^(failures-1))] ("full jitter" above the
+// floor reconnect_min, capped at reconnect_max).
+std::chrono::milliseconds reconnectDelay(std::chrono::seconds min, std::chrono::seconds max,
+                                         uint32_t failures, double u);
+
+// The strong algorithms we allow, in preference order (libssh2 1.10 names).
+extern const char* const kKexPref;
+extern const char* const kCipherPref;
+extern const char* const kMacPref;
+
+// An identity file must be a regular file not readable, writable or executable by group/others.
+Status checkPrivateKeyFile(const std::string& path);
+
+// Where jobs come from and results go (QueueManager in production).
+class JobSource {
+ public:
+  virtual ~JobSource() = default;
+  virtual bool hasDue(const std::string& client, int64_t now) = 0;
+  virtual std::optional<Job> nextJob(const std::string& client, int64_t now) = 0;
+  virtual void finish(Job job, const TransactionResult& r, const std::string& relay,
+                      int64_t now) = 0;
+  virtual void abandon(Job job, const std::string& reason, int64_t now) = 0;
+  virtual void clientUp(const std::string& client, int64_t now) = 0;
+};
+
+class QueueJobSource : public JobSource {
+ public:
+  explicit QueueJobSource(QueueManager& q) : q_(q) {}
+  bool hasDue(const std::string& c, int64_t now) override { return q_.hasDue(c, now); }
+  std::optional<Job> nextJob(const std::string& c, int64_t now) override {
+    return q_.nextJob(c, now);
+  }
+  void finish(Job j, const TransactionResult& r, const std::string& relay, int64_t now) override {
+    q_.finish(std::move(j), r, relay, now);
+  }
+  void abandon(Job j, const std::string& reason, int64_t now) override {
+    q_.abandon(std::move(j), reason, now);
+  }
+  void clientUp(const std::string& c, int64_t now) override { q_.clientUp(c, now); }
+
+ private:
+  QueueManager& q_;
+};
+
+// Wakes the event loop from the resolver thread (an eventfd the loop polls).
+class Waker {
+ public:
+  virtual ~Waker() = default;
+  virtual void wake() = 0;
+};
+
+struct ClientStatus {
+  std::string name;
+  std::string state;          // backoff|resolving|connecting|handshake|authenticating|connected|
+                              // host-key-mismatch|host-key-unknown|closing|stopped
+  int64_t backoff_until = 0;  // unix time, for backoff states
+  std::string address;        // "HOST[IP]:PORT" of the current/last connection
+  std::string kex, hostkey, cipher, mac;
+  std::string presented_fp, expected_fp;
+  std::string last_error;
+  int64_t connected_since = 0;
+  uint32_t failures = 0;
+  size_t channels = 0;
+  size_t in_flight = 0;
+};
+
+struct ResolveSlot;
+
+class SshClient {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs, Waker& waker);
+  ~SshClient();
+  SshClient(const SshClient&) = delete;
+  SshClient& operator=(const SshClient&) = delete;
+
+  const std::string& name() const { return cfg_.name; }
+  const ClientConfig& config() const { return cfg_; }
+  // Applies changed settings; a change of address, port, user, key or identity reconnects.
+  void reconfigure(const ClientConfig& client, const TunneldConfig& tunneld, Clock::time_point now);
+
+  int fd() const { return fd_; }
+  short events() const;
+  std::optional<Clock::time_point> deadline() const;
+  // Advances the state machine. `revents` are the poll results for fd() (0 on a timer or poke).
+  void step(Clock::time_point now, short revents = 0);
+  // Mail may be due: start deliveries when connected (the daemon calls step() afterwards).
+  void poke() { poked_ = true; }
+  // Reconnect now, skipping the backoff (dynmxctl flush).
+  void retryNow(Clock::time_point now);
+
+  // Graceful stop: no new transactions; in-flight ones may finish until `grace`, then abandoned;
+  // QUIT, disconnect. stopped() when done.
+  void beginStop(Clock::time_point now, std::chrono::seconds grace);
+  bool stopped() const { return state_ == State::Stopped; }
+
+  ClientStatus status() const;
+  // SMTP channels open (mail moving): the daemon then checks the queue's timers every second.
+  bool busy() const { return !chans_.empty(); }
+
+ private:
+  enum class State {
+    Backoff,
+    Resolving,
+    Connecting,
+    Handshake,
+    Auth,
+    OpenDrain,
+    Connected,
+    Stopped
+  };
+  struct Chan;
+  struct OpOwner;
+
+  bool stepOnce(Clock::time_point now, short revents);
+  void startAttempt(Clock::time_point now);
+  bool tryNextAddress(Clock::time_point now);
+  bool stepConnected(Clock::time_point now);
+  bool stepChan(Chan& c, Clock::time_point now);
+  bool usableChan(const Chan& c) const;
+  void sessionFailed(Clock::time_point now, const std::string& why);
+  size_t sessionsWithWork() const;
+  void fail(const std::string& why, Clock::time_point now, bool count = true);
+  void teardown(Clock::time_point now, const std::string& reason);
+  void closeChan(Chan& c, Clock::time_point now, const std::string& reason);
+  int lastErrno() const;
+  // libssh2's socket reads go through here (LIBSSH2_CALLBACK_RECV); *abstract is the client.
+  static ssize_t recvHook(int sock, void* buf, size_t len, int flags, void** abstract);
+  std::string sessionError() const;
+  bool blocked(int rc, const void* op);
+  void released(const void* op);
+  int64_t unixNow() const;
+
+  ClientConfig cfg_;
+  TunneldConfig tcfg_;
+  JobSource& jobs_;
+  Waker& waker_;
+  State state_ = State::Backoff;
+  bool stopping_ = false;
+  Clock::time_point stop_deadline_{};
+  Clock::time_point backoff_until_{};
+  Clock::time_point attempt_deadline_{};
+  Clock::time_point connected_at_{};
+  Clock::time_point last_rx_{};
+  Clock::time_point next_keepalive_{};
+  bool poked_ = false;
+  uint32_t failures_ = 0;
+  std::mt19937_64 rng_;
+
+  std::shared_ptr<ResolveSlot> resolve_;
+  std::vector<std::pair<std::string, std::string>> addrs_;  // (sockaddr bytes, printable IP)
+  size_t addr_index_ = 0;
+  int fd_ = -1;
+  LIBSSH2_SESSION* session_ = nullptr;
+  LIBSSH2_CHANNEL* drain_ = nullptr;
+  std::optional<HostKeyVerifier> verifier_;
+  const void* owner_ = nullptr;  // the operation whose half-sent packet blocks other senders
+  bool want_write_ = false;
+  std::vector<std::unique_ptr<Chan>> chans_;
+  bool opening_ = false;  // one channel open at a time (libssh2 keeps its state per session)
+  uint32_t session_failures_ = 0;  // SMTP sessions in a row that ended before any transaction
+  Clock::time_point session_backoff_until_{};
+  Clock::time_point now_hint_{};  // time of the last step, for deadline()
+
+  // Status.
+  std::string relay_;
+  std::string kex_, hostkey_, cipher_, mac_;
+  std::string presented_fp_, expected_fp_, mismatch_state_;
+  std::string warned_fp_;  // presented key we already warned about
+  std::string last_error_;
+  std::vector<std::string> last_kh_warnings_;
+  int64_t backoff_until_unix_ = 0;
+  int64_t connected_since_unix_ = 0;
+};
+
+}  // namespace dynmx::tunneld
