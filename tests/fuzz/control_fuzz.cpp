@@ -1,0 +1,39 @@
+// control_fuzz.cpp: the admin socket's request parser and reply framing must survive any bytes.
+//
+// Invariants: parseControlRequest never throws or crashes; an accepted request has a known command
+// and an argument only where the command takes one; a reply built from any lines parses back to
+// the same lines (framing is lossless), and parseControlReply survives the raw input too.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "tunneld/control.hpp"
+
+using dynmx::tunneld::ControlReply;
+using dynmx::tunneld::ControlRequest;
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  std::string_view in(reinterpret_cast<const char*>(data), size);
+  auto r = dynmx::tunneld::parseControlRequest(in);
+  if (r.ok()) {
+    using C = ControlRequest::Command;
+    C c = r->command;
+    bool takes_arg = c == C::Flush || c == C::Hold || c == C::Release;
+    if (!takes_arg && !r->arg.empty()) std::abort();
+    if ((c == C::Hold || c == C::Release) && r->arg.empty()) std::abort();
+  }
+  (void)dynmx::tunneld::parseControlReply(in);
+  ControlReply rep;
+  size_t start = 0;
+  while (start <= in.size()) {
+    size_t nl = in.find('\n', start);
+    rep.lines.emplace_back(in.substr(start, nl == std::string_view::npos ? std::string_view::npos : nl - start));
+    if (nl == std::string_view::npos) break;
+    start = nl + 1;
+  }
+  auto back = dynmx::tunneld::parseControlReply(dynmx::tunneld::formatControlReply(rep));
+  if (!back.ok() || !back->ok || back->lines != rep.lines) std::abort();
+  return 0;
+}
