@@ -15,6 +15,7 @@
 #include <charconv>
 #include <ctime>
 
+#include "shared/date.hpp"
 #include "shared/log.hpp"
 
 namespace dynmx::milter {
@@ -36,14 +37,6 @@ bool keyIs(std::string_view arg, std::string_view key, std::string_view* value) 
   return true;
 }
 
-std::string rfc5322Date(int64_t when) {
-  time_t t = static_cast<time_t>(when);
-  struct tm tm {};
-  localtime_r(&t, &tm);
-  char buf[64];
-  size_t n = strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S %z", &tm);
-  return std::string(buf, n);
-}
 
 std::string localHostName() {
   char buf[256] = {};

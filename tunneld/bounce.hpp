@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "shared/config.hpp"
+#include "shared/date.hpp"
 #include "shared/result.hpp"
 #include "shared/spool.hpp"
 
@@ -38,8 +39,7 @@ struct DsnInput {
 // larger than this (then only its headers, text/rfc822-headers, as Postfix's bounce_size_limit).
 // Delay warnings always carry the headers only.
 inline constexpr uint64_t kDsnFullLimit = 50000;
-// RFC 5322 date in UTC: "Sun, 22 Nov 2026 02:20:00 +0000".
-std::string rfc5322Date(int64_t t);
+using dynmx::rfc5322Date;  // shared/date.hpp
 
 // Builds the whole notification (headers + multipart/report body, CRLF) from the spool message,
 // reading the original from `spool`. Pure apart from reading the spool file.

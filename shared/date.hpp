@@ -1,0 +1,12 @@
+// date.hpp: dates as mail headers write them (RFC 5322 3.3), in UTC, independent of the locale.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace dynmx {
+
+// "Tue, 14 Nov 2023 22:13:20 +0000" for a unix time.
+std::string rfc5322Date(int64_t unix_time);
+
+}  // namespace dynmx
