@@ -18,13 +18,14 @@ using namespace dynmx;
 static int usage() {
   std::fprintf(stderr,
                "usage: dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]\n"
+               "       dynmxctl [-c FILE] --check-config\n"
                "commands: status | queue | flush [CLIENT] | hold ID | release ID | reload\n");
   return EX_USAGE;
 }
 
 int main(int argc, char** argv) {
   std::string config, socket_path;
-  bool config_given = false;
+  bool config_given = false, check_config = false;
   int i = 1;
   for (; i < argc; ++i) {
     std::string a = argv[i];
@@ -33,6 +34,8 @@ int main(int argc, char** argv) {
       config_given = true;
     } else if (a == "-s" && i + 1 < argc) {
       socket_path = argv[++i];
+    } else if (a == "--check-config") {
+      check_config = true;
     } else if (a == "-h" || a == "--help") {
       usage();
       return EX_OK;
@@ -42,6 +45,9 @@ int main(int argc, char** argv) {
       break;
     }
   }
+  if (check_config)
+    return checkConfigCommand(config_given ? config : kDefaultConfigPath, ConfigRole::Any, stdout,
+                              stderr);
   if (i >= argc) return usage();
   std::string request;
   for (; i < argc; ++i) {
