@@ -96,7 +96,7 @@ struct TunneldConfig {
   Seconds reconnect_max{600};
   RetryPolicy retry;
   Seconds idle_close{60};            // QUIT an idle SMTP session after this; SSH stays up
-  uint32_t max_transactions = 100;   // per SMTP session, then QUIT and start a new one
+  uint32_t max_transactions = 1000;  // per SMTP session, then QUIT and start a new one
   std::string bounce_from = "MAILER-DAEMON";  // header From: of bounces (envelope is always <>)
   std::vector<std::string> sendmail = {"/usr/sbin/sendmail"};  // argv prefix for bounces
   std::string remote_command = "/usr/sbin/sendmail -bs";  // exec request; authorized_keys forces it

@@ -776,6 +776,14 @@ Status Spool::move(SpoolMessage& msg, QueueState to) {
   return {};
 }
 
+Status Spool::moveUnsynced(SpoolMessage& msg, QueueState to) {
+  if (msg.state == to) return {};
+  const std::string a = path(msg.state, msg.id), b = path(to, msg.id);
+  if (fs_.rename(a.c_str(), b.c_str()) != 0) return sysError(errno, "rename " + a + " to " + b);
+  msg.state = to;
+  return {};
+}
+
 Status Spool::markCorrupt(QueueState from, const std::string& id) {
   const std::string a = path(from, id);
   std::string b = path(QueueState::Corrupt, id);
@@ -831,6 +839,12 @@ Status Spool::remove(const SpoolMessage& msg) {
   const std::string p = path(msg.state, msg.id);
   if (fs_.unlink(p.c_str()) != 0) return sysError(errno, "unlink " + p);
   return fsyncDir(msg.state);
+}
+
+Status Spool::removeUnsynced(const SpoolMessage& msg) {
+  const std::string p = path(msg.state, msg.id);
+  if (fs_.unlink(p.c_str()) != 0) return sysError(errno, "unlink " + p);
+  return {};
 }
 
 RecoveryReport Spool::recover() {

@@ -8,7 +8,9 @@
 //   deferred/  waiting for its next attempt
 //   hold/      put aside by the administrator; never delivered until released
 //   corrupt/   unreadable; kept for inspection, never delivered and never deleted
-// A state change is a rename followed by fsync of the destination directory. Recovery is a scan.
+// A state change is a rename followed by fsync of the destination directory (for a batch of
+// renames or removals whose undoing by a crash is harmless, one fsync after the last). Recovery
+// is a scan.
 //
 // Commit: create tmp/ID (O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600, flock) -> write -> fsync ->
 // rename to incoming/ID -> fsync(incoming) -> close (checked). A crash anywhere
@@ -201,6 +203,11 @@ class Spool {
   // rename + fsync of the destination directory; updates msg.state.
   Status move(SpoolMessage& msg, QueueState to);
   Status moveId(const std::string& id, QueueState from, QueueState to);
+  // Batches: the rename alone, without the fsync of the destination directory; updates msg.state.
+  // The caller calls fsyncDir(to) once after the last rename of the batch. Until then a crash may
+  // undo the rename (the file is found where it was, whole), so it suits moves whose undoing is
+  // harmless, such as incoming/ -> active/ (both are delivered after a restart).
+  Status moveUnsynced(SpoolMessage& msg, QueueState to);
   Status markCorrupt(QueueState from, const std::string& id);
   // Journal appends (fsynced before returning); update msg in place.
   Status recordRecipient(SpoolMessage& msg, size_t index, RcptState state, std::string_view reply,
@@ -208,6 +215,9 @@ class Spool {
   Status recordDelivery(SpoolMessage& msg, const DeliveryState& ds);
   // Deletes a finished message (unlink + fsync of its directory).
   Status remove(const SpoolMessage& msg);
+  // Batches: the unlink alone; the caller calls fsyncDir(msg.state) once for many. Until then a
+  // crash may bring the file back (delivered again: a duplicate, never a loss).
+  Status removeUnsynced(const SpoolMessage& msg);
 
   // Start-up scan of the delivery daemon: removes orphaned tmp files (no writer holds their lock),
   // puts active/ back into incoming/, moves unreadable files to corrupt/ (logging each).

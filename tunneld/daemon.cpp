@@ -171,8 +171,17 @@ void Daemon::applyClients() {
 }
 
 void Daemon::service(ClientEntry& e, short revents) {
-  e.client->step(EventLoop::Clock::now(), revents);
+  e.last_service = EventLoop::Clock::now();
+  e.client->step(e.last_service, revents);
   sync(e);
+}
+
+void Daemon::recheckBusy() {
+  auto now = EventLoop::Clock::now();
+  for (auto& [n, e] : clients_)
+    if (e.client->busy() && now - e.last_service >= kBusyRecheck) service(e);
+  for (auto& e : retiring_)
+    if (e.client->busy() && now - e.last_service >= kBusyRecheck) service(e);
 }
 
 void Daemon::sync(ClientEntry& e) {
@@ -533,14 +542,23 @@ int Daemon::run() {
     // Idle (nothing queued, nothing moving): sleep until an event or the incoming/ rescan.
     // Otherwise look at the queue's timers again within a second: deliveries finishing meanwhile
     // may have scheduled retries that the cached next_wake_ does not know about.
-    std::chrono::seconds max_wait = kIncomingRescan;
+    // Sessions open: also within kBusyRecheck, to step a client that nothing woke (see there).
+    std::chrono::milliseconds max_wait = kIncomingRescan;
     bool busy = stopping_ || next_wake_ != 0;
-    for (auto& [n, e] : clients_) busy = busy || e.client->busy();
+    bool sessions = false;
+    for (auto& [n, e] : clients_) sessions = sessions || e.client->busy();
+    for (auto& e : retiring_) sessions = sessions || e.client->busy();
     if (busy) max_wait = std::chrono::seconds(1);
+    if (sessions) max_wait = kBusyRecheck;
     if (!stopping_ && next_wake_ > now)
-      max_wait = std::min(max_wait, std::chrono::seconds(next_wake_ - now));
+      max_wait = std::min<std::chrono::milliseconds>(max_wait,
+                                                     std::chrono::seconds(next_wake_ - now));
+    // The removals of this turn's finished messages: one directory fsync for all of them.
+    queue_->syncDirectories();
     loop_.runOnce(max_wait);
+    recheckBusy();
   }
+  queue_->syncDirectories();
   logf(LogLevel::Info, "stopped");
   return kExitOk;
 }

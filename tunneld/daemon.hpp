@@ -29,6 +29,10 @@ namespace dynmx::tunneld {
 
 inline constexpr std::chrono::seconds kShutdownGrace{30};
 inline constexpr std::chrono::seconds kIncomingRescan{30};
+// A client with sessions open that has not been stepped for this long is stepped anyway: libssh2
+// may hold a channel's input in its own queue (read off the socket while serving another channel)
+// where poll() cannot see it, and nothing else would wake the client before its keepalive.
+inline constexpr std::chrono::milliseconds kBusyRecheck{200};
 
 class Daemon : public Waker {
  public:
@@ -51,12 +55,14 @@ class Daemon : public Waker {
     int watched_fd = -1;
     uint64_t timer_id = 0;
     std::optional<EventLoop::Clock::time_point> timer_when;
+    EventLoop::Clock::time_point last_service{};  // see kBusyRecheck
   };
   struct ControlConn;
 
   void service(ClientEntry& e, short revents = 0);
   void sync(ClientEntry& e);
   void pokeDue();
+  void recheckBusy();
   void applyClients();
   void onSignal();
   void onInotify();

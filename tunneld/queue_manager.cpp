@@ -8,6 +8,12 @@
 //    are the recipients it reports journaled as Failed; it is handed to sendmail from the spool
 //    and removed from there once sendmail took it (else retried by tick() with backoff);
 //  - a message is removed only after every recipient is final in its journal.
+// Directory fsyncs are batched where a crash undoing the step is harmless: scanIncoming() renames
+// everything it takes into active/ and then fsyncs active/ once (a rename undone by a crash leaves
+// the file in incoming/, delivered after the restart); removals are unlinks whose directories are
+// fsynced once by syncDirectories(), which the daemon calls on every turn of its loop (a removal
+// undone by a crash means the message is delivered again: a duplicate, never a loss). Journal
+// records are fsynced as before, one by one, before the message moves on.
 // Delay warnings: sent once per message when delay_warning > 0 and the message is still queued
 // delay_warning after arrival, for the pending recipients whose NOTIFY is absent or names DELAY
 // (our default is "on", as Postfix with delay_warning_time set; NOTIFY=NEVER or a NOTIFY without
@@ -109,8 +115,21 @@ struct QueueManager::Impl {
   // nextWakeup() is asked on every turn of the daemon's loop: computed again only after a change.
   mutable bool wake_dirty = true;
   mutable int64_t wake_cache = 0;
+  // State directories with removals not yet fsynced (see syncDirectories()).
+  std::set<QueueState> unsynced;
 
   Impl(Spool& s, const Config& c, BounceSender& b) : spool(s), cfg(c), bounces(b) { setHostname(); }
+  ~Impl() { syncDirs(); }
+
+  void syncDirs() {
+    for (QueueState st : unsynced) {
+      if (auto s = spool.fsyncDir(st); !s) {
+        logf(LogLevel::Warning, "%s (a crash may bring removed messages back: duplicates)",
+             s.error().message.c_str());
+      }
+    }
+    unsynced.clear();
+  }
 
   void setHostname() {
     hostname = cfg.tunneld.hostname;
@@ -181,12 +200,13 @@ struct QueueManager::Impl {
     if (it == msgs.end()) return;
     Entry& e = it->second;
     unschedule(e);
-    if (auto st = spool.remove(e.msg); !st) {
+    if (auto st = spool.removeUnsynced(e.msg); !st) {
       logf(LogLevel::Error, "%s: cannot remove the finished message: %s", id.c_str(),
            st.error().message.c_str());
       e.stuck = true;
       return;
     }
+    unsynced.insert(e.msg.state);
     logf(LogLevel::Info, "%s: removed", id.c_str());
     msgs.erase(it);
   }
@@ -207,9 +227,11 @@ struct QueueManager::Impl {
     schedule(e, due);
   }
 
-  // Loads id from `st`; unreadable files go to corrupt/. Moves incoming/ to active/.
-  void loadOne(QueueState st, const std::string& id, int64_t now) {
-    if (msgs.count(id)) return;
+  // Loads id from `st`; unreadable files go to corrupt/. Moves incoming/ to active/; with `batch`
+  // without the fsync of active/, which the caller then does once (see scanIncoming()).
+  // True when it renamed a file into active/.
+  bool loadOne(QueueState st, const std::string& id, int64_t now, bool batch = false) {
+    if (msgs.count(id)) return false;
     auto m = spool.load(st, id);
     if (!m.ok()) {
       if (m.error().code == EBADMSG) {
@@ -221,19 +243,24 @@ struct QueueManager::Impl {
       } else {
         logf(LogLevel::Warning, "%s: cannot read: %s", id.c_str(), m.error().message.c_str());
       }
-      return;
+      return false;
     }
+    bool moved = false;
     if (st == QueueState::Incoming) {
-      if (auto s = spool.move(*m, QueueState::Active); !s) {
+      Status s = batch ? spool.moveUnsynced(*m, QueueState::Active)
+                       : spool.move(*m, QueueState::Active);
+      if (!s) {
         logf(LogLevel::Error, "%s: cannot take from incoming/: %s", id.c_str(),
              s.error().message.c_str());
-        return;
+        return false;
       }
+      moved = true;
       logf(LogLevel::Info, "%s: from=<%s>, size=%" PRIu64 ", nrcpt=%zu, client=%s (queue active)",
            id.c_str(), printable(m->env.sender, 300).c_str(), m->content_size, m->env.rcpts.size(),
            printable(m->env.client, 100).c_str());
     }
     add(std::move(m.value()), now);
+    return moved;
   }
 
   // --- notifications
@@ -587,8 +614,20 @@ void QueueManager::scanIncoming(int64_t now) {
   Impl& m = *impl_;
   std::vector<std::string> ids = m.spool.list(QueueState::Incoming);
   std::sort(ids.begin(), ids.end());  // queue ids sort by time: first come, first served
-  for (const std::string& id : ids) m.loadOne(QueueState::Incoming, id, now);
+  bool moved = false;
+  for (const std::string& id : ids) moved = m.loadOne(QueueState::Incoming, id, now, true) || moved;
+  if (!moved) return;
+  // One fsync for the whole batch, before any of it is handed out. Should it fail, delivering is
+  // still safe: a crash can only put a file back into incoming/, from where it is delivered again.
+  if (auto s = m.spool.fsyncDir(QueueState::Active); !s) {
+    logf(LogLevel::Warning, "%s (a crash may put taken messages back into incoming/)",
+         s.error().message.c_str());
+  } else {
+    m.unsynced.erase(QueueState::Active);
+  }
 }
+
+void QueueManager::syncDirectories() { impl_->syncDirs(); }
 
 void QueueManager::clientUp(const std::string& client, int64_t now) {
   impl_->wake_dirty = true;

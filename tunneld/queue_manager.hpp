@@ -66,8 +66,13 @@ class QueueManager {
   void reconfigure(const Config& cfg);
   // Start-up: spool recovery, then load active/ (after recovery: incoming/) and deferred/.
   RecoveryReport start(int64_t now);
-  // Takes everything in incoming/ into active/ (called on a wake-up from inotify and periodically).
+  // Takes everything in incoming/ into active/ (called on a wake-up from inotify and periodically):
+  // renames them all, then fsyncs active/ once.
   void scanIncoming(int64_t now);
+  // Removals of finished messages are unlinks whose directories are fsynced here, once for all of
+  // them (the daemon calls it on every turn of its loop; the destructor calls it too). Until then
+  // a crash may bring a removed message back: delivered again, a duplicate, never a loss.
+  void syncDirectories();
   // The client's connection came (back) up: its deferred mail becomes due now.
   void clientUp(const std::string& client, int64_t now);
 

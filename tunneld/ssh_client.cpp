@@ -670,6 +670,20 @@ bool SshClient::stepConnected(Clock::time_point now) {
     progress |= stepChan(*chans_[i], now);
     if (state_ != State::Connected) return true;
   }
+  // A later channel's reads (or a write draining window adjustments) can pull an earlier
+  // channel's data out of the socket into libssh2's queue after that channel's turn; poll()
+  // would then never report it. Go round again for any channel with queued input (the same check
+  // as at the end of stepChan(), for all channels once all have had their turn).
+  if (!progress) {
+    for (auto& c : chans_) {
+      if (c->st == Chan::St::Running && c->ch &&
+          (libssh2_poll_channel_read(c->ch, 0) || libssh2_poll_channel_read(c->ch, 1) ||
+           (!c->eof_seen && libssh2_channel_eof(c->ch)))) {
+        progress = true;
+        break;
+      }
+    }
+  }
   // Remove closed channels.
   for (auto it = chans_.begin(); it != chans_.end();) {
     if (!(*it)->ch && (*it)->st == Chan::St::Closing) {

@@ -351,8 +351,8 @@ TEST_F(DaemonTest, ExpiredMailIsBouncedAndRemoved) {
 
 TEST_F(DaemonTest, KillNineDuringARunLosesNothing) {
   startSshd(smtpd() + " --maildir " + maildir());
-  writeConfig("", "concurrency = 2\n");
-  const int kMessages = 600;  // many SMTP sessions' worth (100 transactions each by default)
+  writeConfig("max_transactions = 100\n", "concurrency = 2\n");
+  const int kMessages = 600;  // many SMTP sessions' worth (100 transactions each)
   for (int i = 0; i < kMessages; ++i)
     spool(
         "Subject: n\r\nX-Seq: " + std::to_string(i) + "\r\n\r\nbody " + std::to_string(i) + "\r\n",

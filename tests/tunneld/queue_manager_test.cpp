@@ -12,7 +12,9 @@
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
+#include <map>
 #include <mutex>
+#include <set>
 
 #include "shared/log.hpp"
 
@@ -69,6 +71,7 @@ class RecordingBounceSender : public BounceSender {
 
 // The real file system, except that opening for writing a path that contains `fail_substr`
 // fails with EIO while armed: a journal append (active/...) or a new spool file (tmp/...).
+// It also counts the fsyncs of each spool directory (by the directory's last path component).
 class FailingFs : public FsOps {
  public:
   int open(const char* path, int flags, mode_t mode) override {
@@ -77,19 +80,31 @@ class FailingFs : public FsOps {
       errno = EIO;
       return -1;
     }
-    return realFs().open(path, flags, mode);
+    int fd = realFs().open(path, flags, mode);
+    if (fd >= 0 && (flags & O_DIRECTORY)) dirs_[fd] = fs::path(path).filename().string();
+    return fd;
   }
   ssize_t write(int fd, const void* b, size_t n) override { return realFs().write(fd, b, n); }
   ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override {
     return realFs().pwrite(fd, b, n, o);
   }
-  int fsync(int fd) override { return realFs().fsync(fd); }
-  int close(int fd) override { return realFs().close(fd); }
+  int fsync(int fd) override {
+    if (auto it = dirs_.find(fd); it != dirs_.end()) ++dir_syncs[it->second];
+    return realFs().fsync(fd);
+  }
+  int close(int fd) override {
+    dirs_.erase(fd);
+    return realFs().close(fd);
+  }
   int rename(const char* a, const char* b) override { return realFs().rename(a, b); }
   int unlink(const char* p) override { return realFs().unlink(p); }
   int ftruncate(int fd, off_t l) override { return realFs().ftruncate(fd, l); }
   int mkdir(const char* p, mode_t m) override { return realFs().mkdir(p, m); }
   std::string fail_substr;
+  std::map<std::string, int> dir_syncs;  // "active" -> fsyncs of active/
+
+ private:
+  std::map<int, std::string> dirs_;
 };
 
 TEST(RetryDelay, Table) {
@@ -656,6 +671,97 @@ TEST_F(QueueTest, FullyDeliveredMessageIsRemovedWithoutJournalWrite) {
               relay_, kT0);
   EXPECT_EQ(total(), 0u);
   EXPECT_FALSE(logged("cannot record"));
+}
+
+// --- batched directory fsyncs
+
+TEST_F(QueueTest, IncomingIsTakenWithOneDirectorySyncForTheBatch) {
+  for (int i = 0; i < 5; ++i) commit({"bob@b.example"});
+  fs_.dir_syncs.clear();
+  qm_->start(kT0);
+  EXPECT_EQ(count(QueueState::Active), 5u);
+  EXPECT_EQ(count(QueueState::Incoming), 0u);
+  EXPECT_EQ(fs_.dir_syncs["active"], 1);
+  // Nothing new: no rename, no fsync.
+  qm_->scanIncoming(kT0 + 1);
+  EXPECT_EQ(fs_.dir_syncs["active"], 1);
+  commit({"carol@b.example"});
+  commit({"dave@b.example"});
+  qm_->scanIncoming(kT0 + 2);
+  EXPECT_EQ(count(QueueState::Active), 7u);
+  EXPECT_EQ(fs_.dir_syncs["active"], 2);
+}
+
+TEST_F(QueueTest, CrashBeforeTheBatchSyncLeavesEveryMessageDeliverable) {
+  std::set<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.insert(commit({"bob@b.example"}));
+  qm_->start(kT0);
+  ASSERT_EQ(count(QueueState::Active), 5u);
+  // A crash before the fsync of active/ may undo any of the renames: put two back as the disk
+  // may have them, and restart.
+  qm_.reset();
+  int undone = 0;
+  for (const std::string& id : ids) {
+    if (undone == 2) break;
+    fs::rename(spool_->path(QueueState::Active, id), spool_->path(QueueState::Incoming, id));
+    ++undone;
+  }
+  restart();
+  auto rep = qm_->start(kT0 + 10);
+  EXPECT_EQ(rep.active_requeued, 3u);
+  std::set<std::string> handed;
+  std::vector<Job> jobs;
+  while (auto job = qm_->nextJob("c1", kT0 + 10)) {
+    handed.insert(job->msg.id);
+    jobs.push_back(std::move(*job));
+  }
+  EXPECT_EQ(handed, ids);
+  for (Job& j : jobs) {
+    auto r = results(j, {{Outcome::Delivered, "250 Ok"}});
+    qm_->finish(std::move(j), r, relay_, kT0 + 11);
+  }
+  EXPECT_EQ(total(), 0u);
+}
+
+TEST_F(QueueTest, RemovalsAreSyncedOnceForTheBatch) {
+  for (int i = 0; i < 3; ++i) commit({"bob@b.example"});
+  qm_->start(kT0);
+  std::vector<Job> jobs;
+  while (auto job = qm_->nextJob("c1", kT0)) jobs.push_back(std::move(*job));
+  ASSERT_EQ(jobs.size(), 3u);
+  fs_.dir_syncs.clear();
+  for (Job& j : jobs) {
+    auto r = results(j, {{Outcome::Delivered, "250 Ok"}});
+    qm_->finish(std::move(j), r, relay_, kT0 + 1);
+  }
+  EXPECT_EQ(total(), 0u);  // unlinked at once
+  EXPECT_EQ(fs_.dir_syncs["active"], 0);
+  qm_->syncDirectories();
+  EXPECT_EQ(fs_.dir_syncs["active"], 1);
+  qm_->syncDirectories();  // nothing more to sync
+  EXPECT_EQ(fs_.dir_syncs["active"], 1);
+}
+
+TEST_F(QueueTest, RemovalUndoneByACrashBeforeItsSyncIsDeliveredAgain) {
+  std::string id = commit({"bob@b.example", "carol@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  // What the disk may still hold after a crash before the directory fsync: the file as it was.
+  const std::string saved = dir_.path() + "/saved";
+  fs::copy_file(spool_->path(QueueState::Active, id), saved);
+  qm_->finish(std::move(*job),
+              results(*job, {{Outcome::Delivered, "250 Ok"}, {Outcome::Delivered, "250 Ok"}}),
+              relay_, kT0 + 1);
+  EXPECT_EQ(total(), 0u);
+  qm_.reset();
+  fs::rename(saved, spool_->path(QueueState::Active, id));
+  restart();
+  qm_->start(kT0 + 10);
+  auto again = qm_->nextJob("c1", kT0 + 10);
+  ASSERT_TRUE(again);  // a duplicate, never a loss
+  EXPECT_EQ(again->msg.id, id);
+  EXPECT_EQ(again->rcpt_indexes, (std::vector<size_t>{0, 1}));
 }
 
 TEST_F(QueueTest, NextWakeupFollowsChanges) {
