@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/harness/harness.hpp"
 #include "tunneld/smtp_client.hpp"
 
 extern char** environ;
@@ -42,25 +43,9 @@ class StringSource : public ContentSource {
   size_t pos_ = 0;
 };
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/dynmx-smtpd-test.XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+// Temporary directories and file reading come from the shared test harness.
+using dynmx::test::TempDir;
+using dynmx::test::readFile;
 
 // The server as a child process on two pipes; killed and reaped by pid on destruction.
 class Server {
@@ -216,13 +201,13 @@ TEST(TestSmtpd, SinkKeepsEnvelopeAndDataByteForByte) {
     if (e.path().extension() == ".data") data.push_back(e.path());
   }
   ASSERT_EQ(data.size(), 1u);
-  EXPECT_EQ(slurp(data[0]), "Subject: t\r\n\r\n.leading dot\r\nbare\r\ncr\r\n..two\r\nend\r\n");
+  EXPECT_EQ(readFile(data[0]), "Subject: t\r\n\r\n.leading dot\r\nbare\r\ncr\r\n..two\r\nend\r\n");
   auto envp = data[0];
   envp.replace_extension(".env");
   EXPECT_EQ(
-      slurp(envp),
+      readFile(envp),
       "MAIL FROM:<alice@a.example>\r\nRCPT TO:<bob@b.example>\r\nRCPT TO:<carol@b.example>\r\n");
-  std::string tr = slurp(dir.path() + "/transcript");
+  std::string tr = readFile(dir.path() + "/transcript");
   EXPECT_NE(tr.find("EHLO mx.test\n"), std::string::npos);
   EXPECT_NE(tr.find("QUIT\n"), std::string::npos);
 }
@@ -356,7 +341,7 @@ TEST(TestSmtpd, DiscardModeCounts) {
   c.quit(Clock::now());
   s.pump(c, [] { return false; });
   EXPECT_EQ(s.wait(), 0);
-  EXPECT_EQ(slurp(dir.path() + "/count"), "3\n");
+  EXPECT_EQ(readFile(dir.path() + "/count"), "3\n");
 }
 
 TEST(TestSmtpd, StallInBodyStopsReadingAndEndsOnHangup) {
@@ -416,7 +401,7 @@ TEST(TestSmtpd, OverlappedTransactionsThroughTheSink) {
   for (auto& e : fs::directory_iterator(dir.path())) {
     if (e.path().extension() == ".data") {
       ++files;
-      EXPECT_EQ(slurp(e.path()).substr(slurp(e.path()).find("\r\n\r\n")), "\r\n\r\n.x\r\n");
+      EXPECT_EQ(readFile(e.path()).substr(readFile(e.path()).find("\r\n\r\n")), "\r\n\r\n.x\r\n");
     }
   }
   EXPECT_EQ(files, kMessages);

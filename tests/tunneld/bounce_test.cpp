@@ -1,6 +1,7 @@
 // bounce_test.cpp: RFC 3464 reports against golden files, and the hand-off to real programs.
 //
 // Golden files are regenerated with DYNMX_UPDATE_GOLDEN=1 (then read them before committing).
+#include "tests/harness/harness.hpp"
 #include "tunneld/bounce.hpp"
 
 #include <sys/stat.h>
@@ -20,25 +21,9 @@ using namespace std::chrono_literals;
 
 constexpr int64_t kNow = 1700000000;  // Tue, 14 Nov 2023 22:13:20 +0000
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/dynmx-bounce-test.XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+// Temporary directories and file reading come from the shared test harness.
+using dynmx::test::TempDir;
+using dynmx::test::readFile;
 
 void checkGolden(const std::string& name, const std::string& got) {
   fs::path p = fs::path(DYNMX_GOLDEN_DIR) / name;
@@ -46,7 +31,7 @@ void checkGolden(const std::string& name, const std::string& got) {
     std::ofstream(p, std::ios::binary) << got;
   }
   ASSERT_TRUE(fs::exists(p)) << p << " missing; run with DYNMX_UPDATE_GOLDEN=1";
-  EXPECT_EQ(got, slurp(p)) << "differs from " << p;
+  EXPECT_EQ(got, readFile(p)) << "differs from " << p;
 }
 
 class DsnTest : public ::testing::Test {
@@ -241,9 +226,9 @@ TEST_F(SenderTest, ArgvIsExactlyPrefixPlusFlagsAndStdinHasTheMessage) {
   std::string msg = "From: MAILER-DAEMON\r\nSubject: x\r\n\r\nline 1\r\n.\r\nline 3\r\n";
   auto st = s.send("-alice@a.example", msg);
   ASSERT_TRUE(st.ok()) << st.error().message;
-  EXPECT_EQ(slurp(out + ".args"),
+  EXPECT_EQ(readFile(out + ".args"),
             "[-C/etc/x.cf]\n[two words]\n[-oi]\n[-f]\n[<>]\n[--]\n[-alice@a.example]\n");
-  EXPECT_EQ(slurp(out + ".stdin"), "From: MAILER-DAEMON\nSubject: x\n\nline 1\n.\nline 3\n");
+  EXPECT_EQ(readFile(out + ".stdin"), "From: MAILER-DAEMON\nSubject: x\n\nline 1\n.\nline 3\n");
 }
 
 TEST_F(SenderTest, ChildThatNeverExitsIsKilledAtTheTimeout) {
@@ -255,7 +240,7 @@ TEST_F(SenderTest, ChildThatNeverExitsIsKilledAtTheTimeout) {
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.error().message.find("timed out"), std::string::npos) << st.error().message;
   // The child is gone (killed and reaped, not left behind).
-  std::string pid = slurp(pidfile);
+  std::string pid = readFile(pidfile);
   ASSERT_FALSE(pid.empty());
   EXPECT_NE(::kill(std::stoi(pid), 0), 0);
 }
