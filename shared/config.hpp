@@ -113,7 +113,7 @@ struct ClientConfig {
   std::vector<std::string> domains;  // lower case; ".example.org" means every subdomain of it
   std::string host_key;  // "" | "ssh-ed25519 AAAA..." (pinned line) | "SHA256:base64"
   std::string identity;  // "" means [tunneld] identity
-  uint32_t concurrency = 1;
+  uint32_t concurrency = 4;
   RetryPolicy retry;  // [tunneld] values unless overridden
   SourceLoc loc;      // where the [[client]] table starts
 };

@@ -121,13 +121,6 @@ Status Daemon::init() {
   control_fd_ = *fd;
   control_owned_ = true;
 
-  RecoveryReport rep = queue_->start(unixNow());
-  last_scan_ = unixNow();
-  logf(LogLevel::Info,
-       "starting: %zu client(s), spool %s (recovery: %zu tmp removed, %zu requeued, %zu corrupt)",
-       cfg_.clients.size(), cfg_.spool.dir.c_str(), rep.tmp_removed, rep.active_requeued,
-       rep.corrupt);
-
   loop_.watch(signal_fd_, POLLIN, [this](short) { onSignal(); });
   loop_.watch(wake_fd_, POLLIN, [this](short) {
     uint64_t v;
@@ -137,7 +130,15 @@ Status Daemon::init() {
   });
   loop_.watch(inotify_fd_, POLLIN, [this](short) { onInotify(); });
   loop_.watch(control_fd_, POLLIN, [this](short) { onControlAccept(); });
+  // The clients start connecting first: their SSH handshakes go on while the spool is read.
   applyClients();
+  RecoveryReport rep = queue_->start(unixNow(), kScanSlice);
+  last_scan_ = unixNow();
+  scan_more_ = true;
+  logf(LogLevel::Info,
+       "starting: %zu client(s), spool %s (recovery: %zu tmp removed, %zu requeued, %zu corrupt)",
+       cfg_.clients.size(), cfg_.spool.dir.c_str(), rep.tmp_removed, rep.active_requeued,
+       rep.corrupt);
   return {};
 }
 
@@ -249,7 +250,7 @@ void Daemon::onInotify() {
   while (read(inotify_fd_, buf, sizeof buf) > 0) {
   }
   int64_t now = unixNow();
-  queue_->scanIncoming(now);
+  scan_more_ = queue_->scanIncoming(now, kScanSlice);
   last_scan_ = now;
   pokeDue();
 }
@@ -458,7 +459,7 @@ ControlReply Daemon::handleRequest(const ControlRequest& req) {
         r.error = "no client named " + req.arg;
         break;
       }
-      queue_->scanIncoming(now);
+      scan_more_ = queue_->scanIncoming(now);
       queue_->flush(req.arg, now);
       auto t = EventLoop::Clock::now();
       for (auto& [name, e] : clients_) {
@@ -518,8 +519,8 @@ int Daemon::run() {
         pokeDue();
         next_wake_ = queue_->nextWakeup();
       }
-      if (now - last_scan_ >= kIncomingRescan.count()) {
-        queue_->scanIncoming(now);
+      if (scan_more_ || now - last_scan_ >= kIncomingRescan.count()) {
+        scan_more_ = queue_->scanIncoming(now, kScanSlice);
         last_scan_ = now;
         pokeDue();
       }
@@ -550,15 +551,14 @@ int Daemon::run() {
     for (auto& e : retiring_) sessions = sessions || e.client->busy();
     if (busy) max_wait = std::chrono::seconds(1);
     if (sessions) max_wait = kBusyRecheck;
+    if (scan_more_ && !stopping_) max_wait = std::chrono::milliseconds(0);
     if (!stopping_ && next_wake_ > now)
       max_wait = std::min<std::chrono::milliseconds>(max_wait,
                                                      std::chrono::seconds(next_wake_ - now));
-    // The removals of this turn's finished messages: one directory fsync for all of them.
-    queue_->syncDirectories();
     loop_.runOnce(max_wait);
     recheckBusy();
   }
-  queue_->syncDirectories();
+  queue_->flushRemovals();
   logf(LogLevel::Info, "stopped");
   return kExitOk;
 }

@@ -29,6 +29,9 @@ namespace dynmx::tunneld {
 
 inline constexpr std::chrono::seconds kShutdownGrace{30};
 inline constexpr std::chrono::seconds kIncomingRescan{30};
+// incoming/ is taken into the queue at most this many files per turn of the loop, so that a big
+// backlog (a restart after an outage) does not hold up connecting and delivering.
+inline constexpr size_t kScanSlice = 256;
 // A client with sessions open that has not been stepped for this long is stepped anyway: libssh2
 // may hold a channel's input in its own queue (read off the socket while serving another channel)
 // where poll() cannot see it, and nothing else would wake the client before its keepalive.
@@ -88,6 +91,7 @@ class Daemon : public Waker {
   bool stopping_ = false;
   bool control_owned_ = false;
   int64_t last_scan_ = 0;
+  bool scan_more_ = false;   // incoming/ has more for the next turn (QueueManager::scanIncoming)
   std::string reload_note_;  // what the last reload could not apply
   // QueueManager::nextWakeup() walks every message: asked at most once per second.
   int64_t wake_checked_at_ = -1;

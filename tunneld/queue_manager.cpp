@@ -8,12 +8,12 @@
 //    are the recipients it reports journaled as Failed; it is handed to sendmail from the spool
 //    and removed from there once sendmail took it (else retried by tick() with backoff);
 //  - a message is removed only after every recipient is final in its journal.
-// Directory fsyncs are batched where a crash undoing the step is harmless: scanIncoming() renames
-// everything it takes into active/ and then fsyncs active/ once (a rename undone by a crash leaves
-// the file in incoming/, delivered after the restart); removals are unlinks whose directories are
-// fsynced once by syncDirectories(), which the daemon calls on every turn of its loop (a removal
-// undone by a crash means the message is delivered again: a duplicate, never a loss). Journal
-// records are fsynced as before, one by one, before the message moves on.
+// Directory fsyncs are batched where a crash undoing the step is harmless, and left to the
+// SpoolRemover's thread, which fsyncs at most once per kRemovalSync: scanIncoming() renames what
+// it takes into active/ (a rename undone by a crash leaves the file in incoming/, delivered after
+// the restart, its journal with it); removals are unlinks made by that thread, off the event loop
+// (a removal undone by a crash means the message is delivered again: a duplicate, never a loss).
+// Journal records are fsynced one by one, before the message moves on.
 // Delay warnings: sent once per message when delay_warning > 0 and the message is still queued
 // delay_warning after arrival, for the pending recipients whose NOTIFY is absent or names DELAY
 // (our default is "on", as Postfix with delay_warning_time set; NOTIFY=NEVER or a NOTIFY without
@@ -115,20 +115,17 @@ struct QueueManager::Impl {
   // nextWakeup() is asked on every turn of the daemon's loop: computed again only after a change.
   mutable bool wake_dirty = true;
   mutable int64_t wake_cache = 0;
-  // State directories with removals not yet fsynced (see syncDirectories()).
-  std::set<QueueState> unsynced;
+  // incoming/ as listed by scanIncoming() and not yet taken (from scan_next on), and whether a
+  // call came while a listing was being worked through.
+  std::vector<std::string> scan_ids;
+  size_t scan_next = 0;
+  bool scan_again = false;
+  // Last member: destroyed first, it finishes every removal while the rest still exists.
+  SpoolRemover remover;
 
-  Impl(Spool& s, const Config& c, BounceSender& b) : spool(s), cfg(c), bounces(b) { setHostname(); }
-  ~Impl() { syncDirs(); }
-
-  void syncDirs() {
-    for (QueueState st : unsynced) {
-      if (auto s = spool.fsyncDir(st); !s) {
-        logf(LogLevel::Warning, "%s (a crash may bring removed messages back: duplicates)",
-             s.error().message.c_str());
-      }
-    }
-    unsynced.clear();
+  Impl(Spool& s, const Config& c, BounceSender& b, std::chrono::milliseconds removal_sync)
+      : spool(s), cfg(c), bounces(b), remover(s, removal_sync) {
+    setHostname();
   }
 
   void setHostname() {
@@ -194,19 +191,13 @@ struct QueueManager::Impl {
     e.stuck = true;
   }
 
-  // Deletes a message whose recipients are all final. False when the unlink failed (logged).
+  // Forgets a message whose recipients are all final; the remover deletes its file.
   void removeFinished(const std::string& id) {
     auto it = msgs.find(id);
     if (it == msgs.end()) return;
     Entry& e = it->second;
     unschedule(e);
-    if (auto st = spool.removeUnsynced(e.msg); !st) {
-      logf(LogLevel::Error, "%s: cannot remove the finished message: %s", id.c_str(),
-           st.error().message.c_str());
-      e.stuck = true;
-      return;
-    }
-    unsynced.insert(e.msg.state);
+    remover.remove(e.msg.state, id);
     logf(LogLevel::Info, "%s: removed", id.c_str());
     msgs.erase(it);
   }
@@ -587,8 +578,9 @@ struct QueueManager::Impl {
 
 // ---------------------------------------------------------------------------------------------
 
-QueueManager::QueueManager(Spool& spool, const Config& cfg, BounceSender& bounces)
-    : impl_(std::make_shared<Impl>(spool, cfg, bounces)) {}
+QueueManager::QueueManager(Spool& spool, const Config& cfg, BounceSender& bounces,
+                           std::chrono::milliseconds removal_sync)
+    : impl_(std::make_shared<Impl>(spool, cfg, bounces, removal_sync)) {}
 
 void QueueManager::reconfigure(const Config& cfg) {
   impl_->wake_dirty = true;
@@ -596,38 +588,47 @@ void QueueManager::reconfigure(const Config& cfg) {
   impl_->setHostname();
 }
 
-RecoveryReport QueueManager::start(int64_t now) {
+RecoveryReport QueueManager::start(int64_t now, size_t scan_limit) {
   impl_->wake_dirty = true;
   Impl& m = *impl_;
   RecoveryReport rep = m.spool.recover();
   for (QueueState st : {QueueState::Deferred, QueueState::Hold, QueueState::Active}) {
     for (const std::string& id : m.spool.list(st)) m.loadOne(st, id, now);
   }
-  scanIncoming(now);
+  scanIncoming(now, scan_limit);
   // Notifications left over from before the restart go out now.
   tick(now);
   return rep;
 }
 
-void QueueManager::scanIncoming(int64_t now) {
+bool QueueManager::scanIncoming(int64_t now, size_t limit) {
   impl_->wake_dirty = true;
   Impl& m = *impl_;
-  std::vector<std::string> ids = m.spool.list(QueueState::Incoming);
-  std::sort(ids.begin(), ids.end());  // queue ids sort by time: first come, first served
-  bool moved = false;
-  for (const std::string& id : ids) moved = m.loadOne(QueueState::Incoming, id, now, true) || moved;
-  if (!moved) return;
-  // One fsync for the whole batch, before any of it is handed out. Should it fail, delivering is
-  // still safe: a crash can only put a file back into incoming/, from where it is delivered again.
-  if (auto s = m.spool.fsyncDir(QueueState::Active); !s) {
-    logf(LogLevel::Warning, "%s (a crash may put taken messages back into incoming/)",
-         s.error().message.c_str());
+  if (m.scan_next >= m.scan_ids.size()) {
+    m.scan_ids = m.spool.list(QueueState::Incoming);
+    std::sort(m.scan_ids.begin(), m.scan_ids.end());  // queue ids sort by time: first come first
+    m.scan_next = 0;
+    m.scan_again = false;
   } else {
-    m.unsynced.erase(QueueState::Active);
+    m.scan_again = true;  // asked again mid-listing: list once more when this one is through
   }
+  bool moved = false;
+  for (size_t n = 0; n < limit && m.scan_next < m.scan_ids.size(); ++n) {
+    moved = m.loadOne(QueueState::Incoming, m.scan_ids[m.scan_next++], now, true) || moved;
+  }
+  // The renames are made durable by the remover's next directory sync, off the event loop: a
+  // crash undoing one only puts the file back into incoming/, delivered from there after the
+  // restart (its journal travels with it), so delivery need not wait for the fsync.
+  if (moved) m.remover.syncLater(QueueState::Active);
+  if (m.scan_next < m.scan_ids.size()) return true;
+  m.scan_ids.clear();
+  m.scan_next = 0;
+  bool again = m.scan_again;
+  m.scan_again = false;
+  return again;
 }
 
-void QueueManager::syncDirectories() { impl_->syncDirs(); }
+void QueueManager::flushRemovals() { impl_->remover.flush(); }
 
 void QueueManager::clientUp(const std::string& client, int64_t now) {
   impl_->wake_dirty = true;

@@ -5,14 +5,16 @@
 // result in the spool as it arrives, reschedules deferred mail with backoff (retry_min..retry_max,
 // growing with the message's age), expires mail after queue_lifetime with a bounce, sends delay
 // warnings when NOTIFY allows, and removes a message once every recipient is final.
-// It does no network I/O and has no thread of its own: the daemon's event loop calls it, passing
-// the time, so that tests can drive it with a clock of their own.
+// It does no network I/O: the daemon's event loop calls it, passing the time, so that tests can
+// drive it with a clock of their own. Its one thread is its SpoolRemover's, which deletes the
+// files of finished messages off the event loop.
 //
 // Failure handling: a spool file that cannot be read goes to corrupt/ (logged); a journal write
 // that fails leaves the message in active/ for a retry after restart (duplicates over loss); a
 // bounce that cannot be handed to sendmail is retried on the next tick.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -26,6 +28,7 @@
 #include "shared/spool.hpp"
 #include "tunneld/bounce.hpp"
 #include "tunneld/smtp_client.hpp"
+#include "tunneld/spool_remover.hpp"
 
 namespace dynmx::tunneld {
 
@@ -59,20 +62,27 @@ struct ClientQueueStatus {
 
 class QueueManager {
  public:
-  QueueManager(Spool& spool, const Config& cfg, BounceSender& bounces);
+  // removal_sync: see SpoolRemover.
+  QueueManager(Spool& spool, const Config& cfg, BounceSender& bounces,
+               std::chrono::milliseconds removal_sync = kRemovalSync);
 
   // Applies a new configuration (clients, retry policy); messages of a client that no longer exists
   // stay where they are and are reported in status.
   void reconfigure(const Config& cfg);
-  // Start-up: spool recovery, then load active/ (after recovery: incoming/) and deferred/.
-  RecoveryReport start(int64_t now);
-  // Takes everything in incoming/ into active/ (called on a wake-up from inotify and periodically):
-  // renames them all, then fsyncs active/ once.
-  void scanIncoming(int64_t now);
-  // Removals of finished messages are unlinks whose directories are fsynced here, once for all of
-  // them (the daemon calls it on every turn of its loop; the destructor calls it too). Until then
-  // a crash may bring a removed message back: delivered again, a duplicate, never a loss.
-  void syncDirectories();
+  // Start-up: spool recovery, then load deferred/ and hold/, and take incoming/ (where recovery
+  // put active/) as scanIncoming(now, scan_limit) does.
+  RecoveryReport start(int64_t now, size_t scan_limit = SIZE_MAX);
+  // Takes mail from incoming/ into active/ (called on a wake-up from inotify and periodically), in
+  // queue id order, at most `limit` files per call: renames them, then fsyncs active/ once. A big
+  // backlog (after a restart, say) is so taken in slices, and the caller delivers in between.
+  // True while more remains: the rest of the listing, or a listing again because a call came
+  // while one was being worked through (new mail may have arrived meanwhile).
+  bool scanIncoming(int64_t now, size_t limit = SIZE_MAX);
+  // The files of finished messages are deleted by a SpoolRemover, off the caller's thread, and
+  // their directories fsynced within kRemovalSync. This blocks until every removal so far is done
+  // and fsynced (the destructor does it too). Until then a crash may bring a removed message back:
+  // delivered again, a duplicate, never a loss.
+  void flushRemovals();
   // The client's connection came (back) up: its deferred mail becomes due now.
   void clientUp(const std::string& client, int64_t now);
 

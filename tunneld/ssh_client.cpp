@@ -19,6 +19,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <thread>
 
 #include "shared/log.hpp"
@@ -35,6 +36,8 @@ namespace {
 constexpr auto kStableAfter = std::chrono::seconds(60);
 constexpr auto kChannelCloseTimeout = std::chrono::seconds(30);
 constexpr size_t kWriteChunk = 32768;
+// Jobs open at once in one SMTP session: the one whose final dot waits for its reply, and the next.
+constexpr size_t kMaxOpenJobs = 2;
 }  // namespace
 
 std::chrono::milliseconds reconnectDelay(std::chrono::seconds min, std::chrono::seconds max,
@@ -78,7 +81,10 @@ struct SshClient::Chan {
   enum class St { Opening, Exec, Running, Closing } st = St::Opening;
   LIBSSH2_CHANNEL* ch = nullptr;
   std::unique_ptr<SmtpClient> smtp;
-  std::optional<Job> job;
+  // Jobs started in this session, oldest first; with SmtpClient::Options::overlap up to two (the
+  // next one starts while the previous final dot's reply is pending). std::deque: a Job's
+  // SmtpJob view points into it, and push_back/pop_front keep the others in place.
+  std::deque<Job> jobs;
   uint32_t transactions = 0;
   Clock::time_point idle_since{};
   Clock::time_point close_deadline{};
@@ -170,7 +176,7 @@ std::optional<SshClient::Clock::time_point> SshClient::deadline() const {
         if (c->st == Chan::St::Closing) take(c->close_deadline);
         if (c->smtp) {
           if (auto sd = c->smtp->deadline()) take(*sd);
-          if (c->smtp->state() == SmtpClient::State::Ready && !c->job)
+          if (c->smtp->state() == SmtpClient::State::Ready && c->jobs.empty())
             take(c->idle_since + tcfg_.idle_close);
         }
       }
@@ -258,9 +264,9 @@ void SshClient::fail(const std::string& why, Clock::time_point now, bool count) 
 }
 
 void SshClient::closeChan(Chan& c, Clock::time_point now, const std::string& reason) {
-  if (c.job) {
-    jobs_.abandon(std::move(*c.job), reason, unixNow());
-    c.job.reset();
+  while (!c.jobs.empty()) {
+    jobs_.abandon(std::move(c.jobs.front()), reason, unixNow());
+    c.jobs.pop_front();
   }
   if (c.st != Chan::St::Closing) {
     c.st = Chan::St::Closing;
@@ -270,9 +276,9 @@ void SshClient::closeChan(Chan& c, Clock::time_point now, const std::string& rea
 
 void SshClient::teardown(Clock::time_point now, const std::string& reason) {
   for (auto& c : chans_) {
-    if (c->job) {
-      jobs_.abandon(std::move(*c->job), reason, unixNow());
-      c->job.reset();
+    while (!c->jobs.empty()) {
+      jobs_.abandon(std::move(c->jobs.front()), reason, unixNow());
+      c->jobs.pop_front();
     }
   }
   chans_.clear();  // libssh2 frees the channels with the session
@@ -717,7 +723,7 @@ bool SshClient::stepConnected(Clock::time_point now) {
       if (!usableChan(*c)) continue;
       ++usable;
       if (c->transactions < cap / 2 + 1 || cap == 1) ++fresh;
-      if (!c->job && (!c->smtp || c->smtp->state() != SmtpClient::State::Busy)) idle = true;
+      if (c->jobs.empty() && (!c->smtp || c->smtp->state() != SmtpClient::State::Busy)) idle = true;
     }
     bool want = (usable < conc && !idle) || (usable == conc && fresh < conc && cap > 1);
     if (want) {
@@ -754,7 +760,7 @@ bool SshClient::usableChan(const Chan& c) const {
 size_t SshClient::sessionsWithWork() const {
   size_t n = 0;
   for (auto& c : chans_)
-    if (c->job || (c->smtp && c->smtp->state() == SmtpClient::State::Busy)) ++n;
+    if (!c->jobs.empty() || (c->smtp && c->smtp->state() == SmtpClient::State::Busy)) ++n;
   return n;
 }
 
@@ -790,6 +796,7 @@ bool SshClient::stepChan(Chan& c, Clock::time_point now) {
         return true;
       }
       SmtpClient::Options o;
+      o.overlap = true;
       o.helo_name = tcfg_.hostname;
       if (o.helo_name.empty()) {
         char host[256] = {};
@@ -823,8 +830,12 @@ bool SshClient::stepChan(Chan& c, Clock::time_point now) {
 
   SmtpClient& smtp = *c.smtp;
   char buf[16384];
-  // Far end -> engine.
-  for (;;) {
+  // Far end -> engine. stepConnected() has just read the socket dry (through the idle channel),
+  // and anything read since (by other channels' reads and writes) waits in libssh2's queue too:
+  // a channel with nothing queued and no new EOF has nothing to read, and a read would only cost
+  // one more recv() that fails with EAGAIN (per channel, per turn).
+  bool input = true;
+  while (input) {
     ssize_t n = libssh2_channel_read(c.ch, buf, sizeof buf);
     if (n > 0) {
       smtp.onInput(std::string_view(buf, static_cast<size_t>(n)), now);
@@ -843,7 +854,8 @@ bool SshClient::stepChan(Chan& c, Clock::time_point now) {
     fail("reading from " + relay_ + ": " + sessionError(), now);
     return true;
   }
-  // Its stderr, logged line by line.
+  // Its stderr, logged line by line (also only when queued: extended = 1 answers for stderr,
+  // and for stdout, which was just read to the end).
   for (;;) {
     ssize_t n = libssh2_channel_read_stderr(c.ch, buf, sizeof buf);
     if (n > 0) {
@@ -872,28 +884,30 @@ bool SshClient::stepChan(Chan& c, Clock::time_point now) {
     smtp.onTimeout(now);
     progress = true;
   }
-  if (auto r = smtp.takeResult()) {
-    if (c.job) {
-      jobs_.finish(std::move(*c.job), *r, relay_, unixNow());
-      c.job.reset();
+  while (auto r = smtp.takeResult()) {
+    if (!c.jobs.empty()) {
+      jobs_.finish(std::move(c.jobs.front()), *r, relay_, unixNow());
+      c.jobs.pop_front();
     }
     ++c.transactions;
     session_failures_ = 0;
     c.idle_since = now;
     progress = true;
   }
-  if (smtp.state() == SmtpClient::State::Ready && !c.job) {
-    if (stopping_ || c.transactions >= std::max<uint32_t>(1, tcfg_.max_transactions)) {
+  // Ready with an empty FIFO, or (overlap) Ready while the previous final dot's reply is pending.
+  if (smtp.state() == SmtpClient::State::Ready && c.jobs.size() < kMaxOpenJobs) {
+    if (stopping_ ||
+        c.transactions + c.jobs.size() >= std::max<uint32_t>(1, tcfg_.max_transactions)) {
       smtp.quit(now);
       c.quit_by_us = true;
       progress = true;
-    } else if (sessionsWithWork() >= std::max<uint32_t>(1, cfg_.concurrency)) {
+    } else if (c.jobs.empty() && sessionsWithWork() >= std::max<uint32_t>(1, cfg_.concurrency)) {
       // A warm spare: waits until a working session ends.
     } else if (auto job = jobs_.nextJob(cfg_.name, unixNow())) {
-      c.job = std::move(job);
-      smtp.start(c.job->smtpJob(), now);
+      c.jobs.push_back(std::move(*job));
+      smtp.start(c.jobs.back().smtpJob(), now);
       progress = true;
-    } else if (now - c.idle_since >= tcfg_.idle_close) {
+    } else if (c.jobs.empty() && now - c.idle_since >= tcfg_.idle_close) {
       smtp.quit(now);
       c.quit_by_us = true;
       progress = true;
@@ -927,9 +941,10 @@ bool SshClient::stepChan(Chan& c, Clock::time_point now) {
     if (st == SmtpClient::State::Failed)
       logf(LogLevel::Info, "client=%s: SMTP session at %s ended: %s", cfg_.name.c_str(),
            relay_.c_str(), why.c_str());
-    if (auto r = smtp.takeResult(); r && c.job) {
-      jobs_.finish(std::move(*c.job), *r, relay_, unixNow());
-      c.job.reset();
+    while (auto r = smtp.takeResult()) {
+      if (c.jobs.empty()) break;
+      jobs_.finish(std::move(c.jobs.front()), *r, relay_, unixNow());
+      c.jobs.pop_front();
     }
     closeChan(c, now, why);
     // A far end that ends sessions before any transaction (a refused greeting, a command that
@@ -988,8 +1003,7 @@ ClientStatus SshClient::status() const {
   s.connected_since = connected_since_unix_;
   s.failures = failures_;
   s.channels = chans_.size();
-  for (auto& c : chans_)
-    if (c->job) ++s.in_flight;
+  for (auto& c : chans_) s.in_flight += c->jobs.size();
   return s;
 }
 

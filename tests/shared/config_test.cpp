@@ -231,7 +231,7 @@ domains = ["Example.ORG", ".example.org", "example.com."]
 host_key = ")" + std::string(kEd25519) +
                      R"("
 identity = "/nonexistent/dynmx/home_key"
-concurrency = 4
+concurrency = 3
 retry_min = "1m"
 retry_max = "30m"
 queue_lifetime = "7d"
@@ -294,7 +294,7 @@ host_key = ")" + kEcdsa +
   EXPECT_EQ(home.domains, (std::vector<std::string>{"example.org", ".example.org", "example.com"}));
   EXPECT_EQ(home.host_key, kEd25519);
   EXPECT_EQ(home.identity, "/nonexistent/dynmx/home_key");
-  EXPECT_EQ(home.concurrency, 4u);
+  EXPECT_EQ(home.concurrency, 3u);
   EXPECT_EQ(home.retry.retry_min, Seconds(60));
   EXPECT_EQ(home.retry.retry_max, Seconds(1800));
   EXPECT_EQ(home.retry.queue_lifetime, Seconds(7 * 86400));
@@ -308,7 +308,7 @@ host_key = ")" + kEcdsa +
   EXPECT_EQ(office.port, 22);
   EXPECT_EQ(office.user, "dynmx");
   EXPECT_EQ(office.identity, "");
-  EXPECT_EQ(office.concurrency, 1u);
+  EXPECT_EQ(office.concurrency, 4u);  // the default
   EXPECT_EQ(office.host_key, kFingerprint);
   EXPECT_EQ(office.retry.retry_min, Seconds(600));
   EXPECT_EQ(office.retry.retry_max, Seconds(3 * 3600));

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
@@ -72,9 +73,11 @@ class RecordingBounceSender : public BounceSender {
 // The real file system, except that opening for writing a path that contains `fail_substr`
 // fails with EIO while armed: a journal append (active/...) or a new spool file (tmp/...).
 // It also counts the fsyncs of each spool directory (by the directory's last path component).
+// Thread-safe: the queue manager's remover unlinks and fsyncs from a thread of its own.
 class FailingFs : public FsOps {
  public:
   int open(const char* path, int flags, mode_t mode) override {
+    std::lock_guard<std::mutex> lk(mu_);
     if (!fail_substr.empty() && (flags & (O_WRONLY | O_RDWR)) &&
         std::string_view(path).find(fail_substr) != std::string_view::npos) {
       errno = EIO;
@@ -89,10 +92,12 @@ class FailingFs : public FsOps {
     return realFs().pwrite(fd, b, n, o);
   }
   int fsync(int fd) override {
+    std::lock_guard<std::mutex> lk(mu_);
     if (auto it = dirs_.find(fd); it != dirs_.end()) ++dir_syncs[it->second];
     return realFs().fsync(fd);
   }
   int close(int fd) override {
+    std::lock_guard<std::mutex> lk(mu_);
     dirs_.erase(fd);
     return realFs().close(fd);
   }
@@ -104,6 +109,7 @@ class FailingFs : public FsOps {
   std::map<std::string, int> dir_syncs;  // "active" -> fsyncs of active/
 
  private:
+  std::mutex mu_;
   std::map<int, std::string> dirs_;
 };
 
@@ -178,7 +184,11 @@ class QueueTest : public ::testing::Test {
     return id;
   }
 
-  size_t count(QueueState st) { return spool_->list(st).size(); }
+  // What the spool holds once the queue manager's remover has caught up.
+  size_t count(QueueState st) {
+    if (qm_) qm_->flushRemovals();
+    return spool_->list(st).size();
+  }
   size_t total() {
     size_t n = 0;
     for (auto st : {QueueState::Incoming, QueueState::Active, QueueState::Deferred,
@@ -675,21 +685,57 @@ TEST_F(QueueTest, FullyDeliveredMessageIsRemovedWithoutJournalWrite) {
 
 // --- batched directory fsyncs
 
-TEST_F(QueueTest, IncomingIsTakenWithOneDirectorySyncForTheBatch) {
+TEST_F(QueueTest, IncomingIsTakenWithOneDeferredDirectorySyncForTheBatch) {
   for (int i = 0; i < 5; ++i) commit({"bob@b.example"});
+  // An interval no test run reaches: the only fsyncs are those flushRemovals() asks for.
+  qm_ = std::make_unique<QueueManager>(*spool_, cfg_, bounces_, std::chrono::hours(24));
   fs_.dir_syncs.clear();
   qm_->start(kT0);
-  EXPECT_EQ(count(QueueState::Active), 5u);
-  EXPECT_EQ(count(QueueState::Incoming), 0u);
+  EXPECT_EQ(spool_->list(QueueState::Active).size(), 5u);
+  EXPECT_EQ(spool_->list(QueueState::Incoming).size(), 0u);
+  // Handed out before active/ is fsynced: that waits for the remover's next sync.
+  EXPECT_EQ(fs_.dir_syncs["active"], 0);
+  EXPECT_TRUE(qm_->nextJob("c1", kT0));
+  qm_->flushRemovals();
   EXPECT_EQ(fs_.dir_syncs["active"], 1);
   // Nothing new: no rename, no fsync.
-  qm_->scanIncoming(kT0 + 1);
+  EXPECT_FALSE(qm_->scanIncoming(kT0 + 1));
+  qm_->flushRemovals();
   EXPECT_EQ(fs_.dir_syncs["active"], 1);
   commit({"carol@b.example"});
   commit({"dave@b.example"});
-  qm_->scanIncoming(kT0 + 2);
+  EXPECT_FALSE(qm_->scanIncoming(kT0 + 2));
+  qm_->flushRemovals();
   EXPECT_EQ(count(QueueState::Active), 7u);
   EXPECT_EQ(fs_.dir_syncs["active"], 2);
+}
+
+TEST_F(QueueTest, IncomingIsTakenInSlicesInQueueIdOrder) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(commit({"bob@b.example"}));
+  std::sort(ids.begin(), ids.end());
+  qm_->start(kT0, 2);  // the first slice
+  EXPECT_EQ(spool_->list(QueueState::Active).size(), 2u);
+  // Only what was taken is handed out, oldest first.
+  auto j1 = qm_->nextJob("c1", kT0);
+  auto j2 = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(j1 && j2);
+  EXPECT_EQ(j1->msg.id, ids[0]);
+  EXPECT_EQ(j2->msg.id, ids[1]);
+  EXPECT_FALSE(qm_->nextJob("c1", kT0));
+  // The rest of the listing, a slice at a time; mail arriving meanwhile is listed once more at
+  // the end, as the call came while a listing was being worked through.
+  std::string late = commit({"carol@b.example"});
+  EXPECT_TRUE(qm_->scanIncoming(kT0, 2));
+  EXPECT_EQ(spool_->list(QueueState::Active).size(), 4u);
+  EXPECT_TRUE(qm_->scanIncoming(kT0, 2));  // ids[4]; then: list again
+  EXPECT_EQ(spool_->list(QueueState::Active).size(), 5u);
+  EXPECT_FALSE(qm_->scanIncoming(kT0, 2));  // a fresh listing: the late one
+  EXPECT_EQ(spool_->list(QueueState::Active).size(), 6u);
+  EXPECT_EQ(spool_->list(QueueState::Incoming).size(), 0u);
+  std::vector<std::string> handed;
+  while (auto j = qm_->nextJob("c1", kT0)) handed.push_back(j->msg.id);
+  EXPECT_EQ(handed, (std::vector<std::string>{ids[2], ids[3], ids[4], late}));
 }
 
 TEST_F(QueueTest, CrashBeforeTheBatchSyncLeavesEveryMessageDeliverable) {
@@ -725,20 +771,22 @@ TEST_F(QueueTest, CrashBeforeTheBatchSyncLeavesEveryMessageDeliverable) {
 
 TEST_F(QueueTest, RemovalsAreSyncedOnceForTheBatch) {
   for (int i = 0; i < 3; ++i) commit({"bob@b.example"});
+  // An interval no test run reaches: the only fsync is the one flushRemovals() asks for.
+  qm_ = std::make_unique<QueueManager>(*spool_, cfg_, bounces_, std::chrono::hours(24));
   qm_->start(kT0);
   std::vector<Job> jobs;
   while (auto job = qm_->nextJob("c1", kT0)) jobs.push_back(std::move(*job));
   ASSERT_EQ(jobs.size(), 3u);
+  qm_->flushRemovals();
   fs_.dir_syncs.clear();
   for (Job& j : jobs) {
     auto r = results(j, {{Outcome::Delivered, "250 Ok"}});
     qm_->finish(std::move(j), r, relay_, kT0 + 1);
   }
-  EXPECT_EQ(total(), 0u);  // unlinked at once
-  EXPECT_EQ(fs_.dir_syncs["active"], 0);
-  qm_->syncDirectories();
+  qm_->flushRemovals();
+  EXPECT_EQ(spool_->list(QueueState::Active).size(), 0u);
   EXPECT_EQ(fs_.dir_syncs["active"], 1);
-  qm_->syncDirectories();  // nothing more to sync
+  qm_->flushRemovals();  // nothing more to sync
   EXPECT_EQ(fs_.dir_syncs["active"], 1);
 }
 

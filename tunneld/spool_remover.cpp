@@ -1,0 +1,109 @@
+// spool_remover.cpp: see spool_remover.hpp.
+#include "tunneld/spool_remover.hpp"
+
+#include <cerrno>
+
+#include "shared/log.hpp"
+#include "shared/result.hpp"
+
+namespace dynmx::tunneld {
+
+SpoolRemover::SpoolRemover(const Spool& spool, std::chrono::milliseconds sync_interval)
+    : spool_(spool), interval_(sync_interval), thread_([this] { run(); }) {}
+
+SpoolRemover::~SpoolRemover() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  work_cv_.notify_one();
+  thread_.join();
+}
+
+void SpoolRemover::remove(QueueState st, const std::string& id) {
+  bool wake;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    queue_.emplace_back(st, id);
+    wake = idle_ || queue_.size() >= kRemovalBatch;
+  }
+  if (wake) work_cv_.notify_one();
+}
+
+void SpoolRemover::syncLater(QueueState st) {
+  bool wake;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    sync_later_.insert(st);
+    wake = idle_;
+  }
+  if (wake) work_cv_.notify_one();
+}
+
+void SpoolRemover::flush() {
+  std::unique_lock<std::mutex> lk(mu_);
+  uint64_t mine = ++flush_requested_;
+  work_cv_.notify_one();
+  done_cv_.wait(lk, [&] { return flush_done_ >= mine; });
+}
+
+void SpoolRemover::run() {
+  using Clock = std::chrono::steady_clock;
+  std::set<QueueState> unsynced;  // this thread's own
+  Clock::time_point last_sync = Clock::now();
+  std::unique_lock<std::mutex> lk(mu_);
+  while (true) {
+    unsynced.insert(sync_later_.begin(), sync_later_.end());
+    sync_later_.clear();
+    if (!queue_.empty()) {
+      std::vector<std::pair<QueueState, std::string>> batch;
+      batch.swap(queue_);
+      lk.unlock();
+      for (const auto& [st, id] : batch) {
+        const std::string p = spool_.path(st, id);
+        if (spool_.fs().unlink(p.c_str()) != 0) {
+          Error e = sysError(errno, "unlink " + p);
+          logf(LogLevel::Error,
+               "%s: cannot remove the finished message: %s (it is delivered again after a "
+               "restart)",
+               id.c_str(), e.message.c_str());
+          continue;
+        }
+        unsynced.insert(st);
+      }
+      lk.lock();
+      continue;  // more may have come meanwhile
+    }
+    bool flushing = flush_requested_ > flush_done_;
+    auto now = Clock::now();
+    if (!unsynced.empty() && (flushing || stop_ || now - last_sync >= interval_)) {
+      lk.unlock();
+      for (QueueState st : unsynced) {
+        if (auto s = spool_.fsyncDir(st); !s) {
+          logf(LogLevel::Warning, "%s (a crash may bring removed messages back: duplicates)",
+               s.error().message.c_str());
+        }
+      }
+      unsynced.clear();
+      last_sync = Clock::now();
+      lk.lock();
+      continue;
+    }
+    if (flushing && unsynced.empty()) {
+      flush_done_ = flush_requested_;
+      done_cv_.notify_all();
+    }
+    if (stop_) return;
+    // Lingers while removals may still be coming (see kRemovalBatch); sleeps until notified once
+    // everything is removed and synced.
+    if (unsynced.empty()) {
+      idle_ = true;
+      work_cv_.wait(lk);
+      idle_ = false;
+    } else {
+      work_cv_.wait_until(lk, std::min(last_sync + interval_, now + kRemovalLinger));
+    }
+  }
+}
+
+}  // namespace dynmx::tunneld
