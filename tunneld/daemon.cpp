@@ -172,17 +172,8 @@ void Daemon::applyClients() {
 }
 
 void Daemon::service(ClientEntry& e, short revents) {
-  e.last_service = EventLoop::Clock::now();
-  e.client->step(e.last_service, revents);
+  e.client->step(EventLoop::Clock::now(), revents);
   sync(e);
-}
-
-void Daemon::recheckBusy() {
-  auto now = EventLoop::Clock::now();
-  for (auto& [n, e] : clients_)
-    if (e.client->busy() && now - e.last_service >= kBusyRecheck) service(e);
-  for (auto& e : retiring_)
-    if (e.client->busy() && now - e.last_service >= kBusyRecheck) service(e);
 }
 
 void Daemon::sync(ClientEntry& e) {
@@ -543,20 +534,16 @@ int Daemon::run() {
     // Idle (nothing queued, nothing moving): sleep until an event or the incoming/ rescan.
     // Otherwise look at the queue's timers again within a second: deliveries finishing meanwhile
     // may have scheduled retries that the cached next_wake_ does not know about.
-    // Sessions open: also within kBusyRecheck, to step a client that nothing woke (see there).
+    // Clients are woken by their socket, their timers and pokes (the wake-up that libssh2's own
+    // input queue would need is SshClient's business: it goes round while input is queued).
     std::chrono::milliseconds max_wait = kIncomingRescan;
     bool busy = stopping_ || next_wake_ != 0;
-    bool sessions = false;
-    for (auto& [n, e] : clients_) sessions = sessions || e.client->busy();
-    for (auto& e : retiring_) sessions = sessions || e.client->busy();
     if (busy) max_wait = std::chrono::seconds(1);
-    if (sessions) max_wait = kBusyRecheck;
     if (scan_more_ && !stopping_) max_wait = std::chrono::milliseconds(0);
     if (!stopping_ && next_wake_ > now)
       max_wait = std::min<std::chrono::milliseconds>(max_wait,
                                                      std::chrono::seconds(next_wake_ - now));
     loop_.runOnce(max_wait);
-    recheckBusy();
   }
   queue_->flushRemovals();
   logf(LogLevel::Info, "stopped");
@@ -591,6 +578,18 @@ Status writePidFile(const std::string& path) {
   ok = close(fd) == 0 && ok;
   if (!ok || rename(tmp.c_str(), path.c_str()) != 0) return sysError(errno, "pid_file " + path);
   return {};
+}
+
+// After the switch to tunneld.user the pid file (written as root) can be removed only if its
+// directory lets that user; if not, it is left and said so (start-stop-daemon and the init
+// scripts take a pid file whose process is gone for stale).
+void removePidFile(const std::string& path) {
+  if (path.empty()) return;
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    Error e = sysError(errno, "unlink " + path);
+    logf(LogLevel::Warning, "pid file left behind: %s (give its directory to tunneld.user)",
+         e.message.c_str());
+  }
 }
 
 }  // namespace
@@ -691,13 +690,13 @@ int tunneldMain(int argc, char** argv) {
     }
     if (auto st = dropPrivileges(cfg.tunneld.user); !st) {
       logf(LogLevel::Critical, "cannot start: %s", st.error().message.c_str());
-      if (!cfg.tunneld.pid_file.empty()) unlink(cfg.tunneld.pid_file.c_str());
+      removePidFile(cfg.tunneld.pid_file);
       return report(kExitNoPerm, st.error().message);
     }
     report(kExitOk);
     code = d.run();
   }
-  if (!cfg.tunneld.pid_file.empty()) unlink(cfg.tunneld.pid_file.c_str());
+  removePidFile(cfg.tunneld.pid_file);
   libssh2_exit();
   return code;
 }

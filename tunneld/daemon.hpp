@@ -32,10 +32,6 @@ inline constexpr std::chrono::seconds kIncomingRescan{30};
 // incoming/ is taken into the queue at most this many files per turn of the loop, so that a big
 // backlog (a restart after an outage) does not hold up connecting and delivering.
 inline constexpr size_t kScanSlice = 256;
-// A client with sessions open that has not been stepped for this long is stepped anyway: libssh2
-// may hold a channel's input in its own queue (read off the socket while serving another channel)
-// where poll() cannot see it, and nothing else would wake the client before its keepalive.
-inline constexpr std::chrono::milliseconds kBusyRecheck{200};
 
 class Daemon : public Waker {
  public:
@@ -58,14 +54,12 @@ class Daemon : public Waker {
     int watched_fd = -1;
     uint64_t timer_id = 0;
     std::optional<EventLoop::Clock::time_point> timer_when;
-    EventLoop::Clock::time_point last_service{};  // see kBusyRecheck
   };
   struct ControlConn;
 
   void service(ClientEntry& e, short revents = 0);
   void sync(ClientEntry& e);
   void pokeDue();
-  void recheckBusy();
   void applyClients();
   void onSignal();
   void onInotify();

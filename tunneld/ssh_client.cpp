@@ -894,6 +894,10 @@ bool SshClient::stepChan(Chan& c, Clock::time_point now) {
     c.idle_since = now;
     progress = true;
   }
+  // The engine produces a body into its output when asked for it: ask now, so that a message
+  // whose end is already there makes it Ready (overlap) before the next job is considered, and
+  // that job's MAIL, RCPT and DATA go out with the final dot, in the same SSH packet.
+  if (c.wbuf.empty()) (void)smtp.output();
   // Ready with an empty FIFO, or (overlap) Ready while the previous final dot's reply is pending.
   if (smtp.state() == SmtpClient::State::Ready && c.jobs.size() < kMaxOpenJobs) {
     if (stopping_ ||

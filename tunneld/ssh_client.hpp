@@ -137,8 +137,6 @@ class SshClient {
   bool stopped() const { return state_ == State::Stopped; }
 
   ClientStatus status() const;
-  // SMTP channels open (mail moving): the daemon then checks the queue's timers every second.
-  bool busy() const { return !chans_.empty(); }
 
  private:
   enum class State {

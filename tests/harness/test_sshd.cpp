@@ -5,6 +5,7 @@
 #include "tests/harness/test_sshd.hpp"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pwd.h>
@@ -69,7 +70,7 @@ KeyPair TestSshd::newClientKey(const std::string& name, const std::string& comma
 
 void TestSshd::writeConfig() {
   std::string cfg;
-  cfg += "ListenAddress 127.0.0.1:" + std::to_string(port_) + "\n";
+  cfg += "ListenAddress " + hostPort() + "\n";
   cfg += "HostKey " + host_key_.private_path + "\n";
   cfg += "AuthorizedKeysFile " + dir_ + "/authorized_keys\n";
   cfg += "PidFile " + dir_ + "/sshd.pid\n";
@@ -80,14 +81,21 @@ void TestSshd::writeConfig() {
   writeFile(dir_ + "/sshd_config", cfg, 0600);
 }
 
+std::string TestSshd::hostPort() const {
+  return "[" + address_ + "]:" + std::to_string(port_);
+}
+
 bool TestSshd::accepting() {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(port_);
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addrinfo hints{};
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* ai = nullptr;
+  if (getaddrinfo(address_.c_str(), std::to_string(port_).c_str(), &hints, &ai) != 0) return false;
+  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   bool ok = false;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
+  int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
+  freeaddrinfo(ai);
+  if (rc == 0) {
     pollfd p{fd, POLLIN, 0};
     if (poll(&p, 1, 5000) == 1) {
       char buf[8] = {};
@@ -116,7 +124,7 @@ void TestSshd::start() {
   }
   std::string log = readFile(logPath());
   if (log.size() > 2000) log = log.substr(log.size() - 2000);
-  throw std::runtime_error("sshd did not start on 127.0.0.1:" + std::to_string(port_) + ": " + log);
+  throw std::runtime_error("sshd did not start on " + hostPort() + ": " + log);
 }
 
 void TestSshd::stop() {
@@ -135,7 +143,7 @@ void TestSshd::restartWithHostKey(const KeyPair& host_key) {
 }
 
 std::string TestSshd::knownHostsLine() const {
-  return "[127.0.0.1]:" + std::to_string(port_) + " " + host_key_.public_line;
+  return hostPort() + " " + host_key_.public_line;
 }
 
 }  // namespace dynmx::test

@@ -1,4 +1,4 @@
-// test_sshd.hpp: a real OpenSSH sshd on 127.0.0.1 for integration tests.
+// test_sshd.hpp: a real OpenSSH sshd on 127.0.0.1 (or ::1) for integration tests.
 //
 // Runs /usr/sbin/sshd -D -f <cfg> -E <log> in a private directory on a port chosen at run time,
 // with its own ed25519 host key (ssh-keygen) and an AuthorizedKeysFile whose lines force a command
@@ -34,6 +34,9 @@ class TestSshd {
   KeyPair newClientKey(const std::string& name, const std::string& command,
                        const std::string& type = "ed25519");
 
+  // The loopback address to listen on, "127.0.0.1" (the default) or "::1"; before start().
+  void setAddress(const std::string& address) { address_ = address; }
+  const std::string& address() const { return address_; }
   void start();
   void stop();
   // Restarts on the same port presenting `host_key` (a KeyPair from generateKey) instead.
@@ -44,7 +47,7 @@ class TestSshd {
   const std::string& user() const { return user_; }
   const KeyPair& hostKey() const { return host_key_; }  // the one presented now
   const KeyPair& originalHostKey() const { return original_host_key_; }
-  // "[127.0.0.1]:PORT ssh-ed25519 AAAA..." for a known_hosts file.
+  // "[ADDRESS]:PORT ssh-ed25519 AAAA..." for a known_hosts file.
   std::string knownHostsLine() const;
   std::string logPath() const { return dir_ + "/sshd.log"; }
   const std::string& dir() const { return dir_; }
@@ -53,8 +56,10 @@ class TestSshd {
  private:
   void writeConfig();
   bool accepting();
+  std::string hostPort() const;  // "[ADDRESS]:PORT"
 
   std::string dir_;
+  std::string address_ = "127.0.0.1";
   std::string user_;
   uint16_t port_ = 0;
   KeyPair host_key_;

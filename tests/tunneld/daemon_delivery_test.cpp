@@ -3,13 +3,18 @@
 // authorized_keys line forces: dynmx-test-smtpd (sink and fault modes) or a real sendmail -bs.
 // Cases: delivery byte for byte, real sendmail, host-key mismatch and restore, client offline and
 // back, partial recipient failure, expiry with a bounce, kill -9 during a run, a 50 MB message in
-// bounded memory, SIGTERM with a transaction in flight, dynmxctl and reload.
+// bounded memory, SIGTERM with a transaction in flight, dynmxctl and reload, delivery over IPv6,
+// and the switch to tunneld.user.
 // Waiting is always for an event with a generous deadline; nothing asserts on elapsed time.
+#include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
 #include <set>
@@ -70,8 +75,8 @@ class DaemonTest : public ::testing::Test {
          "reconnect_max = \"2s\"\nretry_min = \"1s\"\nretry_max = \"2s\"\n";
     c += "sendmail = [\"" + (dir / "recorder") + "\"]\nhostname = \"mx.test\"\n";
     c += tunneld_extra + "\n";
-    c += "[[client]]\nname = \"alpha\"\nhost = \"127.0.0.1\"\nport = " +
-         std::to_string(sshd->port()) + "\nuser = \"" + sshd->user() +
+    c += "[[client]]\nname = \"alpha\"\nhost = \"" + sshd->address() +
+         "\"\nport = " + std::to_string(sshd->port()) + "\nuser = \"" + sshd->user() +
          "\"\ndomains = [\"alpha.test\"]\n" + client_extra + "\n" + more_clients;
     writeFile(dir / "dynmx.toml", c, 0644);
   }
@@ -577,4 +582,86 @@ TEST_F(DaemonTest, AStalledTransactionDoesNotMakeTheConnectionLookDead) {
   EXPECT_TRUE(contains(st, "in flight 1")) << st;
   EXPECT_EQ(count(readFile(sshd->logPath()), "Accepted publickey"), 1u);
   EXPECT_FALSE(contains(log(), "dead")) << log();
+}
+
+TEST_F(DaemonTest, DeliversOverIPv6) {
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_addr = in6addr_loopback;
+  bool v6 = fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+  if (fd >= 0) close(fd);
+  if (!v6) GTEST_SKIP() << "no IPv6 loopback (::1) on this machine";
+  sshd->setAddress("::1");
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();  // host = "::1"; known_hosts has "[::1]:PORT"
+  startDaemon();
+  std::string id = spool("Subject: six\r\n\r\nover IPv6\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+  EXPECT_EQ(readFile(onlyFile(".data")), "Subject: six\r\n\r\nover IPv6\r\n");
+  std::string relay = "relay=::1[::1]:" + std::to_string(sshd->port());
+  EXPECT_TRUE(waitFor([&] { return contains(log(), id + ": to=<bob@alpha.test>"); }, kLong));
+  EXPECT_TRUE(contains(log(), relay)) << log();
+}
+
+// Uid, Gid (real, effective, saved, file system) of every thread of pid, as /proc shows them.
+std::vector<std::string> threadIds(pid_t pid) {
+  std::vector<std::string> out;
+  std::string task = "/proc/" + std::to_string(pid) + "/task";
+  for (auto& t : listDir(task)) {
+    std::string st = readFile(task + "/" + t + "/status");
+    for (const char* key : {"\nUid:", "\nGid:"}) {
+      auto p = st.find(key);
+      if (p == std::string::npos) continue;
+      auto e = st.find('\n', p + 1);
+      out.push_back(t + st.substr(p, e - p));
+    }
+  }
+  return out;
+}
+
+TEST_F(DaemonTest, SwitchesToTunneldUserAndStillDelivers) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root, as dynmx-tunneld started by init";
+  passwd* pw = getpwnam("nobody");
+  ASSERT_NE(pw, nullptr) << "no user nobody";
+  const uid_t uid = pw->pw_uid;
+  const gid_t gid = pw->pw_gid;
+  startSshd(smtpd() + " --maildir " + maildir());
+  // What the user needs, as an administrator would set it up: the spool and the key are its own,
+  // the directories above can be passed, known_hosts can be read. The pid file's directory stays
+  // root's, as /run/dynmx from the init scripts does.
+  const std::string run = dir / "run";
+  ASSERT_EQ(mkdir(run.c_str(), 0755), 0);
+  writeConfig("user = \"nobody\"\npid_file = \"" + run + "/tunneld.pid\"\n");
+  std::string id = spool("Subject: unprivileged\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_EQ(chmod(dir.path().c_str(), 0711), 0);
+  ASSERT_EQ(runCommand({"/bin/chown", "-R", "nobody:" + std::to_string(gid), spooldir()}), 0);
+  ASSERT_EQ(chown(key.private_path.c_str(), uid, gid), 0);
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+  EXPECT_EQ(readFile(onlyFile(".data")), "Subject: unprivileged\r\n\r\nhi\r\n");
+  // Every thread switched (the spool remover's too), real, effective, saved and fs ids alike.
+  std::string u = std::to_string(uid), g = std::to_string(gid);
+  auto ids = threadIds(daemon->pid());
+  ASSERT_GE(ids.size(), 4u);  // at least two threads
+  for (const auto& l : ids) {
+    bool is_uid = contains(l, "Uid:");
+    std::string want = is_uid ? "Uid:\t" + u + "\t" + u + "\t" + u + "\t" + u
+                              : "Gid:\t" + g + "\t" + g + "\t" + g + "\t" + g;
+    EXPECT_TRUE(contains(l, want)) << l;
+  }
+  EXPECT_EQ(readFile(run + "/tunneld.pid"), std::to_string(daemon->pid()) + "\n");
+  // The pid file in root's directory cannot go: the daemon says so, and exits cleanly.
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(), 0);
+  EXPECT_TRUE(contains(log(), "pid file left behind: unlink " + run + "/tunneld.pid")) << log();
+  EXPECT_TRUE(std::filesystem::exists(run + "/tunneld.pid"));
+  // Given to the user, the directory lets the daemon remove its pid file at exit.
+  ASSERT_EQ(chown(run.c_str(), uid, gid), 0);
+  daemon.reset();
+  startDaemon();
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(), 0);
+  EXPECT_FALSE(std::filesystem::exists(run + "/tunneld.pid"));
+  (void)id;
 }
