@@ -58,6 +58,10 @@ Daemon::Daemon(Config cfg) : cfg_(std::move(cfg)), spool_(cfg_.spool.dir) {}
 Daemon::~Daemon() {
   clients_.clear();
   retiring_.clear();
+  // The hand-off thread wakes us through wake_fd_: it ends before that is closed.
+  jobs_.reset();
+  queue_.reset();
+  handoffs_.reset();
   for (auto& [fd, c] : conns_) {
     (void)c;
     close(fd);
@@ -106,7 +110,8 @@ Status Daemon::init() {
   if (auto st = spool_.prepare(); !st) return st;
   bounces_ =
       std::make_unique<SendmailBounceSender>(cfg_.tunneld.sendmail, std::chrono::seconds(120));
-  queue_ = std::make_unique<QueueManager>(spool_, cfg_, *bounces_);
+  handoffs_ = std::make_unique<ThreadHandoffRunner>([this] { wake(); });
+  queue_ = std::make_unique<QueueManager>(spool_, cfg_, *bounces_, kRemovalSync, handoffs_.get());
   jobs_ = std::make_unique<QueueJobSource>(*queue_);
 
   inotify_fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -126,6 +131,7 @@ Status Daemon::init() {
     uint64_t v;
     while (read(wake_fd_, &v, sizeof v) > 0) {
     }
+    queue_->collectHandoffs(unixNow());
     for (auto& [n, e] : clients_) service(e);
   });
   loop_.watch(inotify_fd_, POLLIN, [this](short) { onInotify(); });

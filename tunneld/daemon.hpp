@@ -22,6 +22,7 @@
 #include "tunneld/bounce.hpp"
 #include "tunneld/control.hpp"
 #include "tunneld/event_loop.hpp"
+#include "tunneld/handoff.hpp"
 #include "tunneld/queue_manager.hpp"
 #include "tunneld/ssh_client.hpp"
 
@@ -72,6 +73,8 @@ class Daemon : public Waker {
   Config cfg_;
   Spool spool_;
   std::unique_ptr<SendmailBounceSender> bounces_;
+  // Between bounces_ (its thread sends with it) and queue_ (which starts hand-offs on it).
+  std::unique_ptr<ThreadHandoffRunner> handoffs_;
   std::unique_ptr<QueueManager> queue_;
   std::unique_ptr<QueueJobSource> jobs_;
   EventLoop loop_;

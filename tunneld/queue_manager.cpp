@@ -120,11 +120,16 @@ struct QueueManager::Impl {
   std::vector<std::string> scan_ids;
   size_t scan_next = 0;
   bool scan_again = false;
+  // Hand-offs of notifications to sendmail (see handoff.hpp): the caller's runner, or our own
+  // inline one.
+  InlineHandoffRunner inline_runner;
+  HandoffRunner* runner;
   // Last member: destroyed first, it finishes every removal while the rest still exists.
   SpoolRemover remover;
 
-  Impl(Spool& s, const Config& c, BounceSender& b, std::chrono::milliseconds removal_sync)
-      : spool(s), cfg(c), bounces(b), remover(s, removal_sync) {
+  Impl(Spool& s, const Config& c, BounceSender& b, std::chrono::milliseconds removal_sync,
+       HandoffRunner* r)
+      : spool(s), cfg(c), bounces(b), runner(r ? r : &inline_runner), remover(s, removal_sync) {
     setHostname();
   }
 
@@ -314,6 +319,7 @@ struct QueueManager::Impl {
 
   // Gives a spooled notification to sendmail; on failure it waits in deferred/.
   void handOff(Entry& e, int64_t now) {
+    if (e.in_flight) return;  // a hand-off of it is under way
     const std::string id = e.msg.id;
     const RetryPolicy& p = cfg.tunneld.retry;
     int64_t age = std::max<int64_t>(0, now - e.msg.env.arrival);
@@ -348,11 +354,31 @@ struct QueueManager::Impl {
       msgs.erase(id);
       return;
     }
+    // In flight until the runner reports (handoffDone()): out of the schedule meanwhile.
+    unschedule(e);
+    e.in_flight = true;
+    runner->start(id, [&b = bounces, rcpt = e.msg.env.rcpts[0].address, text = std::move(text)] {
+      return b.send(rcpt, text);
+    });
+    collectHandoffs(now);  // an inline runner is done already
+  }
+
+  void collectHandoffs(int64_t now) {
+    for (auto& d : runner->takeDone()) handoffDone(d.id, d.status, now);
+  }
+
+  // The outcome of a hand-off: removed once sendmail took it, else deferred/ with backoff.
+  void handoffDone(const std::string& id, const Status& sent, int64_t now) {
+    auto it = msgs.find(id);
+    if (it == msgs.end()) return;
+    Entry& e = it->second;
+    e.in_flight = false;
+    const RetryPolicy& p = cfg.tunneld.retry;
+    int64_t age = std::max<int64_t>(0, now - e.msg.env.arrival);
     DeliveryState ds = e.msg.delivery;
     ds.attempts++;
     ds.last_attempt = now;
     e.msg.delivery.attempts = ds.attempts;
-    Status sent = bounces.send(e.msg.env.rcpts[0].address, text);
     if (sent.ok()) {
       logAttempt(e.msg, 0, "local", now, "sent", "notification handed to sendmail");
       removeFinished(id);
@@ -364,7 +390,9 @@ struct QueueManager::Impl {
       markStuck(e, s.error().message);
       return;
     }
-    if (auto s = spool.move(e.msg, QueueState::Deferred); !s) {
+    QueueState to = e.hold_requested ? QueueState::Hold : QueueState::Deferred;
+    e.hold_requested = false;
+    if (auto s = spool.move(e.msg, to); !s) {
       logf(LogLevel::Error, "%s: %s", id.c_str(), s.error().message.c_str());
     }
     schedule(e, ds.next_attempt);
@@ -579,8 +607,13 @@ struct QueueManager::Impl {
 // ---------------------------------------------------------------------------------------------
 
 QueueManager::QueueManager(Spool& spool, const Config& cfg, BounceSender& bounces,
-                           std::chrono::milliseconds removal_sync)
-    : impl_(std::make_shared<Impl>(spool, cfg, bounces, removal_sync)) {}
+                           std::chrono::milliseconds removal_sync, HandoffRunner* handoffs)
+    : impl_(std::make_shared<Impl>(spool, cfg, bounces, removal_sync, handoffs)) {}
+
+void QueueManager::collectHandoffs(int64_t now) {
+  impl_->wake_dirty = true;
+  impl_->collectHandoffs(now);
+}
 
 void QueueManager::reconfigure(const Config& cfg) {
   impl_->wake_dirty = true;

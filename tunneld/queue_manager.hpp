@@ -27,6 +27,7 @@
 #include "shared/config.hpp"
 #include "shared/spool.hpp"
 #include "tunneld/bounce.hpp"
+#include "tunneld/handoff.hpp"
 #include "tunneld/smtp_client.hpp"
 #include "tunneld/spool_remover.hpp"
 
@@ -62,9 +63,11 @@ struct ClientQueueStatus {
 
 class QueueManager {
  public:
-  // removal_sync: see SpoolRemover.
+  // removal_sync: see SpoolRemover. handoffs: runs the hand-offs of notifications to `bounces`
+  // (nullptr: at once, in the caller); it must outlive this object.
   QueueManager(Spool& spool, const Config& cfg, BounceSender& bounces,
-               std::chrono::milliseconds removal_sync = kRemovalSync);
+               std::chrono::milliseconds removal_sync = kRemovalSync,
+               HandoffRunner* handoffs = nullptr);
 
   // Applies a new configuration (clients, retry policy); messages of a client that no longer exists
   // stay where they are and are reported in status.
@@ -83,6 +86,9 @@ class QueueManager {
   // and fsynced (the destructor does it too). Until then a crash may bring a removed message back:
   // delivered again, a duplicate, never a loss.
   void flushRemovals();
+  // Takes the outcomes of the notification hand-offs that ended (the daemon calls it when the
+  // runner wakes it): removes what sendmail took, reschedules the rest with backoff.
+  void collectHandoffs(int64_t now);
   // The client's connection came (back) up: its deferred mail becomes due now.
   void clientUp(const std::string& client, int64_t now);
 

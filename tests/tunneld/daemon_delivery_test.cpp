@@ -341,6 +341,39 @@ TEST_F(DaemonTest, PartialRecipientFailureBouncesOnlyTheFailedRecipient) {
   EXPECT_TRUE(contains(log(), "status=bounced")) << log();
 }
 
+TEST_F(DaemonTest, HangingLocalSendmailDoesNotHoldUpDeliveries) {
+  // The local sendmail takes the bounce only once the test says so (it waits for a file).
+  const std::string started = dir / "handoff-started", go = dir / "handoff-go";
+  writeFile(dir / "hanging",
+            "#!/bin/sh\n: > " + started + "\nwhile [ ! -e " + go +
+                " ]; do sleep 0.05; done\nexec " + (dir / "recorder") + " \"$@\"\n",
+            0755);
+  startSshd(smtpd() + " --maildir " + maildir() +
+            " --rcpt-reply 'nobody@alpha.test=550 5.1.1 no such user here'");
+  writeConfig();
+  std::string c = readFile(dir / "dynmx.toml");
+  const std::string was = "sendmail = [\"" + (dir / "recorder") + "\"]";
+  auto p = c.find(was);
+  ASSERT_NE(p, std::string::npos);
+  c.replace(p, was.size(), "sendmail = [\"" + (dir / "hanging") + "\"]");
+  writeFile(dir / "dynmx.toml", c, 0644);
+  startDaemon();
+  spool("Subject: bounces\r\n\r\nhi\r\n", {"nobody@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return std::filesystem::exists(started); }, kLong)) << status();
+  // sendmail hangs with the bounce; mail keeps flowing meanwhile.
+  for (int i = 0; i < 3; ++i) spool("Subject: meanwhile\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return delivered() == 3; }, kLong)) << status();
+  // ... while the hand-off is still under way (not given up on, which would be logged).
+  EXPECT_TRUE(bounces().empty());
+  EXPECT_FALSE(contains(log(), "client=<bounce>, relay=local")) << log();
+  EXPECT_TRUE(contains(ctl({"queue"}).second, "<bounce>")) << ctl({"queue"}).second;
+  writeFile(go, "");
+  ASSERT_TRUE(waitFor([&] { return bounces().size() == 1 && spooled() == 0; }, kLong)) << status();
+  EXPECT_TRUE(waitFor(
+      [&] { return contains(log(), "status=sent (notification handed to sendmail)"); }, kLong))
+      << log();
+}
+
 TEST_F(DaemonTest, ExpiredMailIsBouncedAndRemoved) {
   startSshd(smtpd() + " --maildir " + maildir() +
             " --rcpt-reply 'bob@alpha.test=450 4.2.0 mailbox busy'");

@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
@@ -18,6 +20,7 @@
 #include <set>
 
 #include "shared/log.hpp"
+#include "tests/harness/harness.hpp"
 
 namespace dynmx::tunneld {
 namespace {
@@ -457,6 +460,101 @@ TEST_F(QueueTest, FailedHandOffIsKeptInTheSpoolAndRetriedOnTick) {
   qm_->tick(kT0 + 300);
   ASSERT_EQ(bounces_.sent.size(), 1u);
   EXPECT_NE(bounces_.sent[0].text.find("550 5.1.1 no"), std::string::npos);
+  EXPECT_EQ(total(), 0u);
+}
+
+// A sendmail that hangs: send() blocks until released (or, should the code under test wait for
+// it, until a deadline far beyond any test run, after which the test fails rather than hangs).
+class HangingBounceSender : public BounceSender {
+ public:
+  Status send(const std::string& recipient, const std::string& message) override {
+    std::unique_lock<std::mutex> lk(mu);
+    started = true;
+    cv.notify_all();
+    cv.wait_for(lk, std::chrono::seconds(60), [&] { return released; });
+    finished = true;
+    if (fail) return Error{0, "sendmail exit status 75"};
+    sent.push_back(recipient + "\n" + message);
+    return {};
+  }
+  void release() {
+    std::lock_guard<std::mutex> lk(mu);
+    released = true;
+    cv.notify_all();
+  }
+  bool isStarted() {
+    std::lock_guard<std::mutex> lk(mu);
+    return started;
+  }
+  bool isFinished() {
+    std::lock_guard<std::mutex> lk(mu);
+    return finished;
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  bool started = false, released = false, finished = false, fail = false;
+  std::vector<std::string> sent;
+};
+
+TEST_F(QueueTest, HandOffOnItsThreadDoesNotHoldUpDeliveries) {
+  HangingBounceSender hang;
+  std::atomic<int> wakes{0};
+  ThreadHandoffRunner runner([&] { ++wakes; });
+  qm_ = std::make_unique<QueueManager>(*spool_, cfg_, hang, kRemovalSync, &runner);
+  commit({"bob@b.example"}, "alice@a.example");
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
+  // finish() spooled the notification and started its hand-off, and came back while sendmail
+  // still hangs: the rest of the queue moves on meanwhile.
+  EXPECT_TRUE(dynmx::test::waitFor([&] { return hang.isStarted(); }));
+  EXPECT_FALSE(hang.isFinished());
+  std::string other = commit({"carol@b.example"});
+  qm_->scanIncoming(kT0);
+  auto next = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->msg.id, other);
+  qm_->finish(std::move(*next), results(*next, {{Outcome::Delivered, "250 Ok"}}), relay_, kT0);
+  // In flight: not handed off again by a tick, shown as in flight.
+  qm_->tick(kT0 + 1);
+  bool in_flight = false;
+  for (const auto& st : qm_->status())
+    if (st.client == kBounceClient) in_flight = st.in_flight == 1;
+  EXPECT_TRUE(in_flight);
+  hang.release();
+  ASSERT_TRUE(
+      dynmx::test::waitFor([&] { return wakes.load() == 1; }));  // the runner woke its owner
+  qm_->collectHandoffs(kT0 + 2);
+  EXPECT_EQ(hang.sent.size(), 1u);
+  EXPECT_EQ(total(), 0u);  // the notification went, and with it the last file
+  EXPECT_TRUE(logged("client=<bounce>, relay=local, delay=2, attempts=1, status=sent"));
+}
+
+TEST_F(QueueTest, FailedHandOffOnItsThreadIsRetriedLater) {
+  HangingBounceSender hang;
+  hang.fail = true;
+  hang.release();
+  std::atomic<int> wakes{0};
+  ThreadHandoffRunner runner([&] { ++wakes; });
+  qm_ = std::make_unique<QueueManager>(*spool_, cfg_, hang, kRemovalSync, &runner);
+  commit({"bob@b.example"}, "alice@a.example");
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
+  ASSERT_TRUE(dynmx::test::waitFor([&] { return wakes.load() == 1; }));
+  qm_->collectHandoffs(kT0);
+  EXPECT_EQ(count(QueueState::Deferred), 1u);
+  EXPECT_TRUE(
+      logged("client=<bounce>, relay=local, delay=0, attempts=1, "
+             "status=deferred (sendmail exit status 75)"));
+  EXPECT_EQ(qm_->nextWakeup(), kT0 + 300);
+  hang.fail = false;
+  qm_->tick(kT0 + 300);
+  ASSERT_TRUE(dynmx::test::waitFor([&] { return wakes.load() == 2; }));
+  qm_->collectHandoffs(kT0 + 300);
+  EXPECT_EQ(hang.sent.size(), 1u);
   EXPECT_EQ(total(), 0u);
 }
 

@@ -1,0 +1,62 @@
+// handoff.cpp: see handoff.hpp.
+#include "tunneld/handoff.hpp"
+
+namespace dynmx::tunneld {
+
+void InlineHandoffRunner::start(std::string id, std::function<Status()> work) {
+  Status st = work();
+  done_.push_back(Done{std::move(id), std::move(st)});
+}
+
+std::vector<HandoffRunner::Done> InlineHandoffRunner::takeDone() {
+  std::vector<Done> out;
+  out.swap(done_);
+  return out;
+}
+
+ThreadHandoffRunner::ThreadHandoffRunner(std::function<void()> on_done)
+    : on_done_(std::move(on_done)), thread_([this] { run(); }) {}
+
+ThreadHandoffRunner::~ThreadHandoffRunner() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+    todo_.clear();  // not started: they stay spooled, handed off after the restart
+  }
+  cv_.notify_one();
+  thread_.join();
+}
+
+void ThreadHandoffRunner::start(std::string id, std::function<Status()> work) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    todo_.emplace_back(std::move(id), std::move(work));
+  }
+  cv_.notify_one();
+}
+
+std::vector<HandoffRunner::Done> ThreadHandoffRunner::takeDone() {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<Done> out;
+  out.swap(done_);
+  return out;
+}
+
+void ThreadHandoffRunner::run() {
+  std::unique_lock<std::mutex> lk(mu_);
+  while (true) {
+    cv_.wait(lk, [this] { return stop_ || !todo_.empty(); });
+    if (stop_) return;
+    auto [id, work] = std::move(todo_.front());
+    todo_.pop_front();
+    lk.unlock();
+    Status st = work();
+    lk.lock();
+    done_.push_back(Done{std::move(id), std::move(st)});
+    lk.unlock();
+    if (on_done_) on_done_();
+    lk.lock();
+  }
+}
+
+}  // namespace dynmx::tunneld
