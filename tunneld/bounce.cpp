@@ -22,6 +22,7 @@
 #include <ctime>
 #include <thread>
 
+#include "shared/log.hpp"
 #include "tunneld/smtp_reply.hpp"
 
 namespace dynmx::tunneld {
@@ -290,6 +291,7 @@ Status SendmailBounceSender::send(const std::string& recipient, const std::strin
   namespace bp = boost::process;
   if (argv_.empty() || argv_[0].empty()) return Error{0, "bounce: no sendmail program configured"};
   if (recipient.empty()) return Error{0, "bounce: refusing to send a notification to <>"};
+  if (cancelled_) return Error{ECANCELED, "bounce: not handed to sendmail: stopping"};
   const std::string& prog = argv_[0];
   std::vector<std::string> args(argv_.begin() + 1, argv_.end());
   for (const char* a : {"-oi", "-f", "<>", "--"}) args.emplace_back(a);
@@ -333,6 +335,11 @@ Status SendmailBounceSender::send(const std::string& recipient, const std::strin
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return kill("timed out after " + std::to_string(timeout_.count()) + "s");
+    if (cancelled_) {
+      Status st = kill("given up on: dynmx-tunneld is stopping");
+      logf(LogLevel::Warning, "%s (the notification stays spooled)", st.error().message.c_str());
+      return st;
+    }
     pollfd fds[2];
     int n = 0;
     if (writing) fds[n++] = pollfd{wfd, POLLOUT, 0};

@@ -7,6 +7,7 @@
 // shell, a timeout, exit status checked; a failure is returned and the caller retries later.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -61,10 +62,14 @@ class SendmailBounceSender : public BounceSender {
  public:
   SendmailBounceSender(std::vector<std::string> argv_prefix, std::chrono::seconds timeout);
   Status send(const std::string& recipient, const std::string& message) override;
+  // For a daemon that stops: a send under way (on another thread) kills its sendmail within a
+  // second and fails, as does every later one. The notification stays spooled.
+  void cancel() { cancelled_ = true; }
 
  private:
   std::vector<std::string> argv_;
   std::chrono::seconds timeout_;
+  std::atomic<bool> cancelled_{false};
 };
 
 }  // namespace dynmx::tunneld

@@ -551,6 +551,9 @@ int Daemon::run() {
                                                      std::chrono::seconds(next_wake_ - now));
     loop_.runOnce(max_wait);
   }
+  // A hand-off under way is not waited for: its sendmail is killed, the notification stays
+  // spooled and goes out after the restart.
+  bounces_->cancel();
   queue_->flushRemovals();
   logf(LogLevel::Info, "stopped");
   return kExitOk;

@@ -11,7 +11,8 @@
 // Failure behaviour: the outcome of a hand-off is its Status, handled by the queue manager (a
 // failed one is retried with backoff). At destruction, hand-offs not yet started are dropped
 // (their notifications stay in the spool and are handed off after the restart); the one running
-// is waited for, which the sender's own timeout bounds.
+// is waited for, which the sender's own timeout bounds (dynmx-tunneld cancels its sender first:
+// SendmailBounceSender::cancel).
 #pragma once
 
 #include <condition_variable>

@@ -1,7 +1,6 @@
 // bounce_test.cpp: RFC 3464 reports against golden files, and the hand-off to real programs.
 //
 // Golden files are regenerated with DYNMX_UPDATE_GOLDEN=1 (then read them before committing).
-#include "tests/harness/harness.hpp"
 #include "tunneld/bounce.hpp"
 
 #include <sys/stat.h>
@@ -12,6 +11,9 @@
 #include <fstream>
 #include <gtest/gtest.h>
 #include <sstream>
+#include <thread>
+
+#include "tests/harness/harness.hpp"
 
 namespace dynmx::tunneld {
 namespace {
@@ -22,8 +24,8 @@ using namespace std::chrono_literals;
 constexpr int64_t kNow = 1700000000;  // Tue, 14 Nov 2023 22:13:20 +0000
 
 // Temporary directories and file reading come from the shared test harness.
-using dynmx::test::TempDir;
 using dynmx::test::readFile;
+using dynmx::test::TempDir;
 
 void checkGolden(const std::string& name, const std::string& got) {
   fs::path p = fs::path(DYNMX_GOLDEN_DIR) / name;
@@ -243,6 +245,25 @@ TEST_F(SenderTest, ChildThatNeverExitsIsKilledAtTheTimeout) {
   std::string pid = readFile(pidfile);
   ASSERT_FALSE(pid.empty());
   EXPECT_NE(::kill(std::stoi(pid), 0), 0);
+}
+
+TEST_F(SenderTest, CancelKillsTheChildUnderWayAndRefusesLaterSends) {
+  std::string pidfile = dir_.path() + "/pid";
+  std::string p = script("sleeper", "echo $$ > '" + pidfile + ".tmp'\nmv '" + pidfile + ".tmp' '" +
+                                        pidfile + "'\nexec sleep 600\n");
+  SendmailBounceSender s({p}, 600s);
+  Status st;
+  std::thread t([&] { st = s.send("alice@a.example", "x\r\n"); });
+  ASSERT_TRUE(dynmx::test::waitFor([&] { return !readFile(pidfile).empty(); }));
+  s.cancel();
+  t.join();  // within a second of the cancel, not at the ten-minute timeout
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("dynmx-tunneld is stopping; killed it"), std::string::npos)
+      << st.error().message;
+  EXPECT_NE(::kill(std::stoi(readFile(pidfile)), 0), 0);  // killed and reaped
+  auto later = s.send("alice@a.example", "x\r\n");
+  ASSERT_FALSE(later.ok());
+  EXPECT_EQ(later.error().code, ECANCELED);
 }
 
 TEST_F(SenderTest, MissingProgramIsAnError) {

@@ -374,6 +374,30 @@ TEST_F(DaemonTest, HangingLocalSendmailDoesNotHoldUpDeliveries) {
       << log();
 }
 
+TEST_F(DaemonTest, SigtermDoesNotWaitForAHangingLocalSendmail) {
+  const std::string started = dir / "handoff-started";
+  writeFile(dir / "hanging", "#!/bin/sh\n: > " + started + "\nexec sleep 600\n", 0755);
+  startSshd(smtpd() + " --maildir " + maildir() +
+            " --rcpt-reply 'nobody@alpha.test=550 5.1.1 no such user here'");
+  writeConfig();
+  std::string c = readFile(dir / "dynmx.toml");
+  const std::string was = "sendmail = [\"" + (dir / "recorder") + "\"]";
+  auto p = c.find(was);
+  ASSERT_NE(p, std::string::npos);
+  c.replace(p, was.size(), "sendmail = [\"" + (dir / "hanging") + "\"]");
+  writeFile(dir / "dynmx.toml", c, 0644);
+  startDaemon();
+  spool("Subject: bounces\r\n\r\nhi\r\n", {"nobody@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return std::filesystem::exists(started); }, kLong)) << status();
+  daemon->signal(SIGTERM);
+  // Not after the hand-off's two-minute timeout: its sendmail is killed at once.
+  auto st = daemon->wait(std::chrono::seconds(60));
+  ASSERT_TRUE(st.has_value()) << "still running: " << log();
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << *st;
+  EXPECT_TRUE(contains(log(), "given up on: dynmx-tunneld is stopping; killed it")) << log();
+  EXPECT_EQ(spooled(), 1u);  // the notification, for the next start
+}
+
 TEST_F(DaemonTest, ExpiredMailIsBouncedAndRemoved) {
   startSshd(smtpd() + " --maildir " + maildir() +
             " --rcpt-reply 'bob@alpha.test=450 4.2.0 mailbox busy'");
