@@ -841,8 +841,8 @@ Status Spool::remove(const SpoolMessage& msg) {
   return fsyncDir(msg.state);
 }
 
-Status Spool::removeUnsynced(const SpoolMessage& msg) {
-  const std::string p = path(msg.state, msg.id);
+Status Spool::removeUnsynced(QueueState st, const std::string& id) const {
+  const std::string p = path(st, id);
   if (fs_.unlink(p.c_str()) != 0) return sysError(errno, "unlink " + p);
   return {};
 }

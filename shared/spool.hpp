@@ -215,9 +215,10 @@ class Spool {
   Status recordDelivery(SpoolMessage& msg, const DeliveryState& ds);
   // Deletes a finished message (unlink + fsync of its directory).
   Status remove(const SpoolMessage& msg);
-  // Batches: the unlink alone; the caller calls fsyncDir(msg.state) once for many. Until then a
-  // crash may bring the file back (delivered again: a duplicate, never a loss).
-  Status removeUnsynced(const SpoolMessage& msg);
+  // Batches: the unlink of message `id` in state `st` alone; the caller calls fsyncDir(st) once
+  // for many. Until then a crash may bring the file back (delivered again: a duplicate, never a
+  // loss).
+  Status removeUnsynced(QueueState st, const std::string& id) const;
 
   // Start-up scan of the delivery daemon: removes orphaned tmp files (no writer holds their lock),
   // puts active/ back into incoming/, moves unreadable files to corrupt/ (logging each).

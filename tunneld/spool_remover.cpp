@@ -1,8 +1,6 @@
 // spool_remover.cpp: see spool_remover.hpp.
 #include "tunneld/spool_remover.hpp"
 
-#include <cerrno>
-
 #include "shared/log.hpp"
 #include "shared/result.hpp"
 
@@ -60,13 +58,11 @@ void SpoolRemover::run() {
       batch.swap(queue_);
       lk.unlock();
       for (const auto& [st, id] : batch) {
-        const std::string p = spool_.path(st, id);
-        if (spool_.fs().unlink(p.c_str()) != 0) {
-          Error e = sysError(errno, "unlink " + p);
+        if (auto s = spool_.removeUnsynced(st, id); !s) {
           logf(LogLevel::Error,
                "%s: cannot remove the finished message: %s (it is delivered again after a "
                "restart)",
-               id.c_str(), e.message.c_str());
+               id.c_str(), s.error().message.c_str());
           continue;
         }
         unsynced.insert(st);

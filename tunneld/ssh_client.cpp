@@ -830,12 +830,8 @@ bool SshClient::stepChan(Chan& c, Clock::time_point now) {
 
   SmtpClient& smtp = *c.smtp;
   char buf[16384];
-  // Far end -> engine. stepConnected() has just read the socket dry (through the idle channel),
-  // and anything read since (by other channels' reads and writes) waits in libssh2's queue too:
-  // a channel with nothing queued and no new EOF has nothing to read, and a read would only cost
-  // one more recv() that fails with EAGAIN (per channel, per turn).
-  bool input = true;
-  while (input) {
+  // Far end -> engine.
+  for (;;) {
     ssize_t n = libssh2_channel_read(c.ch, buf, sizeof buf);
     if (n > 0) {
       smtp.onInput(std::string_view(buf, static_cast<size_t>(n)), now);
@@ -854,8 +850,7 @@ bool SshClient::stepChan(Chan& c, Clock::time_point now) {
     fail("reading from " + relay_ + ": " + sessionError(), now);
     return true;
   }
-  // Its stderr, logged line by line (also only when queued: extended = 1 answers for stderr,
-  // and for stdout, which was just read to the end).
+  // Its stderr, logged line by line.
   for (;;) {
     ssize_t n = libssh2_channel_read_stderr(c.ch, buf, sizeof buf);
     if (n > 0) {

@@ -629,13 +629,13 @@ TEST(SpoolBatch, RemoveUnsyncedUnlinksAndLeavesTheFsyncToTheCaller) {
     msgs.push_back(*m);
   }
   tfs.trace.clear();
-  for (const auto& m : msgs) ASSERT_TRUE(spool.removeUnsynced(m).ok());
+  for (const auto& m : msgs) ASSERT_TRUE(spool.removeUnsynced(m.state, m.id).ok());
   EXPECT_EQ(tfs.trace, std::vector<std::string>(2, "unlink incoming"));
   EXPECT_TRUE(spool.list(QueueState::Incoming).empty());
   ASSERT_TRUE(spool.fsyncDir(QueueState::Incoming).ok());
   EXPECT_EQ(tfs.trace.back(), "fsync dir incoming");
   // Gone already: the second removal fails, naming the file.
-  auto st = spool.removeUnsynced(msgs[0]);
+  auto st = spool.removeUnsynced(msgs[0].state, msgs[0].id);
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ENOENT);
   EXPECT_NE(st.error().message.find(msgs[0].id), std::string::npos);

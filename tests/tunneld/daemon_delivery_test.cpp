@@ -73,7 +73,7 @@ class DaemonTest : public ::testing::Test {
     if (!contains(tunneld_extra, "keepalive")) c += "keepalive = \"10s\"\n";
     c += "connect_timeout = \"20s\"\nreconnect_min = \"1s\"\n"
          "reconnect_max = \"2s\"\nretry_min = \"1s\"\nretry_max = \"2s\"\n";
-    c += "sendmail = [\"" + (dir / "recorder") + "\"]\nhostname = \"mx.test\"\n";
+    c += "sendmail = [\"" + sendmail + "\"]\nhostname = \"mx.test\"\n";
     c += tunneld_extra + "\n";
     c += "[[client]]\nname = \"alpha\"\nhost = \"" + sshd->address() +
          "\"\nport = " + std::to_string(sshd->port()) + "\nuser = \"" + sshd->user() +
@@ -171,6 +171,7 @@ class DaemonTest : public ::testing::Test {
   std::unique_ptr<TestSshd> sshd;
   KeyPair key;
   std::unique_ptr<Process> daemon;
+  std::string sendmail = dir / "recorder";  // tunneld.sendmail: records each bounce
 };
 
 }  // namespace
@@ -350,13 +351,8 @@ TEST_F(DaemonTest, HangingLocalSendmailDoesNotHoldUpDeliveries) {
             0755);
   startSshd(smtpd() + " --maildir " + maildir() +
             " --rcpt-reply 'nobody@alpha.test=550 5.1.1 no such user here'");
+  sendmail = dir / "hanging";
   writeConfig();
-  std::string c = readFile(dir / "dynmx.toml");
-  const std::string was = "sendmail = [\"" + (dir / "recorder") + "\"]";
-  auto p = c.find(was);
-  ASSERT_NE(p, std::string::npos);
-  c.replace(p, was.size(), "sendmail = [\"" + (dir / "hanging") + "\"]");
-  writeFile(dir / "dynmx.toml", c, 0644);
   startDaemon();
   spool("Subject: bounces\r\n\r\nhi\r\n", {"nobody@alpha.test"});
   ASSERT_TRUE(waitFor([&] { return std::filesystem::exists(started); }, kLong)) << status();
@@ -379,13 +375,8 @@ TEST_F(DaemonTest, SigtermDoesNotWaitForAHangingLocalSendmail) {
   writeFile(dir / "hanging", "#!/bin/sh\n: > " + started + "\nexec sleep 600\n", 0755);
   startSshd(smtpd() + " --maildir " + maildir() +
             " --rcpt-reply 'nobody@alpha.test=550 5.1.1 no such user here'");
+  sendmail = dir / "hanging";
   writeConfig();
-  std::string c = readFile(dir / "dynmx.toml");
-  const std::string was = "sendmail = [\"" + (dir / "recorder") + "\"]";
-  auto p = c.find(was);
-  ASSERT_NE(p, std::string::npos);
-  c.replace(p, was.size(), "sendmail = [\"" + (dir / "hanging") + "\"]");
-  writeFile(dir / "dynmx.toml", c, 0644);
   startDaemon();
   spool("Subject: bounces\r\n\r\nhi\r\n", {"nobody@alpha.test"});
   ASSERT_TRUE(waitFor([&] { return std::filesystem::exists(started); }, kLong)) << status();

@@ -21,6 +21,7 @@
 
 #include "shared/log.hpp"
 #include "tests/harness/harness.hpp"
+#include "tests/tunneld/recording_fs.hpp"
 
 namespace dynmx::tunneld {
 namespace {
@@ -71,49 +72,6 @@ class RecordingBounceSender : public BounceSender {
   std::vector<Sent> sent;
   bool fail = false;
   int calls = 0;
-};
-
-// The real file system, except that opening for writing a path that contains `fail_substr`
-// fails with EIO while armed: a journal append (active/...) or a new spool file (tmp/...).
-// It also counts the fsyncs of each spool directory (by the directory's last path component).
-// Thread-safe: the queue manager's remover unlinks and fsyncs from a thread of its own.
-class FailingFs : public FsOps {
- public:
-  int open(const char* path, int flags, mode_t mode) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (!fail_substr.empty() && (flags & (O_WRONLY | O_RDWR)) &&
-        std::string_view(path).find(fail_substr) != std::string_view::npos) {
-      errno = EIO;
-      return -1;
-    }
-    int fd = realFs().open(path, flags, mode);
-    if (fd >= 0 && (flags & O_DIRECTORY)) dirs_[fd] = fs::path(path).filename().string();
-    return fd;
-  }
-  ssize_t write(int fd, const void* b, size_t n) override { return realFs().write(fd, b, n); }
-  ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override {
-    return realFs().pwrite(fd, b, n, o);
-  }
-  int fsync(int fd) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (auto it = dirs_.find(fd); it != dirs_.end()) ++dir_syncs[it->second];
-    return realFs().fsync(fd);
-  }
-  int close(int fd) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    dirs_.erase(fd);
-    return realFs().close(fd);
-  }
-  int rename(const char* a, const char* b) override { return realFs().rename(a, b); }
-  int unlink(const char* p) override { return realFs().unlink(p); }
-  int ftruncate(int fd, off_t l) override { return realFs().ftruncate(fd, l); }
-  int mkdir(const char* p, mode_t m) override { return realFs().mkdir(p, m); }
-  std::string fail_substr;
-  std::map<std::string, int> dir_syncs;  // "active" -> fsyncs of active/
-
- private:
-  std::mutex mu_;
-  std::map<int, std::string> dirs_;
 };
 
 TEST(RetryDelay, Table) {
@@ -213,7 +171,7 @@ class QueueTest : public ::testing::Test {
   void restart() { qm_ = std::make_unique<QueueManager>(*spool_, cfg_, bounces_); }
 
   TempDir dir_;
-  FailingFs fs_;
+  test::RecordingFs fs_;
   std::unique_ptr<Spool> spool_;
   Config cfg_;
   RecordingBounceSender bounces_;
@@ -714,7 +672,7 @@ TEST_F(QueueTest, JournalFailureLeavesMessageInActiveUntilRestart) {
   qm_->start(kT0);
   auto job = qm_->nextJob("c1", kT0);
   ASSERT_TRUE(job);
-  fs_.fail_substr = "/active/";
+  fs_.failOpensFor("/active/");
   qm_->finish(std::move(*job),
               results(*job, {{Outcome::Delivered, "250 Ok"}, {Outcome::Deferred, "451 later"}}),
               relay_, kT0);
@@ -723,7 +681,7 @@ TEST_F(QueueTest, JournalFailureLeavesMessageInActiveUntilRestart) {
   EXPECT_FALSE(qm_->hasDue("c1", kT0 + 100000));
   EXPECT_FALSE(qm_->nextJob("c1", kT0 + 100000));
   EXPECT_NE(qm_->listQueue()[0].find(" stuck "), std::string::npos);
-  fs_.fail_substr.clear();
+  fs_.failOpensFor("");
   // After a restart both recipients are tried again: bob may get it twice, nobody loses it.
   restart();
   qm_->start(kT0 + 10);
@@ -737,7 +695,7 @@ TEST_F(QueueTest, NotificationThatCannotBeSpooledKeepsRecipientPending) {
   qm_->start(kT0);
   auto job = qm_->nextJob("c1", kT0);
   ASSERT_TRUE(job);
-  fs_.fail_substr = spool_->stateDir(QueueState::Tmp) + "/";
+  fs_.failOpensFor(spool_->stateDir(QueueState::Tmp) + "/");
   qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
   EXPECT_TRUE(logged(id + ": cannot spool the notification"));
   EXPECT_EQ(bounces_.calls, 0);
@@ -745,7 +703,7 @@ TEST_F(QueueTest, NotificationThatCannotBeSpooledKeepsRecipientPending) {
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(m->env.rcpts[0].state, RcptState::Pending);
   EXPECT_EQ(m->env.rcpts[0].reply, "550 5.1.1 no");
-  fs_.fail_substr.clear();
+  fs_.failOpensFor("");
   // The next attempt meets the same refusal and reports it this time.
   qm_->tick(kT0 + 300);
   auto job2 = qm_->nextJob("c1", kT0 + 300);
@@ -758,11 +716,11 @@ TEST_F(QueueTest, NotificationThatCannotBeSpooledKeepsRecipientPending) {
 
 TEST_F(QueueTest, ExpiryWhoseNotificationCannotBeSpooledIsRetriedLater) {
   commit({"bob@b.example"}, "alice@a.example", kT0 - 6 * 86400);
-  fs_.fail_substr = spool_->stateDir(QueueState::Tmp) + "/";
+  fs_.failOpensFor(spool_->stateDir(QueueState::Tmp) + "/");
   qm_->start(kT0);
   EXPECT_EQ(total(), 1u);                  // kept: nothing may be lost
   EXPECT_EQ(qm_->nextWakeup(), kT0 + 60);  // not a busy loop
-  fs_.fail_substr.clear();
+  fs_.failOpensFor("");
   qm_->tick(kT0 + 60);
   EXPECT_EQ(bounces_.sent.size(), 1u);
   EXPECT_EQ(total(), 0u);
@@ -773,7 +731,7 @@ TEST_F(QueueTest, FullyDeliveredMessageIsRemovedWithoutJournalWrite) {
   qm_->start(kT0);
   auto job = qm_->nextJob("c1", kT0);
   ASSERT_TRUE(job);
-  fs_.fail_substr = "/active/";  // any journal append would fail
+  fs_.failOpensFor("/active/");  // any journal append would fail
   qm_->finish(std::move(*job),
               results(*job, {{Outcome::Delivered, "250 Ok"}, {Outcome::Delivered, "250 Ok"}}),
               relay_, kT0);
@@ -787,25 +745,25 @@ TEST_F(QueueTest, IncomingIsTakenWithOneDeferredDirectorySyncForTheBatch) {
   for (int i = 0; i < 5; ++i) commit({"bob@b.example"});
   // An interval no test run reaches: the only fsyncs are those flushRemovals() asks for.
   qm_ = std::make_unique<QueueManager>(*spool_, cfg_, bounces_, std::chrono::hours(24));
-  fs_.dir_syncs.clear();
+  fs_.clearCounts();
   qm_->start(kT0);
   EXPECT_EQ(spool_->list(QueueState::Active).size(), 5u);
   EXPECT_EQ(spool_->list(QueueState::Incoming).size(), 0u);
   // Handed out before active/ is fsynced: that waits for the remover's next sync.
-  EXPECT_EQ(fs_.dir_syncs["active"], 0);
+  EXPECT_EQ(fs_.dirSyncs("active"), 0);
   EXPECT_TRUE(qm_->nextJob("c1", kT0));
   qm_->flushRemovals();
-  EXPECT_EQ(fs_.dir_syncs["active"], 1);
+  EXPECT_EQ(fs_.dirSyncs("active"), 1);
   // Nothing new: no rename, no fsync.
   EXPECT_FALSE(qm_->scanIncoming(kT0 + 1));
   qm_->flushRemovals();
-  EXPECT_EQ(fs_.dir_syncs["active"], 1);
+  EXPECT_EQ(fs_.dirSyncs("active"), 1);
   commit({"carol@b.example"});
   commit({"dave@b.example"});
   EXPECT_FALSE(qm_->scanIncoming(kT0 + 2));
   qm_->flushRemovals();
   EXPECT_EQ(count(QueueState::Active), 7u);
-  EXPECT_EQ(fs_.dir_syncs["active"], 2);
+  EXPECT_EQ(fs_.dirSyncs("active"), 2);
 }
 
 TEST_F(QueueTest, IncomingIsTakenInSlicesInQueueIdOrder) {
@@ -876,16 +834,16 @@ TEST_F(QueueTest, RemovalsAreSyncedOnceForTheBatch) {
   while (auto job = qm_->nextJob("c1", kT0)) jobs.push_back(std::move(*job));
   ASSERT_EQ(jobs.size(), 3u);
   qm_->flushRemovals();
-  fs_.dir_syncs.clear();
+  fs_.clearCounts();
   for (Job& j : jobs) {
     auto r = results(j, {{Outcome::Delivered, "250 Ok"}});
     qm_->finish(std::move(j), r, relay_, kT0 + 1);
   }
   qm_->flushRemovals();
   EXPECT_EQ(spool_->list(QueueState::Active).size(), 0u);
-  EXPECT_EQ(fs_.dir_syncs["active"], 1);
+  EXPECT_EQ(fs_.dirSyncs("active"), 1);
   qm_->flushRemovals();  // nothing more to sync
-  EXPECT_EQ(fs_.dir_syncs["active"], 1);
+  EXPECT_EQ(fs_.dirSyncs("active"), 1);
 }
 
 TEST_F(QueueTest, RemovalUndoneByACrashBeforeItsSyncIsDeliveredAgain) {

@@ -14,6 +14,7 @@
 
 #include "shared/log.hpp"
 #include "tests/harness/harness.hpp"
+#include "tests/tunneld/recording_fs.hpp"
 
 namespace dynmx::tunneld {
 namespace {
@@ -21,64 +22,6 @@ namespace {
 namespace fs = std::filesystem;
 using dynmx::test::TempDir;
 using dynmx::test::waitFor;
-
-// The real file system, counting the fsyncs of each spool directory (by its last path component)
-// and the unlinks; an unlink of a path containing `fail_unlink` fails with EIO. Thread-safe.
-class CountingFs : public FsOps {
- public:
-  int open(const char* path, int flags, mode_t mode) override {
-    int fd = realFs().open(path, flags, mode);
-    std::lock_guard<std::mutex> lk(mu_);
-    if (fd >= 0 && (flags & O_DIRECTORY)) dirs_[fd] = fs::path(path).filename().string();
-    return fd;
-  }
-  ssize_t write(int fd, const void* b, size_t n) override { return realFs().write(fd, b, n); }
-  ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override {
-    return realFs().pwrite(fd, b, n, o);
-  }
-  int fsync(int fd) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (auto it = dirs_.find(fd); it != dirs_.end()) ++dir_syncs_[it->second];
-    return realFs().fsync(fd);
-  }
-  int close(int fd) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    dirs_.erase(fd);
-    return realFs().close(fd);
-  }
-  int rename(const char* a, const char* b) override { return realFs().rename(a, b); }
-  int unlink(const char* p) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    ++unlinks_;
-    if (!fail_unlink_.empty() && std::string_view(p).find(fail_unlink_) != std::string_view::npos) {
-      errno = EIO;
-      return -1;
-    }
-    return realFs().unlink(p);
-  }
-  int ftruncate(int fd, off_t l) override { return realFs().ftruncate(fd, l); }
-  int mkdir(const char* p, mode_t m) override { return realFs().mkdir(p, m); }
-
-  int dirSyncs(const std::string& dir) {
-    std::lock_guard<std::mutex> lk(mu_);
-    return dir_syncs_[dir];
-  }
-  int unlinks() {
-    std::lock_guard<std::mutex> lk(mu_);
-    return unlinks_;
-  }
-  void failUnlink(const std::string& s) {
-    std::lock_guard<std::mutex> lk(mu_);
-    fail_unlink_ = s;
-  }
-
- private:
-  std::mutex mu_;
-  std::map<int, std::string> dirs_;
-  std::map<std::string, int> dir_syncs_;
-  int unlinks_ = 0;
-  std::string fail_unlink_;
-};
 
 std::mutex g_log_mu;
 std::vector<std::string> g_log;
@@ -116,7 +59,7 @@ class RemoverTest : public ::testing::Test {
   }
 
   TempDir dir_;
-  CountingFs fs_;
+  test::RecordingFs fs_;
   std::unique_ptr<Spool> spool_;
 };
 
@@ -179,7 +122,7 @@ TEST_F(RemoverTest, FailedUnlinkIsLoggedAndTheOthersGoOn) {
   SpoolRemover r(*spool_, kNever);
   std::string bad = place(QueueState::Active, "BAD0");
   std::string good = place(QueueState::Active, "GOOD0");
-  fs_.failUnlink("BAD0");
+  fs_.failUnlinksFor("BAD0");
   r.remove(QueueState::Active, "BAD0");
   r.remove(QueueState::Active, "GOOD0");
   r.remove(QueueState::Active, "GONE0");  // already gone: ENOENT
@@ -189,6 +132,18 @@ TEST_F(RemoverTest, FailedUnlinkIsLoggedAndTheOthersGoOn) {
   EXPECT_TRUE(logged("BAD0: cannot remove the finished message: unlink " + bad));
   EXPECT_TRUE(logged("GONE0: cannot remove the finished message"));
   EXPECT_EQ(fs_.dirSyncs("active"), 1);
+}
+
+TEST_F(RemoverTest, FailedDirectorySyncIsLoggedAndTheRemovalsStand) {
+  SpoolRemover r(*spool_, kNever);
+  std::string p = place(QueueState::Active, "A0");
+  fs_.failDirSyncsOf("active");
+  r.remove(QueueState::Active, "A0");
+  r.flush();  // returns: a failed fsync is reported, not retried for ever
+  EXPECT_FALSE(fs::exists(p));
+  EXPECT_EQ(fs_.dirSyncs("active"), 1);
+  EXPECT_TRUE(logged("fsync directory " + spool_->stateDir(QueueState::Active) +
+                     ": Input/output error (a crash may bring removed messages back: duplicates)"));
 }
 
 TEST_F(RemoverTest, RemovesFromAnotherThreadWhileTheCallerGoesOn) {
