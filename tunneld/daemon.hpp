@@ -19,12 +19,12 @@
 #include "shared/config.hpp"
 #include "shared/result.hpp"
 #include "shared/spool.hpp"
-#include "tunneld/bounce.hpp"
-#include "tunneld/control.hpp"
+#include "tunneld/queue/bounce.hpp"
+#include "tunneld/control/control.hpp"
 #include "tunneld/event_loop.hpp"
-#include "tunneld/handoff.hpp"
-#include "tunneld/queue_manager.hpp"
-#include "tunneld/ssh_client.hpp"
+#include "tunneld/queue/handoff.hpp"
+#include "tunneld/queue/queue_manager.hpp"
+#include "tunneld/ssh/ssh_client.hpp"
 
 namespace dynmx::tunneld {
 

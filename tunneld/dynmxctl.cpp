@@ -11,7 +11,7 @@
 #include <string>
 
 #include "shared/config.hpp"
-#include "tunneld/control.hpp"
+#include "tunneld/control/control.hpp"
 
 using namespace dynmx;
 

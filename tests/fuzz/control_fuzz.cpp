@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "tunneld/control.hpp"
+#include "tunneld/control/control.hpp"
 
 using dynmx::tunneld::ControlReply;
 using dynmx::tunneld::ControlRequest;

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "tunneld/host_keys.hpp"
+#include "tunneld/ssh/host_keys.hpp"
 
 using namespace dynmx::tunneld;
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "tunneld/smtp_client.hpp"
+#include "tunneld/smtp/smtp_client.hpp"
 
 namespace {
 

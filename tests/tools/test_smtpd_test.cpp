@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "tests/harness/harness.hpp"
-#include "tunneld/smtp_client.hpp"
+#include "tunneld/smtp/smtp_client.hpp"
 
 extern char** environ;
 

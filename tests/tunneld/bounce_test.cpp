@@ -1,7 +1,7 @@
 // bounce_test.cpp: RFC 3464 reports against golden files, and the hand-off to real programs.
 //
 // Golden files are regenerated with DYNMX_UPDATE_GOLDEN=1 (then read them before committing).
-#include "tunneld/bounce.hpp"
+#include "tunneld/queue/bounce.hpp"
 
 #include <sys/stat.h>
 #include <unistd.h>

@@ -1,13 +1,13 @@
 // host_keys_test.cpp: known_hosts parsing and matching, fingerprints, pins, and the other pure
 // policies of the SSH layer (reconnect backoff, admin requests), from tables and from keys made
 // by the real ssh-keygen.
-#include "tunneld/host_keys.hpp"
+#include "tunneld/ssh/host_keys.hpp"
 
 #include <gtest/gtest.h>
 
 #include "tests/harness/test_sshd.hpp"
-#include "tunneld/control.hpp"
-#include "tunneld/ssh_client.hpp"
+#include "tunneld/control/control.hpp"
+#include "tunneld/ssh/ssh_client.hpp"
 
 using namespace dynmx;
 using namespace dynmx::tunneld;

@@ -4,7 +4,7 @@
 // The real SendmailBounceSender has its own tests (bounce_test.cpp); here the point is what the
 // queue manager does with results, time and notifications, and that the spool says so after a
 // "restart" (a new QueueManager over the same directory).
-#include "tunneld/queue_manager.hpp"
+#include "tunneld/queue/queue_manager.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -190,11 +190,10 @@ TEST_F(QueueTest, DeliversStreamsContentAndRemoves) {
   EXPECT_EQ(job->msg.id, id);
   EXPECT_EQ(job->rcpt_indexes, (std::vector<size_t>{0, 1}));
   EXPECT_FALSE(qm_->nextJob("c1", kT0 + 5));  // in flight
-  SmtpJob sj = job->smtpJob();
-  EXPECT_EQ(sj.env->rcpts[1].address, "carol@b.example");
+  EXPECT_EQ(job->msg.env.rcpts[1].address, "carol@b.example");
   std::string content;
   for (;;) {
-    auto c = sj.content->next(7);
+    auto c = job->content->next(7);
     ASSERT_TRUE(c.ok());
     if (c->empty()) break;
     content += *c;

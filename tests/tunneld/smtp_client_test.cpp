@@ -2,14 +2,14 @@
 //
 // Each test plays the far end: it feeds the engine server bytes and compares what the engine
 // wants to send with the exact bytes expected. Time is a fake steady clock.
-#include "tunneld/smtp_client.hpp"
+#include "tunneld/smtp/smtp_client.hpp"
 
 #include <gtest/gtest.h>
 #include <string>
 #include <vector>
 
-#include "tunneld/smtp_body.hpp"
-#include "tunneld/smtp_reply.hpp"
+#include "tunneld/smtp/smtp_body.hpp"
+#include "shared/smtp_reply.hpp"
 
 namespace dynmx::tunneld {
 namespace {

@@ -1,7 +1,7 @@
 // spool_remover_test.cpp: the remover deletes finished spool files off the caller's thread,
 // fsyncs their directories once per batch, reports what it cannot remove, and loses no removal
 // when it is flushed or destroyed.
-#include "tunneld/spool_remover.hpp"
+#include "tunneld/queue/spool_remover.hpp"
 
 #include <fcntl.h>
 

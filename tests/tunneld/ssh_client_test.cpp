@@ -3,7 +3,7 @@
 // identity file's mode, negotiated algorithms, reconnect after a restart, dead-peer detection.
 // The far end's forced command is `cat`; no mail moves here (the JobSource has none), so these
 // tests isolate the connection layer. Delivery is tested in daemon_*_test.cpp.
-#include "tunneld/ssh_client.hpp"
+#include "tunneld/ssh/ssh_client.hpp"
 
 #include <poll.h>
 #include <signal.h>

@@ -37,19 +37,11 @@
 
 #include "shared/result.hpp"
 #include "shared/spool.hpp"
+#include "tunneld/delivery/delivery.hpp"
 
 namespace dynmx::tunneld {
 
 using Clock = std::chrono::steady_clock;
-
-// Message bytes as stored in the spool (CRLF already, but the engine does not rely on it).
-class ContentSource {
- public:
-  virtual ~ContentSource() = default;
-  // Up to max bytes; an empty view means the end. An Error aborts the transaction: the engine
-  // closes the session without sending the final dot, so the far end discards the message.
-  virtual Result<std::string_view> next(size_t max) = 0;
-};
 
 struct SmtpTimeouts {
   std::chrono::seconds greeting{300}, ehlo{300}, mail{300}, rcpt{300}, data{120}, block{180},
@@ -64,19 +56,8 @@ struct SmtpJob {
   uint64_t size_hint = 0;            // for SIZE=
 };
 
-enum class Outcome { Delivered, Deferred, Failed };
-
-struct RcptResult {
-  size_t index = 0;  // into env->rcpts
-  Outcome outcome = Outcome::Deferred;
-  std::string reply;  // the far end's reply, single line ("250 2.1.5 Ok"), or our own reason
-};
-
-struct TransactionResult {
-  std::vector<RcptResult> rcpts;  // one per rcpt_indexes entry, same order
-  bool possible_duplicate = false;
-  bool content_error = false;  // the ContentSource failed (spool file damaged)
-};
+// The engine's view of a queue Job (which must stay in place while the view is used).
+SmtpJob smtpJobFor(Job& job);
 
 class SmtpClient {
  public:

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-namespace dynmx::tunneld {
+namespace dynmx {
 
 // One line of a reply: "250-PIPELINING" (last = false) or "250 Ok" (last = true). The code's
 // first digit must be 2..5 and the code must be followed by ' ', '-' or the end of the line.
@@ -41,4 +41,4 @@ std::string xtextDecode(std::string_view s);
 // A copy safe for one log line: control bytes and non-ASCII become '?', cut at `max` bytes.
 std::string printable(std::string_view s, size_t max = 400);
 
-}  // namespace dynmx::tunneld
+}  // namespace dynmx

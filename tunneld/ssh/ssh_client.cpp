@@ -5,7 +5,7 @@
 // jobs in flight are abandoned (their recipients stay pending in the spool), and the next attempt
 // waits for the backoff. A host key that does not verify stops the attempt before authentication.
 // Nothing here blocks: name resolution runs on a short-lived helper thread that wakes the loop.
-#include "tunneld/ssh_client.hpp"
+#include "tunneld/ssh/ssh_client.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -904,7 +904,7 @@ bool SshClient::stepChan(Chan& c, Clock::time_point now) {
       // A warm spare: waits until a working session ends.
     } else if (auto job = jobs_.nextJob(cfg_.name, unixNow())) {
       c.jobs.push_back(std::move(*job));
-      smtp.start(c.jobs.back().smtpJob(), now);
+      smtp.start(smtpJobFor(c.jobs.back()), now);
       progress = true;
     } else if (c.jobs.empty() && now - c.idle_since >= tcfg_.idle_close) {
       smtp.quit(now);

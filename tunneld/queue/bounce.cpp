@@ -7,7 +7,7 @@
 // SendmailBounceSender::send() spawns the MTA with argv only (no shell), feeds it with poll() and
 // non-blocking pipes so that neither a child that does not read nor one that does not exit can
 // hold us past the timeout, kills such a child, and reports the exit status with its stderr.
-#include "tunneld/bounce.hpp"
+#include "tunneld/queue/bounce.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -23,7 +23,7 @@
 #include <thread>
 
 #include "shared/log.hpp"
-#include "tunneld/smtp_reply.hpp"
+#include "shared/smtp_reply.hpp"
 
 namespace dynmx::tunneld {
 namespace {

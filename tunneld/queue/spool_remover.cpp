@@ -1,5 +1,5 @@
 // spool_remover.cpp: see spool_remover.hpp.
-#include "tunneld/spool_remover.hpp"
+#include "tunneld/queue/spool_remover.hpp"
 
 #include "shared/log.hpp"
 #include "shared/result.hpp"

@@ -2,7 +2,7 @@
 //
 // Failure behaviour: a bad request gets "ERR ..." and the connection is closed; socket setup
 // errors are returned naming the path (the daemon turns them into a start-up failure).
-#include "tunneld/control.hpp"
+#include "tunneld/control/control.hpp"
 
 #include <fcntl.h>
 #include <grp.h>

@@ -1,5 +1,5 @@
 // handoff.cpp: see handoff.hpp.
-#include "tunneld/handoff.hpp"
+#include "tunneld/queue/handoff.hpp"
 
 namespace dynmx::tunneld {
 

@@ -24,7 +24,7 @@
 // fails leaves the message in active/, out of the schedule until a restart (which re-sends what was
 // in flight); a notification that cannot be built or spooled leaves its recipients pending (the
 // next attempt or tick tries again, at most once a minute).
-#include "tunneld/queue_manager.hpp"
+#include "tunneld/queue/queue_manager.hpp"
 
 #include <unistd.h>
 
@@ -33,7 +33,7 @@
 #include <climits>
 
 #include "shared/log.hpp"
-#include "tunneld/smtp_reply.hpp"
+#include "shared/smtp_reply.hpp"
 
 namespace dynmx::tunneld {
 
@@ -83,15 +83,6 @@ const char* outcomeName(Outcome o) {
 }
 
 }  // namespace
-
-SmtpJob Job::smtpJob() {
-  SmtpJob j;
-  j.env = &msg.env;
-  j.rcpt_indexes = rcpt_indexes;
-  j.content = content.get();
-  j.size_hint = msg.content_size;
-  return j;
-}
 
 struct QueueManager::Impl {
   struct Entry {

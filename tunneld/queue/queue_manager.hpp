@@ -26,10 +26,10 @@
 
 #include "shared/config.hpp"
 #include "shared/spool.hpp"
-#include "tunneld/bounce.hpp"
-#include "tunneld/handoff.hpp"
-#include "tunneld/smtp_client.hpp"
-#include "tunneld/spool_remover.hpp"
+#include "tunneld/queue/bounce.hpp"
+#include "tunneld/queue/handoff.hpp"
+#include "tunneld/delivery/delivery.hpp"
+#include "tunneld/queue/spool_remover.hpp"
 
 namespace dynmx::tunneld {
 
@@ -44,16 +44,6 @@ inline constexpr const char* kBounceClient = "<bounce>";
 // least the message's age (up to retry_max), as Postfix's queue manager backs off by age:
 //   clamp(max(retry_min * 2^(attempts-1), age), retry_min, retry_max); attempts 0 counts as 1.
 std::chrono::seconds retryDelay(const RetryPolicy& p, uint32_t attempts, std::chrono::seconds age);
-
-// A message handed to the delivery side. Owns the spool message and its content stream.
-struct Job {
-  SpoolMessage msg;
-  std::vector<size_t> rcpt_indexes;  // pending recipients attempted in this job
-  std::unique_ptr<ContentSource> content;
-  // View for SmtpClient::start. It points into this Job: call it once the Job has its final
-  // place (a moved Job needs a new view).
-  SmtpJob smtpJob();
-};
 
 struct ClientQueueStatus {
   std::string client;
@@ -116,6 +106,26 @@ class QueueManager {
  private:
   struct Impl;
   std::shared_ptr<Impl> impl_;
+};
+
+// The queue as the transports see it (the delivery contract, tunneld/delivery/delivery.hpp).
+class QueueJobSource : public JobSource {
+ public:
+  explicit QueueJobSource(QueueManager& q) : q_(q) {}
+  bool hasDue(const std::string& c, int64_t now) override { return q_.hasDue(c, now); }
+  std::optional<Job> nextJob(const std::string& c, int64_t now) override {
+    return q_.nextJob(c, now);
+  }
+  void finish(Job j, const TransactionResult& r, const std::string& relay, int64_t now) override {
+    q_.finish(std::move(j), r, relay, now);
+  }
+  void abandon(Job j, const std::string& reason, int64_t now) override {
+    q_.abandon(std::move(j), reason, now);
+  }
+  void clientUp(const std::string& c, int64_t now) override { q_.clientUp(c, now); }
+
+ private:
+  QueueManager& q_;
 };
 
 }  // namespace dynmx::tunneld

@@ -12,17 +12,26 @@
 // recipients of the transaction that are not final yet are then Deferred with our reason, and
 // possible_duplicate is set when the final dot had gone out and its reply had not come. A failed
 // ContentSource ends the session without the final dot, so the far end discards the message.
-#include "tunneld/smtp_client.hpp"
+#include "tunneld/smtp/smtp_client.hpp"
 
 #include <algorithm>
 #include <cstdlib>
 #include <map>
 
 #include "shared/log.hpp"
-#include "tunneld/smtp_body.hpp"
-#include "tunneld/smtp_reply.hpp"
+#include "tunneld/smtp/smtp_body.hpp"
+#include "shared/smtp_reply.hpp"
 
 namespace dynmx::tunneld {
+
+SmtpJob smtpJobFor(Job& job) {
+  SmtpJob j;
+  j.env = &job.msg.env;
+  j.rcpt_indexes = job.rcpt_indexes;
+  j.content = job.content.get();
+  j.size_hint = job.msg.content_size;
+  return j;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Body encoding.

@@ -2,11 +2,11 @@
 //
 // Contract: see smtp_reply.hpp. Pure functions, no allocation beyond their result, no failure
 // modes: input that does not parse yields nullopt, 0 or "".
-#include "tunneld/smtp_reply.hpp"
+#include "shared/smtp_reply.hpp"
 
 #include <cctype>
 
-namespace dynmx::tunneld {
+namespace dynmx {
 namespace {
 
 bool isDigit(char c) {
@@ -117,4 +117,4 @@ std::string printable(std::string_view s, size_t max) {
   return out;
 }
 
-}  // namespace dynmx::tunneld
+}  // namespace dynmx

@@ -32,9 +32,9 @@
 
 #include "shared/config.hpp"
 #include "shared/result.hpp"
-#include "tunneld/host_keys.hpp"
-#include "tunneld/queue_manager.hpp"
-#include "tunneld/smtp_client.hpp"
+#include "tunneld/ssh/host_keys.hpp"
+#include "tunneld/delivery/delivery.hpp"
+#include "tunneld/smtp/smtp_client.hpp"
 
 namespace dynmx::tunneld {
 
@@ -51,37 +51,6 @@ extern const char* const kMacPref;
 
 // An identity file must be a regular file not readable, writable or executable by group/others.
 Status checkPrivateKeyFile(const std::string& path);
-
-// Where jobs come from and results go (QueueManager in production).
-class JobSource {
- public:
-  virtual ~JobSource() = default;
-  virtual bool hasDue(const std::string& client, int64_t now) = 0;
-  virtual std::optional<Job> nextJob(const std::string& client, int64_t now) = 0;
-  virtual void finish(Job job, const TransactionResult& r, const std::string& relay,
-                      int64_t now) = 0;
-  virtual void abandon(Job job, const std::string& reason, int64_t now) = 0;
-  virtual void clientUp(const std::string& client, int64_t now) = 0;
-};
-
-class QueueJobSource : public JobSource {
- public:
-  explicit QueueJobSource(QueueManager& q) : q_(q) {}
-  bool hasDue(const std::string& c, int64_t now) override { return q_.hasDue(c, now); }
-  std::optional<Job> nextJob(const std::string& c, int64_t now) override {
-    return q_.nextJob(c, now);
-  }
-  void finish(Job j, const TransactionResult& r, const std::string& relay, int64_t now) override {
-    q_.finish(std::move(j), r, relay, now);
-  }
-  void abandon(Job j, const std::string& reason, int64_t now) override {
-    q_.abandon(std::move(j), reason, now);
-  }
-  void clientUp(const std::string& c, int64_t now) override { q_.clientUp(c, now); }
-
- private:
-  QueueManager& q_;
-};
 
 // Wakes the event loop from the resolver thread (an eventfd the loop polls).
 class Waker {

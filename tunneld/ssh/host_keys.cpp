@@ -4,7 +4,7 @@
 // warning naming file:line), hashed entries are matched with HMAC-SHA1 as OpenSSH does, and the
 // stored key types are known before the handshake. SHA-1/SHA-256 are small local implementations
 // (the project links no crypto library of its own; libssh2's is not exported).
-#include "tunneld/host_keys.hpp"
+#include "tunneld/ssh/host_keys.hpp"
 
 #include <cstring>
 #include <fstream>
