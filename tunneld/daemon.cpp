@@ -149,7 +149,7 @@ Status Daemon::init() {
 }
 
 void Daemon::applyClients() {
-  auto now = EventLoop::Clock::now();
+  auto now = SteadyClock::now();
   // Removed clients finish (or abandon) their work, then go.
   for (auto it = clients_.begin(); it != clients_.end();) {
     if (!cfg_.findClient(it->first)) {
@@ -178,7 +178,7 @@ void Daemon::applyClients() {
 }
 
 void Daemon::service(ClientEntry& e, short revents) {
-  e.client->step(EventLoop::Clock::now(), revents);
+  e.client->step(SteadyClock::now(), revents);
   sync(e);
 }
 
@@ -206,7 +206,7 @@ void Daemon::sync(ClientEntry& e) {
     }
   }
   auto d = c->deadline();
-  auto now = EventLoop::Clock::now();
+  auto now = SteadyClock::now();
   if (d && *d <= now) d = now + std::chrono::milliseconds(1);
   if (d != e.timer_when) {
     if (e.timer_id) loop_.cancelTimer(e.timer_id);
@@ -262,7 +262,7 @@ void Daemon::onSignal() {
       if (stopping_) {
         logf(LogLevel::Warning, "second %s: abandoning every session now",
              si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
-        auto now = EventLoop::Clock::now();
+        auto now = SteadyClock::now();
         for (auto& [n, e] : clients_) e.client->beginStop(now, std::chrono::seconds(0));
         for (auto& e : retiring_) e.client->beginStop(now, std::chrono::seconds(0));
         for (auto& [n, e] : clients_) service(e);
@@ -278,7 +278,7 @@ void Daemon::beginShutdown() {
   stopping_ = true;
   logf(LogLevel::Info, "stopping: no new transactions; waiting up to %llds for those in flight",
        static_cast<long long>(kShutdownGrace.count()));
-  auto now = EventLoop::Clock::now();
+  auto now = SteadyClock::now();
   for (auto& [n, e] : clients_) e.client->beginStop(now, kShutdownGrace);
   for (auto& e : retiring_) e.client->beginStop(now, kShutdownGrace);
   for (auto& [n, e] : clients_) service(e);
@@ -334,7 +334,7 @@ void Daemon::onControlAccept() {
     if (fd < 0) return;
     auto conn = std::make_unique<ControlConn>();
     conn->fd = fd;
-    conn->timer = loop_.addTimer(EventLoop::Clock::now() + std::chrono::seconds(10), [this, fd]() {
+    conn->timer = loop_.addTimer(SteadyClock::now() + std::chrono::seconds(10), [this, fd]() {
       auto it = conns_.find(fd);
       if (it != conns_.end()) it->second->timer = 0;
       closeControl(fd);
@@ -458,7 +458,7 @@ ControlReply Daemon::handleRequest(const ControlRequest& req) {
       }
       scan_more_ = queue_->scanIncoming(now);
       queue_->flush(req.arg, now);
-      auto t = EventLoop::Clock::now();
+      auto t = SteadyClock::now();
       for (auto& [name, e] : clients_) {
         if (!req.arg.empty() && name != req.arg) continue;
         e.client->retryNow(t);

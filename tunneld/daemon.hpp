@@ -54,7 +54,7 @@ class Daemon : public Waker {
     std::unique_ptr<SshClient> client;
     int watched_fd = -1;
     uint64_t timer_id = 0;
-    std::optional<EventLoop::Clock::time_point> timer_when;
+    std::optional<SteadyClock::time_point> timer_when;
   };
   struct ControlConn;
 

@@ -27,7 +27,7 @@ void EventLoop::unwatch(int fd) {
   fds_.erase(fd);
 }
 
-uint64_t EventLoop::addTimer(Clock::time_point when, TimerCallback cb) {
+uint64_t EventLoop::addTimer(SteadyClock::time_point when, TimerCallback cb) {
   uint64_t id = next_id_++;
   timers_.emplace(id, std::move(cb));
   heap_.push(Timer{when, id});
@@ -38,16 +38,16 @@ void EventLoop::cancelTimer(uint64_t id) {
   timers_.erase(id);
 }
 
-std::optional<EventLoop::Clock::time_point> EventLoop::nextTimer() {
+std::optional<SteadyClock::time_point> EventLoop::nextTimer() {
   while (!heap_.empty() && !timers_.count(heap_.top().id)) heap_.pop();
   if (heap_.empty()) return std::nullopt;
   return heap_.top().when;
 }
 
-void EventLoop::runOnce(std::optional<Clock::duration> max_wait) {
-  auto now = Clock::now();
+void EventLoop::runOnce(std::optional<SteadyClock::duration> max_wait) {
+  auto now = SteadyClock::now();
   int timeout = -1;
-  std::optional<Clock::time_point> until;
+  std::optional<SteadyClock::time_point> until;
   if (auto t = nextTimer()) until = *t;
   if (max_wait && (!until || now + *max_wait < *until)) until = now + *max_wait;
   if (until) {
@@ -74,7 +74,7 @@ void EventLoop::runOnce(std::optional<Clock::duration> max_wait) {
       cb(p.revents);
     }
   }
-  now = Clock::now();
+  now = SteadyClock::now();
   while (true) {
     auto t = nextTimer();
     if (!t || *t > now) break;

@@ -15,11 +15,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include "shared/clock.hpp"
+
 namespace dynmx::tunneld {
 
 class EventLoop {
  public:
-  using Clock = std::chrono::steady_clock;
   using FdCallback = std::function<void(short revents)>;
   using TimerCallback = std::function<void()>;
 
@@ -29,12 +30,12 @@ class EventLoop {
   void unwatch(int fd);
   bool watching(int fd) const { return fds_.count(fd) != 0; }
 
-  uint64_t addTimer(Clock::time_point when, TimerCallback cb);
+  uint64_t addTimer(SteadyClock::time_point when, TimerCallback cb);
   void cancelTimer(uint64_t id);
-  std::optional<Clock::time_point> nextTimer();
+  std::optional<SteadyClock::time_point> nextTimer();
 
   // Waits for events or the next timer (at most max_wait), then runs what is ready.
-  void runOnce(std::optional<Clock::duration> max_wait = std::nullopt);
+  void runOnce(std::optional<SteadyClock::duration> max_wait = std::nullopt);
 
  private:
   struct Watch {
@@ -42,7 +43,7 @@ class EventLoop {
     FdCallback cb;
   };
   struct Timer {
-    Clock::time_point when;
+    SteadyClock::time_point when;
     uint64_t id;
     bool operator>(const Timer& o) const { return when > o.when || (when == o.when && id > o.id); }
   };

@@ -14,7 +14,7 @@
 
 namespace {
 
-using dynmx::tunneld::Clock;
+using dynmx::SteadyClock;
 using dynmx::tunneld::ContentSource;
 using dynmx::tunneld::SmtpClient;
 using dynmx::tunneld::SmtpJob;
@@ -48,7 +48,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   SmtpClient::Options o;
   o.max_output = 1024;
   o.overlap = size % 2 == 0;  // both ways of pipelining transactions
-  Clock::time_point now{};
+  SteadyClock::time_point now{};
   SmtpClient c(o, now);
   Body body;
   int started = 0, results = 0;

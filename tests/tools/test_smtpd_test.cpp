@@ -115,7 +115,7 @@ class Server {
       pollfd p[2] = {{from_, POLLIN, 0}, {to_, static_cast<short>(out.empty() ? 0 : POLLOUT), 0}};
       int n = ::poll(p, to_ >= 0 ? 2 : 1, 1000);
       if (n <= 0) continue;
-      auto now = Clock::now();
+      auto now = SteadyClock::now();
       if (p[1].revents & (POLLOUT | POLLERR)) {
         ssize_t w = ::write(to_, out.data(), out.size());
         if (w > 0) c.consumed(static_cast<size_t>(w), now);
@@ -172,7 +172,7 @@ std::optional<TransactionResult> transact(Server& s, SmtpClient& c, const Envelo
                                           ContentSource& src) {
   s.pump(c, [&] { return ready(c); });
   if (!ready(c)) return std::nullopt;
-  c.start(jobFor(env, src), Clock::now());
+  c.start(jobFor(env, src), SteadyClock::now());
   std::optional<TransactionResult> r;
   s.pump(c, [&] {
     if (!r) r = c.takeResult();
@@ -185,14 +185,14 @@ std::optional<TransactionResult> transact(Server& s, SmtpClient& c, const Envelo
 TEST(TestSmtpd, SinkKeepsEnvelopeAndDataByteForByte) {
   TempDir dir;
   Server s({"--maildir", dir.path(), "--transcript", dir.path() + "/transcript"});
-  SmtpClient c(opts(), Clock::now());
+  SmtpClient c(opts(), SteadyClock::now());
   auto env = makeEnv({"bob@b.example", "carol@b.example"});
   StringSource src("Subject: t\n\n.leading dot\nbare\rcr\r\n..two\r\nend");
   auto r = transact(s, c, env, src);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
   EXPECT_EQ(r->rcpts[1].outcome, Outcome::Delivered);
-  c.quit(Clock::now());
+  c.quit(SteadyClock::now());
   s.pump(c, [] { return false; });
   EXPECT_EQ(c.state(), SmtpClient::State::Closed);
   EXPECT_EQ(s.wait(), 0);
@@ -217,7 +217,7 @@ TEST(TestSmtpd, PerRecipientRepliesAndNoPipelining) {
   Server s({"--maildir", dir.path(), "--no-pipelining", "--no-dsn", "--rcpt-reply",
             "Carol@b.example=450 4.2.0 busy", "--rcpt-reply",
             "dave@b.example=550-5.1.1 no such\\n550 5.1.1 user"});
-  SmtpClient c(opts(), Clock::now());
+  SmtpClient c(opts(), SteadyClock::now());
   auto env = makeEnv({"bob@b.example", "carol@b.example", "dave@b.example"});
   StringSource src("x\r\n");
   auto r = transact(s, c, env, src);
@@ -236,7 +236,7 @@ TEST(TestSmtpd, FinalDotReplyAndMailReply) {
   TempDir dir;
   {
     Server s({"--maildir", dir.path(), "--dot-reply", "554 5.7.1 rejected"});
-    SmtpClient c(opts(), Clock::now());
+    SmtpClient c(opts(), SteadyClock::now());
     auto env = makeEnv({"bob@b.example"});
     StringSource src("x\r\n");
     auto r = transact(s, c, env, src);
@@ -246,7 +246,7 @@ TEST(TestSmtpd, FinalDotReplyAndMailReply) {
   }
   {
     Server s({"--maildir", dir.path(), "--mail-reply", "451 4.3.0 later"});
-    SmtpClient c(opts(), Clock::now());
+    SmtpClient c(opts(), SteadyClock::now());
     auto env = makeEnv({"bob@b.example"});
     StringSource src("x\r\n");
     auto r = transact(s, c, env, src);
@@ -260,7 +260,7 @@ TEST(TestSmtpd, FinalDotReplyAndMailReply) {
 TEST(TestSmtpd, DisconnectInDataDefers) {
   TempDir dir;
   Server s({"--maildir", dir.path(), "--disconnect-after-data-bytes", "5000"});
-  SmtpClient c(opts(), Clock::now());
+  SmtpClient c(opts(), SteadyClock::now());
   auto env = makeEnv({"bob@b.example"});
   StringSource src(std::string(4 << 20, 'y') + "\r\n");  // more than any pipe holds
   auto r = transact(s, c, env, src);
@@ -276,15 +276,15 @@ TEST(TestSmtpd, StallAtFinalDotThenLossIsPossibleDuplicate) {
   Server s({"--maildir", dir.path(), "--stall", "dot"});
   SmtpClient::Options o = opts();
   o.timeouts.final_dot = std::chrono::hours(1000);  // recognisable: the dot's reply is awaited
-  SmtpClient c(o, Clock::now());
+  SmtpClient c(o, SteadyClock::now());
   auto env = makeEnv({"bob@b.example"});
   StringSource src("x\r\n");
   s.pump(c, [&] { return ready(c); });
-  c.start(jobFor(env, src), Clock::now());
+  c.start(jobFor(env, src), SteadyClock::now());
   // Everything goes out; the server never answers the dot.
   s.pump(c, [&] {
     return !c.wantsToWrite() && c.deadline() &&
-           *c.deadline() > Clock::now() + std::chrono::hours(900);
+           *c.deadline() > SteadyClock::now() + std::chrono::hours(900);
   });
   EXPECT_EQ(c.state(), SmtpClient::State::Busy);
   s.closeInput();  // the stalled server exits at EOF without a reply
@@ -301,7 +301,7 @@ TEST(TestSmtpd, GarbageAndNoiseAndGreetingRefusal) {
   {
     Server s({"--maildir", dir.path(), "--garbage", "mail", "--noise", "Welcome!", "--noise",
               "motd line"});
-    SmtpClient c(opts(), Clock::now());
+    SmtpClient c(opts(), SteadyClock::now());
     auto env = makeEnv({"bob@b.example"});
     StringSource src("x\r\n");
     auto r = transact(s, c, env, src);
@@ -314,14 +314,14 @@ TEST(TestSmtpd, GarbageAndNoiseAndGreetingRefusal) {
   }
   {
     Server s({"--maildir", dir.path(), "--greeting-reply", "554 5.3.2 not today"});
-    SmtpClient c(opts(), Clock::now());
+    SmtpClient c(opts(), SteadyClock::now());
     s.pump(c, [] { return false; });
     EXPECT_EQ(c.state(), SmtpClient::State::Failed);
     EXPECT_EQ(c.failure(), "far end refused the session: 554 5.3.2 not today");
   }
   {
     Server s({"--maildir", dir.path(), "--no-ehlo"});
-    SmtpClient c(opts(), Clock::now());
+    SmtpClient c(opts(), SteadyClock::now());
     s.pump(c, [&] { return ready(c); });
     EXPECT_TRUE(ready(c));  // HELO fallback
   }
@@ -330,7 +330,7 @@ TEST(TestSmtpd, GarbageAndNoiseAndGreetingRefusal) {
 TEST(TestSmtpd, DiscardModeCounts) {
   TempDir dir;
   Server s({"--discard", "--count-file", dir.path() + "/count"});
-  SmtpClient c(opts(), Clock::now());
+  SmtpClient c(opts(), SteadyClock::now());
   auto env = makeEnv({"bob@b.example"});
   for (int i = 0; i < 3; ++i) {
     StringSource src("x\r\n");
@@ -338,7 +338,7 @@ TEST(TestSmtpd, DiscardModeCounts) {
     ASSERT_TRUE(r);
     EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
   }
-  c.quit(Clock::now());
+  c.quit(SteadyClock::now());
   s.pump(c, [] { return false; });
   EXPECT_EQ(s.wait(), 0);
   EXPECT_EQ(readFile(dir.path() + "/count"), "3\n");
@@ -347,20 +347,20 @@ TEST(TestSmtpd, DiscardModeCounts) {
 TEST(TestSmtpd, StallInBodyStopsReadingAndEndsOnHangup) {
   TempDir dir;
   Server s({"--maildir", dir.path(), "--stall", "body"});
-  SmtpClient c(opts(), Clock::now());
+  SmtpClient c(opts(), SteadyClock::now());
   auto env = makeEnv({"bob@b.example"});
   StringSource src(std::string(8 << 20, 'z') + "\r\n");
   s.pump(c, [&] { return ready(c); });
-  c.start(jobFor(env, src), Clock::now());
+  c.start(jobFor(env, src), SteadyClock::now());
   // Feed it until the pipe is full: the server does not read any more.
   ::fcntl(s.inputFd(), F_SETFL, O_NONBLOCK);
   bool full = false;
   s.pump(c, [&] {
-    if (!c.deadline() || *c.deadline() - Clock::now() < std::chrono::seconds(150)) return false;
+    if (!c.deadline() || *c.deadline() - SteadyClock::now() < std::chrono::seconds(150)) return false;
     auto out = c.output();  // data block deadline (180 s) is the one awaited: in the body
     if (out.empty()) return false;
     ssize_t w = ::write(s.inputFd(), out.data(), out.size());
-    if (w > 0) c.consumed(static_cast<size_t>(w), Clock::now());
+    if (w > 0) c.consumed(static_cast<size_t>(w), SteadyClock::now());
     full = w < 0 && errno == EAGAIN;
     return full;
   });
@@ -376,7 +376,7 @@ TEST(TestSmtpd, OverlappedTransactionsThroughTheSink) {
   Server s({"--maildir", dir.path()});
   SmtpClient::Options o = opts();
   o.overlap = true;
-  SmtpClient c(o, Clock::now());
+  SmtpClient c(o, SteadyClock::now());
   const int kMessages = 20;
   std::vector<Envelope> envs;
   std::vector<std::unique_ptr<StringSource>> srcs;
@@ -390,7 +390,7 @@ TEST(TestSmtpd, OverlappedTransactionsThroughTheSink) {
   s.pump(c, [&] {
     while (auto r = c.takeResult()) results.push_back(*r);
     if (ready(c) && started < kMessages) {
-      c.start(jobFor(envs[started], *srcs[started]), Clock::now());
+      c.start(jobFor(envs[started], *srcs[started]), SteadyClock::now());
       ++started;
     }
     return static_cast<int>(results.size()) == kMessages;

@@ -74,7 +74,7 @@ Envelope makeEnv(std::vector<std::string> rcpts, std::string sender = "alice@a.e
 }
 
 struct Harness {
-  Clock::time_point now{std::chrono::hours(1)};
+  SteadyClock::time_point now{std::chrono::hours(1)};
   SmtpClient c;
   std::string sent;
   size_t max_seen = 0;

@@ -17,7 +17,6 @@
 using namespace dynmx;
 using namespace dynmx::tunneld;
 using namespace dynmx::test;
-using Clock = std::chrono::steady_clock;
 
 namespace {
 
@@ -66,10 +65,10 @@ class SshClientTest : public ::testing::Test {
   // Runs the client's event loop until pred() holds or the generous deadline passes.
   bool driveUntil(SshClient& c, const std::function<bool()>& pred,
                   std::chrono::seconds limit = std::chrono::seconds(60)) {
-    auto end = Clock::now() + limit;
-    c.step(Clock::now());
+    auto end = SteadyClock::now() + limit;
+    c.step(SteadyClock::now());
     while (!pred()) {
-      auto now = Clock::now();
+      auto now = SteadyClock::now();
       if (now >= end) return false;
       int timeout = 100;
       if (auto d = c.deadline()) {
@@ -81,7 +80,7 @@ class SshClientTest : public ::testing::Test {
       uint64_t v;
       while (read(waker.fd, &v, sizeof v) > 0) {
       }
-      c.step(Clock::now(), p[0].fd >= 0 ? p[0].revents : 0);
+      c.step(SteadyClock::now(), p[0].fd >= 0 ? p[0].revents : 0);
     }
     return true;
   }

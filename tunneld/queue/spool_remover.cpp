@@ -1,5 +1,6 @@
 // spool_remover.cpp: see spool_remover.hpp.
 #include "tunneld/queue/spool_remover.hpp"
+#include "shared/clock.hpp"
 
 #include "shared/log.hpp"
 #include "shared/result.hpp"
@@ -46,9 +47,8 @@ void SpoolRemover::flush() {
 }
 
 void SpoolRemover::run() {
-  using Clock = std::chrono::steady_clock;
   std::set<QueueState> unsynced;  // this thread's own
-  Clock::time_point last_sync = Clock::now();
+  SteadyClock::time_point last_sync = SteadyClock::now();
   std::unique_lock<std::mutex> lk(mu_);
   while (true) {
     unsynced.insert(sync_later_.begin(), sync_later_.end());
@@ -71,7 +71,7 @@ void SpoolRemover::run() {
       continue;  // more may have come meanwhile
     }
     bool flushing = flush_requested_ > flush_done_;
-    auto now = Clock::now();
+    auto now = SteadyClock::now();
     if (!unsynced.empty() && (flushing || stop_ || now - last_sync >= interval_)) {
       lk.unlock();
       for (QueueState st : unsynced) {
@@ -81,7 +81,7 @@ void SpoolRemover::run() {
         }
       }
       unsynced.clear();
-      last_sync = Clock::now();
+      last_sync = SteadyClock::now();
       lk.lock();
       continue;
     }

@@ -181,7 +181,7 @@ struct SmtpClient::Impl {
     Cmd cmd;
     Tx* tx;                      // Rset/Mail/Rcpt/Data/Dot
     size_t pos;                  // Rcpt: position in job.rcpt_indexes
-    Clock::time_point deadline;  // max(): the final dot has not gone out yet
+    SteadyClock::time_point deadline;  // max(): the final dot has not gone out yet
   };
 
   // Input.
@@ -210,7 +210,7 @@ struct SmtpClient::Impl {
   size_t until_dot = 0;   // unconsumed output bytes up to the end of ".\r\n"
   Tx* dot_tx = nullptr;   // whose terminator until_dot counts down to
   SmtpBodyEncoder enc;
-  Clock::time_point last_progress;
+  SteadyClock::time_point last_progress;
 
   Impl(SmtpClient* s, Options o) : self(s), opts(std::move(o)) {
     if (opts.max_output < kMinOutput) opts.max_output = kMinOutput;
@@ -240,7 +240,7 @@ struct SmtpClient::Impl {
     return t.mail;
   }
 
-  void send(Cmd c, const std::string& line, Clock::time_point now, Tx* tx = nullptr,
+  void send(Cmd c, const std::string& line, SteadyClock::time_point now, Tx* tx = nullptr,
             size_t pos = 0) {
     out += line;
     out += "\r\n";
@@ -305,7 +305,7 @@ struct SmtpClient::Impl {
     }
   }
 
-  void endTransaction(Tx& t, Clock::time_point now) {
+  void endTransaction(Tx& t, SteadyClock::time_point now) {
     t.done = true;
     if (body_tx == &t) body_tx = nullptr;
     release();
@@ -321,7 +321,7 @@ struct SmtpClient::Impl {
 
   // Busy while a transaction needs the channel to itself; Ready when a new one may start (with
   // Options::overlap, already while the last one's final dot waits for its reply).
-  void updateState(Clock::time_point now) {
+  void updateState(SteadyClock::time_point now) {
     if (!alive() || self->state_ == State::Quitting || self->state_ == State::Greeting) return;
     for (const auto& t : txs) {
       if (!t->done && !(opts.overlap && pipelining && t->body_done)) {
@@ -332,12 +332,12 @@ struct SmtpClient::Impl {
     goReady(now);
   }
 
-  void goReady(Clock::time_point now) {
+  void goReady(SteadyClock::time_point now) {
     self->state_ = State::Ready;
     if (quit_after) sendQuit(now);
   }
 
-  void sendQuit(Clock::time_point now) {
+  void sendQuit(SteadyClock::time_point now) {
     quit_after = false;
     send(Cmd::Quit, "QUIT", now);
     self->state_ = State::Quitting;
@@ -369,7 +369,7 @@ struct SmtpClient::Impl {
     return cmd;
   }
 
-  void start(SmtpJob j, Clock::time_point now) {
+  void start(SmtpJob j, SteadyClock::time_point now) {
     if (self->state_ != State::Ready || j.env == nullptr || j.content == nullptr) {
       logf(LogLevel::Critical, "SmtpClient::start called in the wrong state or without a job");
       std::abort();
@@ -435,7 +435,7 @@ struct SmtpClient::Impl {
   }
 
   // Lock-step: the next RCPT, or DATA, or the end when nobody was accepted.
-  void sendNextRcptOrData(Tx& t, Clock::time_point now) {
+  void sendNextRcptOrData(Tx& t, SteadyClock::time_point now) {
     while (t.next_rcpt < t.rstate.size() && t.rstate[t.next_rcpt] != RcptState::Waiting) {
       ++t.next_rcpt;
     }
@@ -467,7 +467,7 @@ struct SmtpClient::Impl {
     return printable(r, 2000);
   }
 
-  void handleLine(std::string_view line, Clock::time_point now) {
+  void handleLine(std::string_view line, SteadyClock::time_point now) {
     auto rl = parseReplyLine(line);
     if (!greeted && !in_reply && !rl) {
       notes.push_back("non-reply line before the greeting: " + printable(line, 200));
@@ -495,7 +495,7 @@ struct SmtpClient::Impl {
     handleReply(reply_code, now);
   }
 
-  void handleReply(int code, Clock::time_point now) {
+  void handleReply(int code, SteadyClock::time_point now) {
     std::string flat = flatten(code, reply_lines);
     if (expect.empty()) {
       fail("unexpected reply from the far end: " + flat);
@@ -640,7 +640,7 @@ struct SmtpClient::Impl {
 
   // --- content
 
-  void fillBody(Clock::time_point now) {
+  void fillBody(SteadyClock::time_point now) {
     while (body_tx != nullptr) {
       Tx& t = *body_tx;
       if (out_pos > 0) {
@@ -669,7 +669,7 @@ struct SmtpClient::Impl {
         dot_tx = &t;
         until_dot = out.size() - out_pos;
         // Its reply is awaited from now on; the deadline starts once the dot has gone out.
-        expect.push_back(Expect{Cmd::Dot, &t, 0, Clock::time_point::max()});
+        expect.push_back(Expect{Cmd::Dot, &t, 0, SteadyClock::time_point::max()});
         updateState(now);
         return;
       }
@@ -677,7 +677,7 @@ struct SmtpClient::Impl {
     }
   }
 
-  void dotSent(Clock::time_point now) {
+  void dotSent(SteadyClock::time_point now) {
     dot_tx->dot_sent = true;
     for (Expect& e : expect) {
       if (e.cmd == Cmd::Dot && e.tx == dot_tx) e.deadline = now + opts.timeouts.final_dot;
@@ -686,7 +686,7 @@ struct SmtpClient::Impl {
   }
 };
 
-SmtpClient::SmtpClient(Options opts, Clock::time_point now)
+SmtpClient::SmtpClient(Options opts, SteadyClock::time_point now)
     : impl_(std::make_unique<Impl>(this, std::move(opts))) {
   impl_->expect.push_back(
       Impl::Expect{Cmd::Greeting, nullptr, 0, now + impl_->opts.timeouts.greeting});
@@ -715,7 +715,7 @@ bool SmtpClient::offers(std::string_view keyword) const {
   return impl_->caps.count(upper(keyword)) > 0;
 }
 
-void SmtpClient::onInput(std::string_view bytes, Clock::time_point now) {
+void SmtpClient::onInput(std::string_view bytes, SteadyClock::time_point now) {
   Impl& m = *impl_;
   if (!m.alive()) return;
   m.in.append(bytes);
@@ -739,7 +739,7 @@ void SmtpClient::onInput(std::string_view bytes, Clock::time_point now) {
   }
 }
 
-void SmtpClient::onEof(Clock::time_point /*now*/) {
+void SmtpClient::onEof(SteadyClock::time_point /*now*/) {
   Impl& m = *impl_;
   if (state_ == State::Quitting && !m.pendingTransactions()) {
     m.close();
@@ -755,7 +755,7 @@ std::string_view SmtpClient::output() {
   return std::string_view(m.out).substr(m.out_pos);
 }
 
-void SmtpClient::consumed(size_t n, Clock::time_point now) {
+void SmtpClient::consumed(size_t n, SteadyClock::time_point now) {
   Impl& m = *impl_;
   if (n > m.out.size() - m.out_pos) {
     logf(LogLevel::Critical, "SmtpClient::consumed(%zu) beyond the %zu bytes handed out", n,
@@ -780,7 +780,7 @@ bool SmtpClient::wantsToWrite() const {
   return m.alive() && m.body_tx != nullptr;
 }
 
-std::optional<Clock::time_point> SmtpClient::deadline() const {
+std::optional<SteadyClock::time_point> SmtpClient::deadline() const {
   const Impl& m = *impl_;
   if (!m.alive()) return std::nullopt;
   // While content (or its final dot) is still going out, the channel must keep taking it.
@@ -789,7 +789,7 @@ std::optional<Clock::time_point> SmtpClient::deadline() const {
   return std::nullopt;
 }
 
-void SmtpClient::onTimeout(Clock::time_point now) {
+void SmtpClient::onTimeout(SteadyClock::time_point now) {
   Impl& m = *impl_;
   auto d = deadline();
   if (!d || now < *d) return;
@@ -800,7 +800,7 @@ void SmtpClient::onTimeout(Clock::time_point now) {
   m.fail("conversation with the far end timed out while " + m.where());
 }
 
-void SmtpClient::start(SmtpJob job, Clock::time_point now) {
+void SmtpClient::start(SmtpJob job, SteadyClock::time_point now) {
   impl_->start(std::move(job), now);
 }
 
@@ -812,7 +812,7 @@ std::optional<TransactionResult> SmtpClient::takeResult() {
   return r;
 }
 
-void SmtpClient::quit(Clock::time_point now) {
+void SmtpClient::quit(SteadyClock::time_point now) {
   Impl& m = *impl_;
   switch (state_) {
     case State::Ready:

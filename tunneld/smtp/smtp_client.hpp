@@ -35,13 +35,13 @@
 #include <string_view>
 #include <vector>
 
+#include "shared/clock.hpp"
 #include "shared/result.hpp"
 #include "shared/spool.hpp"
 #include "tunneld/delivery/delivery.hpp"
 
 namespace dynmx::tunneld {
 
-using Clock = std::chrono::steady_clock;
 
 struct SmtpTimeouts {
   std::chrono::seconds greeting{300}, ehlo{300}, mail{300}, rcpt{300}, data{120}, block{180},
@@ -82,7 +82,7 @@ class SmtpClient {
     bool overlap = false;
   };
 
-  explicit SmtpClient(Options opts, Clock::time_point now);
+  explicit SmtpClient(Options opts, SteadyClock::time_point now);
   ~SmtpClient();
   SmtpClient(SmtpClient&& other) noexcept;
   SmtpClient& operator=(SmtpClient&& other) noexcept;
@@ -96,25 +96,25 @@ class SmtpClient {
   bool offers(std::string_view keyword) const;
 
   // Bytes that arrived from the far end.
-  void onInput(std::string_view bytes, Clock::time_point now);
+  void onInput(std::string_view bytes, SteadyClock::time_point now);
   // The far end closed the stream (EOF) or the channel broke.
-  void onEof(Clock::time_point now);
+  void onEof(SteadyClock::time_point now);
   // Bytes waiting to be sent; after sending n of them call consumed(n).
   std::string_view output();
-  void consumed(size_t n, Clock::time_point now);
+  void consumed(size_t n, SteadyClock::time_point now);
   // True when the engine could produce more output if asked (it pulls body chunks lazily).
   bool wantsToWrite() const;
   // When the awaited reply is overdue, or nullopt when nothing is awaited.
-  std::optional<Clock::time_point> deadline() const;
-  void onTimeout(Clock::time_point now);
+  std::optional<SteadyClock::time_point> deadline() const;
+  void onTimeout(SteadyClock::time_point now);
 
   // Starts a transaction; only in Ready. The result comes back from takeResult() (one per
   // start(), in start() order).
-  void start(SmtpJob job, Clock::time_point now);
+  void start(SmtpJob job, SteadyClock::time_point now);
   std::optional<TransactionResult> takeResult();
   // Sends QUIT (in Ready) and ends the session. While Busy (or still in the EHLO dance), QUIT
   // follows the end of the current transaction; before the greeting the session just ends (Closed).
-  void quit(Clock::time_point now);
+  void quit(SteadyClock::time_point now);
   // Lines from the far end that were not replies, and stderr-worthy remarks, for the log.
   std::vector<std::string> takeNotes();
 

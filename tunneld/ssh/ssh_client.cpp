@@ -86,8 +86,8 @@ struct SshClient::Chan {
   // SmtpJob view points into it, and push_back/pop_front keep the others in place.
   std::deque<Job> jobs;
   uint32_t transactions = 0;
-  Clock::time_point idle_since{};
-  Clock::time_point close_deadline{};
+  SteadyClock::time_point idle_since{};
+  SteadyClock::time_point close_deadline{};
   std::string stderr_buf;
   std::string wbuf;  // a copy of what libssh2 was last asked to write (retried until done)
   bool eof_seen = false;
@@ -101,18 +101,18 @@ SshClient::SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSourc
       jobs_(jobs),
       waker_(waker),
       rng_(std::random_device{}()) {
-  backoff_until_ = Clock::now();  // first attempt at once
+  backoff_until_ = SteadyClock::now();  // first attempt at once
 }
 
 SshClient::~SshClient() {
-  teardown(Clock::now(), "shutdown");
+  teardown(SteadyClock::now(), "shutdown");
 }
 
 int64_t SshClient::unixNow() const {
   return static_cast<int64_t>(time(nullptr));
 }
 
-void SshClient::reconfigure(const ClientConfig& c, const TunneldConfig& t, Clock::time_point now) {
+void SshClient::reconfigure(const ClientConfig& c, const TunneldConfig& t, SteadyClock::time_point now) {
   bool reconnect = c.host != cfg_.host || c.port != cfg_.port || c.user != cfg_.user ||
                    c.host_key != cfg_.host_key || c.identity != cfg_.identity ||
                    t.identity != tcfg_.identity || t.known_hosts != tcfg_.known_hosts ||
@@ -151,12 +151,12 @@ short SshClient::events() const {
   }
 }
 
-std::optional<SshClient::Clock::time_point> SshClient::deadline() const {
-  std::optional<Clock::time_point> d;
-  auto take = [&](Clock::time_point t) {
+std::optional<SteadyClock::time_point> SshClient::deadline() const {
+  std::optional<SteadyClock::time_point> d;
+  auto take = [&](SteadyClock::time_point t) {
     if (!d || t < *d) d = t;
   };
-  if (poked_) take(Clock::time_point::min());
+  if (poked_) take(SteadyClock::time_point::min());
   switch (state_) {
     case State::Backoff:
       take(backoff_until_);
@@ -189,12 +189,12 @@ std::optional<SshClient::Clock::time_point> SshClient::deadline() const {
   return d;
 }
 
-void SshClient::retryNow(Clock::time_point now) {
+void SshClient::retryNow(SteadyClock::time_point now) {
   if (state_ == State::Backoff) backoff_until_ = now;
   poked_ = true;
 }
 
-void SshClient::beginStop(Clock::time_point now, std::chrono::seconds grace) {
+void SshClient::beginStop(SteadyClock::time_point now, std::chrono::seconds grace) {
   stopping_ = true;
   stop_deadline_ = now + grace;
   if (state_ != State::Connected) {
@@ -206,7 +206,7 @@ void SshClient::beginStop(Clock::time_point now, std::chrono::seconds grace) {
 ssize_t SshClient::recvHook(int sock, void* buf, size_t len, int flags, void** abstract) {
   ssize_t rc = ::recv(sock, buf, len, flags);
   if (rc < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-  if (rc > 0 && abstract && *abstract) static_cast<SshClient*>(*abstract)->last_rx_ = Clock::now();
+  if (rc > 0 && abstract && *abstract) static_cast<SshClient*>(*abstract)->last_rx_ = SteadyClock::now();
   return rc;
 }
 
@@ -244,7 +244,7 @@ void SshClient::released(const void* op) {
   if (owner_ == op) owner_ = nullptr;
 }
 
-void SshClient::fail(const std::string& why, Clock::time_point now, bool count) {
+void SshClient::fail(const std::string& why, SteadyClock::time_point now, bool count) {
   last_error_ = why;
   mismatch_state_.clear();  // the host-key branches set it again after calling fail()
   teardown(now, why);
@@ -263,7 +263,7 @@ void SshClient::fail(const std::string& why, Clock::time_point now, bool count) 
        static_cast<double>(delay.count()) / 1000.0);
 }
 
-void SshClient::closeChan(Chan& c, Clock::time_point now, const std::string& reason) {
+void SshClient::closeChan(Chan& c, SteadyClock::time_point now, const std::string& reason) {
   while (!c.jobs.empty()) {
     jobs_.abandon(std::move(c.jobs.front()), reason, unixNow());
     c.jobs.pop_front();
@@ -274,7 +274,7 @@ void SshClient::closeChan(Chan& c, Clock::time_point now, const std::string& rea
   }
 }
 
-void SshClient::teardown(Clock::time_point now, const std::string& reason) {
+void SshClient::teardown(SteadyClock::time_point now, const std::string& reason) {
   for (auto& c : chans_) {
     while (!c->jobs.empty()) {
       jobs_.abandon(std::move(c->jobs.front()), reason, unixNow());
@@ -308,7 +308,7 @@ void SshClient::teardown(Clock::time_point now, const std::string& reason) {
   connected_since_unix_ = 0;
 }
 
-void SshClient::step(Clock::time_point now, short revents) {
+void SshClient::step(SteadyClock::time_point now, short revents) {
   now_hint_ = now;
   if (revents & POLLOUT) want_write_ = false;
   poked_ = false;
@@ -319,7 +319,7 @@ void SshClient::step(Clock::time_point now, short revents) {
   poked_ = true;  // still busy: come back after the loop served the others
 }
 
-void SshClient::startAttempt(Clock::time_point now) {
+void SshClient::startAttempt(SteadyClock::time_point now) {
   auto slot = std::make_shared<ResolveSlot>();
   resolve_ = slot;
   state_ = State::Resolving;
@@ -361,7 +361,7 @@ void SshClient::startAttempt(Clock::time_point now) {
   }).detach();
 }
 
-bool SshClient::tryNextAddress(Clock::time_point now) {
+bool SshClient::tryNextAddress(SteadyClock::time_point now) {
   while (addr_index_ < addrs_.size()) {
     auto& [sa, ip] = addrs_[addr_index_++];
     const sockaddr* addr = reinterpret_cast<const sockaddr*>(sa.data());
@@ -388,7 +388,7 @@ bool SshClient::tryNextAddress(Clock::time_point now) {
   return false;
 }
 
-bool SshClient::stepOnce(Clock::time_point now, short revents) {
+bool SshClient::stepOnce(SteadyClock::time_point now, short revents) {
   (void)revents;
   switch (state_) {
     case State::Stopped:
@@ -632,7 +632,7 @@ bool SshClient::stepOnce(Clock::time_point now, short revents) {
   return false;
 }
 
-bool SshClient::stepConnected(Clock::time_point now) {
+bool SshClient::stepConnected(SteadyClock::time_point now) {
   bool progress = false;
   char buf[16384];
   // Drain the transport through the idle channel.
@@ -737,7 +737,7 @@ bool SshClient::stepConnected(Clock::time_point now) {
   return progress;
 }
 
-void SshClient::sessionFailed(Clock::time_point now, const std::string& why) {
+void SshClient::sessionFailed(SteadyClock::time_point now, const std::string& why) {
   ++session_failures_;
   std::uniform_real_distribution<double> dist(0.0, 1.0);
   auto delay =
@@ -764,7 +764,7 @@ size_t SshClient::sessionsWithWork() const {
   return n;
 }
 
-bool SshClient::stepChan(Chan& c, Clock::time_point now) {
+bool SshClient::stepChan(Chan& c, SteadyClock::time_point now) {
   bool progress = false;
   switch (c.st) {
     case Chan::St::Opening: {

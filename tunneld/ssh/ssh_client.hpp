@@ -78,7 +78,6 @@ struct ResolveSlot;
 
 class SshClient {
  public:
-  using Clock = std::chrono::steady_clock;
 
   SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs, Waker& waker);
   ~SshClient();
@@ -88,21 +87,21 @@ class SshClient {
   const std::string& name() const { return cfg_.name; }
   const ClientConfig& config() const { return cfg_; }
   // Applies changed settings; a change of address, port, user, key or identity reconnects.
-  void reconfigure(const ClientConfig& client, const TunneldConfig& tunneld, Clock::time_point now);
+  void reconfigure(const ClientConfig& client, const TunneldConfig& tunneld, SteadyClock::time_point now);
 
   int fd() const { return fd_; }
   short events() const;
-  std::optional<Clock::time_point> deadline() const;
+  std::optional<SteadyClock::time_point> deadline() const;
   // Advances the state machine. `revents` are the poll results for fd() (0 on a timer or poke).
-  void step(Clock::time_point now, short revents = 0);
+  void step(SteadyClock::time_point now, short revents = 0);
   // Mail may be due: start deliveries when connected (the daemon calls step() afterwards).
   void poke() { poked_ = true; }
   // Reconnect now, skipping the backoff (dynmxctl flush).
-  void retryNow(Clock::time_point now);
+  void retryNow(SteadyClock::time_point now);
 
   // Graceful stop: no new transactions; in-flight ones may finish until `grace`, then abandoned;
   // QUIT, disconnect. stopped() when done.
-  void beginStop(Clock::time_point now, std::chrono::seconds grace);
+  void beginStop(SteadyClock::time_point now, std::chrono::seconds grace);
   bool stopped() const { return state_ == State::Stopped; }
 
   ClientStatus status() const;
@@ -121,17 +120,17 @@ class SshClient {
   struct Chan;
   struct OpOwner;
 
-  bool stepOnce(Clock::time_point now, short revents);
-  void startAttempt(Clock::time_point now);
-  bool tryNextAddress(Clock::time_point now);
-  bool stepConnected(Clock::time_point now);
-  bool stepChan(Chan& c, Clock::time_point now);
+  bool stepOnce(SteadyClock::time_point now, short revents);
+  void startAttempt(SteadyClock::time_point now);
+  bool tryNextAddress(SteadyClock::time_point now);
+  bool stepConnected(SteadyClock::time_point now);
+  bool stepChan(Chan& c, SteadyClock::time_point now);
   bool usableChan(const Chan& c) const;
-  void sessionFailed(Clock::time_point now, const std::string& why);
+  void sessionFailed(SteadyClock::time_point now, const std::string& why);
   size_t sessionsWithWork() const;
-  void fail(const std::string& why, Clock::time_point now, bool count = true);
-  void teardown(Clock::time_point now, const std::string& reason);
-  void closeChan(Chan& c, Clock::time_point now, const std::string& reason);
+  void fail(const std::string& why, SteadyClock::time_point now, bool count = true);
+  void teardown(SteadyClock::time_point now, const std::string& reason);
+  void closeChan(Chan& c, SteadyClock::time_point now, const std::string& reason);
   int lastErrno() const;
   // libssh2's socket reads go through here (LIBSSH2_CALLBACK_RECV); *abstract is the client.
   static ssize_t recvHook(int sock, void* buf, size_t len, int flags, void** abstract);
@@ -146,12 +145,12 @@ class SshClient {
   Waker& waker_;
   State state_ = State::Backoff;
   bool stopping_ = false;
-  Clock::time_point stop_deadline_{};
-  Clock::time_point backoff_until_{};
-  Clock::time_point attempt_deadline_{};
-  Clock::time_point connected_at_{};
-  Clock::time_point last_rx_{};
-  Clock::time_point next_keepalive_{};
+  SteadyClock::time_point stop_deadline_{};
+  SteadyClock::time_point backoff_until_{};
+  SteadyClock::time_point attempt_deadline_{};
+  SteadyClock::time_point connected_at_{};
+  SteadyClock::time_point last_rx_{};
+  SteadyClock::time_point next_keepalive_{};
   bool poked_ = false;
   uint32_t failures_ = 0;
   std::mt19937_64 rng_;
@@ -168,8 +167,8 @@ class SshClient {
   std::vector<std::unique_ptr<Chan>> chans_;
   bool opening_ = false;  // one channel open at a time (libssh2 keeps its state per session)
   uint32_t session_failures_ = 0;  // SMTP sessions in a row that ended before any transaction
-  Clock::time_point session_backoff_until_{};
-  Clock::time_point now_hint_{};  // time of the last step, for deadline()
+  SteadyClock::time_point session_backoff_until_{};
+  SteadyClock::time_point now_hint_{};  // time of the last step, for deadline()
 
   // Status.
   std::string relay_;
