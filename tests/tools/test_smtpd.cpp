@@ -16,6 +16,10 @@
 //   --noise TEXT            a line printed before the greeting (repeatable), like a shell's motd
 //   --no-pipelining --no-dsn --no-size --no-8bitmime --no-smtputf8 --no-ehlo
 //                           leave that extension out of the EHLO reply (--no-ehlo: 502 to EHLO)
+//   --chunking              offer CHUNKING (RFC 3030) as Postfix does, and take BDAT: each chunk
+//                           is read whole (exactly its size) whatever the reply; a chunk after a
+//                           failed MAIL or with no accepted recipient is discarded (503/554); the
+//                           LAST chunk ends the message like the final dot (--dot-reply applies)
 //   --size N                the SIZE limit advertised (default 104857600); bigger SIZE= is refused
 //   --mail-reply REPLY      reply to every MAIL FROM (default 250 2.1.0 Ok)
 //   --rcpt-reply ADDR=REPLY reply to RCPT TO:<ADDR> (case-insensitive; repeatable)
@@ -60,6 +64,7 @@ struct Options {
   std::string greeting_reply;
   std::vector<std::string> noise;
   bool pipelining = true, dsn = true, size = true, eightbit = true, smtputf8 = true, ehlo = true;
+  bool chunking = false;
   unsigned long long size_limit = 104857600ull;
   std::string mail_reply, data_reply, dot_reply;
   std::map<std::string, std::string> rcpt_reply;  // lower-case address -> reply
@@ -127,6 +132,16 @@ bool readLine(std::string& line) {
       return false;
     }
   }
+}
+
+// Exactly n bytes (a BDAT chunk); false at EOF before that.
+bool readExact(size_t n, std::string& out) {
+  while (g_in.size() - g_in_pos < n) {
+    if (!fill()) return false;
+  }
+  out.assign(g_in, g_in_pos, n);
+  g_in_pos += n;
+  return true;
 }
 
 void reply(const std::string& r) {
@@ -268,6 +283,8 @@ void parseArgs(int argc, char** argv) {
       g_opt.smtputf8 = false;
     else if (a == "--no-ehlo")
       g_opt.ehlo = false;
+    else if (a == "--chunking")
+      g_opt.chunking = true;
     else if (a == "--size")
       g_opt.size_limit = std::strtoull(val().c_str(), nullptr, 10);
     else if (a == "--mail-reply")
@@ -303,6 +320,36 @@ std::string pathOf(const std::string& line, size_t prefix) {
   return line.substr(lt + 1, gt - lt - 1);
 }
 
+// The end of a message (final dot or BDAT LAST): stores or counts it and replies. Returns 0 to go
+// on, 1 when --messages-max is reached, 74 when the maildir cannot be written.
+int completeMessage(const std::string& envelope, const std::string& data,
+                    unsigned long long& messages) {
+  std::string dr = g_opt.dot_reply.empty()
+                       ? "250 2.0.0 Ok: queued as " + std::to_string(messages + 1)
+                       : g_opt.dot_reply;
+  if (dr[0] == '2') {
+    ++messages;
+    if (!g_opt.discard) {
+      std::string base = nextBase();
+      if (!writeFile(base + ".env", envelope) || !writeFile(base + ".data", data)) {
+        std::fprintf(stderr, "dynmx-test-smtpd: cannot write into %s: %s\n",
+                     g_opt.maildir.c_str(), std::strerror(errno));
+        reply("451 4.3.0 Error: cannot write the message");
+        flushOut();
+        return 74;
+      }
+    } else if (!g_opt.count_file.empty()) {
+      bumpCounter(g_opt.count_file);
+    }
+  }
+  reply(dr);
+  if (g_opt.messages_max >= 0 && static_cast<long long>(messages) >= g_opt.messages_max) {
+    flushOut();
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -323,6 +370,8 @@ int main(int argc, char** argv) {
   std::string envelope;
   size_t rcpts_ok = 0;
   unsigned long long messages = 0;
+  std::string bdat_data;  // the chunks of the message so far
+  long long bdat_seen = 0;
   std::string line;
   while (readLine(line)) {
     std::string cmd = chomp(line);
@@ -349,6 +398,7 @@ int main(int argc, char** argv) {
       if (g_opt.eightbit) caps.push_back("8BITMIME");
       if (g_opt.dsn) caps.push_back("DSN");
       if (g_opt.smtputf8) caps.push_back("SMTPUTF8");
+      if (g_opt.chunking) caps.push_back("CHUNKING");
       caps.push_back("ENHANCEDSTATUSCODES");
       g_out += "250-" + g_opt.name + "\r\n";
       for (size_t i = 0; i < caps.size(); ++i) {
@@ -376,6 +426,8 @@ int main(int argc, char** argv) {
         have_mail = true;
         envelope = cmd + "\r\n";
         rcpts_ok = 0;
+        bdat_data.clear();
+        bdat_seen = 0;
       }
     } else if (verb == "RCPT") {
       if (fault("rcpt")) continue;
@@ -423,29 +475,48 @@ int main(int argc, char** argv) {
       if (!complete) return 0;  // EOF inside DATA: nothing was accepted
       have_mail = false;
       if (fault("dot")) continue;
-      std::string dr = g_opt.dot_reply.empty()
-                           ? "250 2.0.0 Ok: queued as " + std::to_string(messages + 1)
-                           : g_opt.dot_reply;
-      if (dr[0] == '2') {
-        ++messages;
-        if (!g_opt.discard) {
-          std::string base = nextBase();
-          if (!writeFile(base + ".env", envelope) || !writeFile(base + ".data", data)) {
-            std::fprintf(stderr, "dynmx-test-smtpd: cannot write into %s: %s\n",
-                         g_opt.maildir.c_str(), std::strerror(errno));
-            reply("451 4.3.0 Error: cannot write the message");
-            flushOut();
-            return 74;
-          }
-        } else if (!g_opt.count_file.empty()) {
-          bumpCounter(g_opt.count_file);
-        }
+      int end = completeMessage(envelope, data, messages);
+      if (end == 74) return 74;
+      if (end == 1) break;
+    } else if (verb == "BDAT" && g_opt.chunking) {
+      // BDAT <size> [LAST]
+      char* endp = nullptr;
+      std::string arg = cmd.size() > 5 ? cmd.substr(5) : "";
+      unsigned long long n = std::strtoull(arg.c_str(), &endp, 10);
+      std::string rest = endp ? lower(std::string(endp)) : "";
+      bool last = rest == " last";
+      if (arg.empty() || endp == arg.c_str() || (!last && !rest.empty())) {
+        reply("501 5.5.4 Syntax: BDAT size [LAST]");
+        continue;
       }
-      reply(dr);
-      if (g_opt.messages_max >= 0 && static_cast<long long>(messages) >= g_opt.messages_max) {
+      std::string chunk;
+      if (!readExact(static_cast<size_t>(n), chunk)) return 0;  // EOF in a chunk: nothing kept
+      bdat_seen += static_cast<long long>(n);
+      if (g_opt.disconnect_after >= 0 && bdat_seen >= g_opt.disconnect_after) {
         flushOut();
-        break;
+        return 0;
       }
+      if (!have_mail) {
+        reply("503 5.5.1 Error: need MAIL command");
+        continue;
+      }
+      if (rcpts_ok == 0) {
+        have_mail = false;
+        reply("554 5.5.1 Error: no valid recipients");
+        continue;
+      }
+      if (!g_opt.discard) bdat_data += chunk;
+      if (!last) {
+        reply("250 2.0.0 " + std::to_string(n) + " octets received");
+        continue;
+      }
+      have_mail = false;
+      if (fault("dot")) continue;
+      int end = completeMessage(envelope, bdat_data, messages);
+      bdat_data.clear();
+      bdat_seen = 0;
+      if (end == 74) return 74;
+      if (end == 1) break;
     } else if (verb == "RSET") {
       have_mail = false;
       reply("250 2.0.0 Ok");

@@ -407,5 +407,63 @@ TEST(TestSmtpd, OverlappedTransactionsThroughTheSink) {
   EXPECT_EQ(files, kMessages);
 }
 
+// --chunking: the sink takes BDAT as a CHUNKING server (Postfix) does, so that the tunnel's BDAT
+// path can be tested and measured against it.
+std::string runScript(const std::vector<std::string>& args, const std::string& script) {
+  std::vector<std::string> argv{DYNMX_TEST_SMTPD};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::string out;
+  EXPECT_EQ(dynmx::test::runCommand(argv, &out, script), 0);
+  return out;
+}
+
+TEST(TestSmtpd, ChunkingIsOfferedOnlyWhenAsked) {
+  TempDir dir;
+  std::string script = "EHLO x\r\nBDAT 1 LAST\r\nQUIT\r\n";
+  std::string plain = runScript({"--maildir", dir.path()}, script);
+  EXPECT_EQ(plain.find("CHUNKING"), std::string::npos);
+  EXPECT_NE(plain.find("500 5.5.2"), std::string::npos) << plain;
+  std::string chunking = runScript({"--maildir", dir.path(), "--chunking"}, "EHLO x\r\nQUIT\r\n");
+  EXPECT_NE(chunking.find("250-CHUNKING"), std::string::npos) << chunking;
+}
+
+TEST(TestSmtpd, BdatChunksMakeTheMessageByteForByte) {
+  TempDir dir;
+  // Chunk contents are taken as they are: a line "." and a bare LF are data, not an end.
+  std::string c1 = "Subject: x\r\n\r\n.\r\n", c2 = "bare\nLF and no end";
+  std::string script = "EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT " +
+                       std::to_string(c1.size()) + "\r\n" + c1 + "BDAT " +
+                       std::to_string(c2.size()) + " LAST\r\n" + c2 + "QUIT\r\n";
+  std::string out = runScript({"--maildir", dir.path(), "--chunking"}, script);
+  EXPECT_NE(out.find("250 2.0.0 " + std::to_string(c1.size()) + " octets received"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("250 2.0.0 Ok: queued as 1"), std::string::npos) << out;
+  std::vector<std::string> data;
+  for (auto& e : fs::directory_iterator(dir.path()))
+    if (e.path().extension() == ".data") data.push_back(readFile(e.path()));
+  ASSERT_EQ(data.size(), 1u);
+  EXPECT_EQ(data[0], c1 + c2);
+}
+
+TEST(TestSmtpd, BdatWithoutAcceptedRecipientsIsReadAndDiscarded) {
+  TempDir dir;
+  // Pipelined as a client would: the refused recipient's transaction still sends its chunk, which
+  // the server must read (to stay in step) and throw away; the next transaction goes through.
+  std::string script =
+      "EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<nobody@d.example>\r\nBDAT 4 LAST\r\n"
+      "lostMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 4 LAST\r\nkeptQUIT\r\n";
+  std::string out = runScript({"--maildir", dir.path(), "--chunking", "--rcpt-reply",
+                               "nobody@d.example=550 5.1.1 no such user"},
+                              script);
+  EXPECT_NE(out.find("554 5.5.1 Error: no valid recipients"), std::string::npos) << out;
+  EXPECT_NE(out.find("250 2.0.0 Ok: queued as 1"), std::string::npos) << out;
+  std::vector<std::string> data;
+  for (auto& e : fs::directory_iterator(dir.path()))
+    if (e.path().extension() == ".data") data.push_back(readFile(e.path()));
+  ASSERT_EQ(data.size(), 1u);
+  EXPECT_EQ(data[0], "kept");
+}
+
 }  // namespace
 }  // namespace dynmx::tunneld
