@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   # build
   build-essential cmake ninja-build pkg-config
-  libmilter-dev libssh2-1-dev libboost-dev libtomlplusplus-dev
+  libmilter-dev libssh2-1-dev libssl-dev libboost-dev libtomlplusplus-dev
   googletest libgtest-dev libgmock-dev
   # fuzzing and sanitizers
   clang libclang-rt-14-dev

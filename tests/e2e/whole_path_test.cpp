@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -29,26 +28,6 @@ constexpr auto kLong = std::chrono::seconds(120);
 bool contains(const std::string& hay, const std::string& needle) {
   return hay.find(needle) != std::string::npos;
 }
-
-// A directory under /run: sendmail refuses alias files, mailboxes and milter sockets with a
-// world-writable directory such as /tmp on their path.
-class RunDir {
- public:
-  RunDir() {
-    char tmpl[] = "/run/dynmx-e2e.XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp /run/dynmx-e2e.XXXXXX failed");
-    path_ = tmpl;
-    ::chmod(path_.c_str(), 0755);
-  }
-  ~RunDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 class WholePath : public ::testing::Test {
  protected:
@@ -147,7 +126,9 @@ class WholePath : public ::testing::Test {
   }
 
   TempDir tmp{"dynmx-e2e"};
-  RunDir run;
+  // Under /run: sendmail refuses alias files, mailboxes and milter sockets with a world-writable
+  // directory such as /tmp on their path.
+  TempDir run{"dynmx-e2e", "/run"};
   std::unique_ptr<TestSshd> sshd;
   KeyPair key;
   std::unique_ptr<Process> milter, tunneld;

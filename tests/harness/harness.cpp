@@ -30,8 +30,8 @@ std::string binDir() {
   return DYNMX_BIN_DIR;
 }
 
-TempDir::TempDir(const std::string& prefix) {
-  std::string tmpl = "/tmp/" + prefix + ".XXXXXX";
+TempDir::TempDir(const std::string& prefix, const std::string& parent) {
+  std::string tmpl = parent + "/" + prefix + ".XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp " + tmpl + ": " + strerror(errno));
@@ -42,6 +42,9 @@ TempDir::TempDir(const std::string& prefix) {
 TempDir::~TempDir() {
   if (std::getenv("DYNMX_KEEP_TMP")) return;
   std::error_code ec;
+  // A test may have taken the owner's rights away (a read-only spool) and need not run as root.
+  std::filesystem::permissions(path_, std::filesystem::perms::owner_all,
+                               std::filesystem::perm_options::add, ec);
   std::filesystem::remove_all(path_, ec);
 }
 

@@ -1,6 +1,8 @@
 // harness.hpp: small helpers every integration test needs.
 //
-// TempDir removes its tree on destruction; freePort() asks the kernel for a free loopback port;
+// TempDir makes a fresh directory (mode 0755) under /tmp or another parent and removes its tree on
+// destruction (unless DYNMX_KEEP_TMP is set), after giving the owner back access to its top; it is
+// the one temp-dir type of all the tests. freePort() asks the kernel for a free loopback port;
 // Process spawns an argv (no shell) and, in its destructor, kills the process it started by its
 // pid (SIGTERM, then SIGKILL after a grace period) and reaps it; waitFor() polls a predicate until
 // a generous deadline. Failures to set up (cannot fork, cannot create a directory) throw
@@ -22,7 +24,7 @@ std::string binDir();
 
 class TempDir {
  public:
-  explicit TempDir(const std::string& prefix = "dynmx-test");
+  explicit TempDir(const std::string& prefix = "dynmx-test", const std::string& parent = "/tmp");
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;

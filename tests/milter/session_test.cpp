@@ -8,13 +8,14 @@
 #include <sys/stat.h>
 
 #include <cerrno>
-#include <filesystem>
 #include <gtest/gtest.h>
 #include <string>
 #include <vector>
 
 #include "shared/config.hpp"
 #include "shared/spool.hpp"
+#include "tests/harness/fake_fs.hpp"
+#include "tests/harness/harness.hpp"
 
 namespace dynmx::milter {
 namespace {
@@ -62,51 +63,13 @@ TEST(RcptParams, ParsesNotifyAndOrcpt) {
 // ---------------------------------------------------------------------------------------------
 // Sessions against a spool on disk.
 
-class FailingFs : public FsOps {
- public:
-  int fail_rename_at = -1;    // 0-based count of rename calls to fail
-  int fail_write_after = -1;  // fail every write once this many bytes were written
-  int renames = 0;
-  size_t written = 0;
-
-  int open(const char* p, int f, mode_t m) override { return realFs().open(p, f, m); }
-  ssize_t write(int fd, const void* b, size_t n) override {
-    if (fail_write_after >= 0 && written + n > static_cast<size_t>(fail_write_after)) {
-      errno = ENOSPC;
-      return -1;
-    }
-    written += n;
-    return realFs().write(fd, b, n);
-  }
-  ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override {
-    return realFs().pwrite(fd, b, n, o);
-  }
-  int fsync(int fd) override { return realFs().fsync(fd); }
-  int close(int fd) override { return realFs().close(fd); }
-  int rename(const char* a, const char* b) override {
-    if (renames++ == fail_rename_at) {
-      errno = EIO;
-      return -1;
-    }
-    return realFs().rename(a, b);
-  }
-  int unlink(const char* p) override { return realFs().unlink(p); }
-  int ftruncate(int fd, off_t l) override { return realFs().ftruncate(fd, l); }
-  int mkdir(const char* p, mode_t m) override { return realFs().mkdir(p, m); }
-};
-
 class SessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/dynmx-session.XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
     spool_ = std::make_unique<Spool>(dir_, fs_);
     ASSERT_TRUE(spool_->prepare().ok());
     snap_ = makeSnapshot("tempfail", "50M");
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
   std::shared_ptr<const Snapshot> makeSnapshot(const std::string& on_error,
                                                const std::string& max) {
     std::string text = "[spool]\ndir = \"" + dir_ + "\"\nmax_message_size = \"" + max +
@@ -137,8 +100,9 @@ class SessionTest : public ::testing::Test {
 
   size_t files(QueueState st) { return spool_->list(st).size(); }
 
-  FailingFs fs_;
-  std::string dir_;
+  test::FakeFs fs_;  // fails one chosen call (see the tests)
+  test::TempDir tmp_{"dynmx-session"};
+  std::string dir_ = tmp_.path();
   std::unique_ptr<Spool> spool_;
   std::shared_ptr<const Snapshot> snap_;
 };
@@ -154,7 +118,7 @@ TEST_F(SessionTest, CommitsEveryClientThenNamesTheRecipientsToDelete) {
 
 TEST_F(SessionTest, SecondCommitFailingWithdrawsTheFirstAndTempfails) {
   // Each commit renames once: the first succeeds, the second fails.
-  fs_.fail_rename_at = 1;
+  fs_.failNth(test::FakeFs::Op::Rename, 1);
   auto s = twoClientMessage();
   EomOutcome out = s->endOfMessage();
   EXPECT_EQ(out.verdict, Verdict::Tempfail);
@@ -167,7 +131,7 @@ TEST_F(SessionTest, SecondCommitFailingWithdrawsTheFirstAndTempfails) {
 
 TEST_F(SessionTest, SecondCommitFailingWithOnErrorAcceptDeletesOnlyTheCommitted) {
   snap_ = makeSnapshot("accept", "50M");
-  fs_.fail_rename_at = 1;
+  fs_.failNth(test::FakeFs::Op::Rename, 1);
   auto s = twoClientMessage();
   EomOutcome out = s->endOfMessage();
   EXPECT_EQ(out.verdict, Verdict::Continue);
@@ -180,7 +144,7 @@ TEST_F(SessionTest, SecondCommitFailingWithOnErrorAcceptDeletesOnlyTheCommitted)
 }
 
 TEST_F(SessionTest, DiskFullInTheBodyTempfailsAndRemovesEverything) {
-  fs_.fail_write_after = 0;  // the first write that reaches the disk fails
+  fs_.failWritesAfter(0);  // the first write that reaches the disk fails
   auto s = twoClientMessage();
   s->body(std::string(200000, 'x'));  // forces buffered data out to the disk
   EXPECT_EQ(files(QueueState::Tmp), 0u) << "temporary files removed as soon as writing fails";

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "shared/sysexits.hpp"
+#include "tests/harness/harness.hpp"
 
 namespace dynmx {
 namespace {
@@ -781,27 +782,15 @@ TEST(SampleConfig, ShowsEveryKeyWithItsDefault) {
 
 // ---------------------------------------------------------------- files on disk
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl =
-        (std::filesystem::temp_directory_path() / "dynmx-config-test.XXXXXX").string();
-    char* p = mkdtemp(tmpl.data());
-    if (p == nullptr) std::abort();
-    path_ = p;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string file(const std::string& name, const std::string& content, mode_t mode) const {
-    std::string p = path_ + "/" + name;
-    std::ofstream(p) << content;
-    if (::chmod(p.c_str(), mode) != 0) std::abort();
-    return p;
-  }
-  const std::string& path() const { return path_; }
+using test::TempDir;
 
- private:
-  std::string path_;
-};
+// Writes `content` to NAME in `dir` with exactly `mode`; returns its path.
+std::string fileIn(const TempDir& dir, const std::string& name, const std::string& content,
+                   mode_t mode) {
+  std::string p = dir / name;
+  test::writeFile(p, content, mode);
+  return p;
+}
 
 std::string tunneldWith(const std::string& identity, const std::string& known_hosts,
                         const std::string& clients) {
@@ -811,8 +800,8 @@ std::string tunneldWith(const std::string& identity, const std::string& known_ho
 
 TEST(IdentityCheck, PrivateKeyReadableByOthersIsAnErrorInEveryRole) {
   TempDir dir;
-  std::string key = dir.file("id_ed25519", "not really a key\n", 0644);
-  std::string kh = dir.file("known_hosts", "", 0644);
+  std::string key = fileIn(dir, "id_ed25519", "not really a key\n", 0644);
+  std::string kh = fileIn(dir, "known_hosts", "", 0644);
   std::string text = tunneldWith(key, kh, client("a", "[\"a.example\"]"));
   for (auto role :
        {ConfigRole::Any, ConfigRole::Enqueue, ConfigRole::Milter, ConfigRole::Tunneld}) {
@@ -828,7 +817,7 @@ TEST(IdentityCheck, PrivateKeyReadableByOthersIsAnErrorInEveryRole) {
 
 TEST(IdentityCheck, GroupBitsAloneAreAnError) {
   TempDir dir;
-  std::string key = dir.file("id", "k\n", 0640);
+  std::string key = fileIn(dir, "id", "k\n", 0640);
   auto r = parseConfig(tunneldWith(key, "/nonexistent", ""), kPath, ConfigRole::Milter);
   ASSERT_EQ(r.errors.size(), 1u) << allErrors(r);
   EXPECT_NE(r.errors[0].message.find("mode 0640"), std::string::npos);
@@ -836,8 +825,8 @@ TEST(IdentityCheck, GroupBitsAloneAreAnError) {
 
 TEST(IdentityCheck, PrivateKeyWithMode0600IsAccepted) {
   TempDir dir;
-  std::string key = dir.file("id_ed25519", "k\n", 0600);
-  std::string kh = dir.file("known_hosts", "", 0644);
+  std::string key = fileIn(dir, "id_ed25519", "k\n", 0600);
+  std::string kh = fileIn(dir, "known_hosts", "", 0644);
   auto r =
       parseConfig(tunneldWith(key, kh, client("a", "[\"a.example\"]")), kPath, ConfigRole::Tunneld);
   EXPECT_TRUE(r.errors.empty()) << allErrors(r);
@@ -863,7 +852,7 @@ TEST(IdentityCheck, MissingKeyIsAnErrorOnlyForTunneld) {
 TEST(IdentityCheck, UnusedDefaultKeyIsNotRequired) {
   // No client uses [tunneld] identity, so tunneld does not need it to exist.
   TempDir dir;
-  std::string own = dir.file("own_key", "k\n", 0600);
+  std::string own = fileIn(dir, "own_key", "k\n", 0600);
   auto r = parseConfig(
       "[tunneld]\nknown_hosts = \"/nonexistent\"\n" +
           client("a", "[\"a.example\"]", "identity = \"" + own + "\"\n"),
@@ -881,8 +870,8 @@ TEST(IdentityCheck, DirectoryIsNotAKey) {
 
 TEST(IdentityCheck, ClientIdentityIsCheckedAtItsOwnKey) {
   TempDir dir;
-  std::string good = dir.file("id", "k\n", 0600);
-  std::string loose = dir.file("client_key", "k\n", 0604);
+  std::string good = fileIn(dir, "id", "k\n", 0600);
+  std::string loose = fileIn(dir, "client_key", "k\n", 0604);
   auto r =
       parseConfig(tunneldWith(good, "/nonexistent",
                               client("a", "[\"a.example\"]", "identity = \"" + loose + "\"\n")),
@@ -898,7 +887,7 @@ TEST(IdentityCheck, ClientIdentityIsCheckedAtItsOwnKey) {
 
 TEST(KnownHostsCheck, ClientWithoutHostKeyNeedsKnownHostsForTunneld) {
   TempDir dir;
-  std::string key = dir.file("id", "k\n", 0600);
+  std::string key = fileIn(dir, "id", "k\n", 0600);
   std::string kh = dir.path() + "/known_hosts";
   std::string text = tunneldWith(key, kh,
                                  "\n[[client]]\nname = \"nokey\"\nhost = \"h\"\n"
@@ -914,15 +903,15 @@ TEST(KnownHostsCheck, ClientWithoutHostKeyNeedsKnownHostsForTunneld) {
       << r.errors[0].str();
   EXPECT_NE(r.errors[0].message.find("(client \"nokey\")"), std::string::npos);
 
-  dir.file("known_hosts", "", 0644);
+  fileIn(dir, "known_hosts", "", 0644);
   auto ok = parseConfig(text, kPath, ConfigRole::Tunneld);
   EXPECT_TRUE(ok.errors.empty()) << allErrors(ok);
 }
 
 TEST(KnownHostsCheck, WorldWritableKnownHostsIsAnErrorForTunneld) {
   TempDir dir;
-  std::string key = dir.file("id", "k\n", 0600);
-  std::string kh = dir.file("known_hosts", "", 0666);
+  std::string key = fileIn(dir, "id", "k\n", 0600);
+  std::string kh = fileIn(dir, "known_hosts", "", 0666);
   auto r = parseConfig(tunneldWith(key, kh, ""), kPath, ConfigRole::Tunneld);
   ASSERT_EQ(r.errors.size(), 1u) << allErrors(r);
   EXPECT_EQ(r.errors[0].where.line, 3u);
@@ -932,7 +921,7 @@ TEST(KnownHostsCheck, WorldWritableKnownHostsIsAnErrorForTunneld) {
 
 TEST(LoadConfig, ReadsTheFileFromDisk) {
   TempDir dir;
-  std::string path = dir.file("dynmx.toml", "[tunneld]\nkeepalive = \"30 seconds\"\n", 0644);
+  std::string path = fileIn(dir, "dynmx.toml", "[tunneld]\nkeepalive = \"30 seconds\"\n", 0644);
   auto r = loadConfig(path);
   ASSERT_EQ(r.errors.size(), 1u);
   EXPECT_EQ(r.errors[0].str(), path +
@@ -960,7 +949,7 @@ std::string captured(std::FILE* f) {
 
 TEST(CheckConfigCommand, PrintsConfigOkAndExitsZero) {
   TempDir dir;
-  std::string path = dir.file("dynmx.toml", "[spool]\ndir = \"/var/spool/dynmx\"\n", 0644);
+  std::string path = fileIn(dir, "dynmx.toml", "[spool]\ndir = \"/var/spool/dynmx\"\n", 0644);
   std::FILE* out = std::tmpfile();
   std::FILE* err = std::tmpfile();
   ASSERT_TRUE(out && err);
@@ -974,7 +963,7 @@ TEST(CheckConfigCommand, PrintsConfigOkAndExitsZero) {
 TEST(CheckConfigCommand, PrintsEveryErrorAndExits78) {
   TempDir dir;
   std::string path =
-      dir.file("dynmx.toml", "[spool]\ndir = \"x\"\n[milter]\non_error = \"maybe\"\n", 0644);
+      fileIn(dir, "dynmx.toml", "[spool]\ndir = \"x\"\n[milter]\non_error = \"maybe\"\n", 0644);
   std::FILE* out = std::tmpfile();
   std::FILE* err = std::tmpfile();
   ASSERT_TRUE(out && err);

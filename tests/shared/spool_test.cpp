@@ -18,24 +18,16 @@
 #include <gtest/gtest.h>
 
 #include "shared/spool.hpp"
+#include "tests/harness/fake_fs.hpp"
+#include "tests/harness/harness.hpp"
 
 namespace dynmx {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  TempDir() {
-    char tmpl[] = "/tmp/dynmx-spool-test-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path, fs::perms::owner_all, ec);
-    fs::remove_all(path, ec);
-  }
-  std::string path;
-};
+using test::FakeFs;
+using test::TempDir;
 
 std::string readFile(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
@@ -97,7 +89,7 @@ std::string commitOne(Spool& spool, const Envelope& env, std::string_view conten
 
 TEST(Spool, CommitsAndReadsBackEnvelopeAndContent) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   std::string content = "Subject: hi\r\n\r\nline one\r\n.leading dot\r\n";
   content.push_back('\0');
@@ -134,7 +126,7 @@ TEST(Spool, CommitsAndReadsBackEnvelopeAndContent) {
 
 TEST(Spool, NullSenderAndLargeContentRoundTrip) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   Envelope env = sampleEnvelope();
   env.sender = "";
@@ -167,7 +159,7 @@ TEST(Spool, FormatMatchesGoldenFile) {
 
 TEST(Spool, DiscardedWriterLeavesNothing) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   {
     auto w = spool.create();
@@ -180,7 +172,7 @@ TEST(Spool, DiscardedWriterLeavesNothing) {
 
 TEST(Spool, CommitWithoutRecipientsFailsAndLeavesNothing) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   auto w = spool.create();
   ASSERT_TRUE(w.ok());
@@ -193,81 +185,19 @@ TEST(Spool, CommitWithoutRecipientsFailsAndLeavesNothing) {
 
 TEST(Spool, UnwritableSpoolIsReportedNamingTheDirectory) {
   TempDir t;
-  Spool missing(t.path + "/nonexistent");
+  Spool missing(t.path() + "/nonexistent");
   auto st = missing.checkWritable();
   ASSERT_FALSE(st.ok());
-  EXPECT_NE(st.error().message.find(t.path + "/nonexistent/tmp"), std::string::npos);
+  EXPECT_NE(st.error().message.find(t.path() + "/nonexistent/tmp"), std::string::npos);
   auto w = missing.create();
   ASSERT_FALSE(w.ok());
   EXPECT_NE(w.error().message.find("nonexistent/tmp/"), std::string::npos);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fault injection: fail the Nth system call ("fail" mode: it fails, later ones work) or crash at
-// it ("crash" mode: it and every later call fail, but fds are really closed, as death would).
-
-class FaultFs final : public FsOps {
- public:
-  enum class Mode { Fail, Crash, TornWrite };
-  FaultFs(int fail_at, Mode mode, int err = EIO) : fail_at_(fail_at), mode_(mode), err_(err) {}
-  int calls() const { return calls_; }
-  bool triggered() const { return triggered_; }
-
-  int open(const char* p, int f, mode_t m) override {
-    if (hit()) return fail<int>();
-    return ::open(p, f, m);
-  }
-  ssize_t write(int fd, const void* b, size_t l) override {
-    if (hit()) {
-      if (mode_ == Mode::TornWrite && l > 1) {
-        ssize_t n = ::write(fd, b, l / 2);
-        (void)n;
-      }
-      return fail<ssize_t>();
-    }
-    return ::write(fd, b, l);
-  }
-  ssize_t pwrite(int fd, const void* b, size_t l, off_t o) override {
-    if (hit()) {
-      if (mode_ == Mode::TornWrite && l > 1) {
-        ssize_t n = ::pwrite(fd, b, l / 2, o);
-        (void)n;
-      }
-      return fail<ssize_t>();
-    }
-    return ::pwrite(fd, b, l, o);
-  }
-  int fsync(int fd) override { return hit() ? fail<int>() : ::fsync(fd); }
-  int close(int fd) override {
-    if (hit()) {
-      ::close(fd);  // the process died: the kernel closes it (and drops its lock)
-      return fail<int>();
-    }
-    return ::close(fd);
-  }
-  int rename(const char* a, const char* b) override { return hit() ? fail<int>() : ::rename(a, b); }
-  int unlink(const char* p) override { return hit() ? fail<int>() : ::unlink(p); }
-  int ftruncate(int fd, off_t l) override { return hit() ? fail<int>() : ::ftruncate(fd, l); }
-  int mkdir(const char* p, mode_t m) override { return hit() ? fail<int>() : ::mkdir(p, m); }
-
- private:
-  bool hit() {
-    int n = calls_++;
-    if (mode_ == Mode::Fail) return n == fail_at_;
-    return n >= fail_at_;
-  }
-  template <class T>
-  T fail() {
-    triggered_ = true;
-    errno = err_;
-    return static_cast<T>(-1);
-  }
-  int fail_at_;
-  Mode mode_;
-  int err_;
-  int calls_ = 0;
-  bool triggered_ = false;
-};
+// Fault injection with FakeFs::failAtCall: fail the Nth system call (Fail: it fails, later ones
+// work) or crash at it (Crash: it and every later call fail, but fds are really closed, as death
+// would; TornWrite: a crash whose failing writes leave half their bytes).
 
 struct CommitOutcome {
   bool ok = false;
@@ -294,9 +224,9 @@ std::string bigContent() {
 
 int countCommitCalls(const std::string& content) {
   TempDir t;
-  EXPECT_TRUE(Spool(t.path).prepare().ok());
-  FaultFs never(1 << 30, FaultFs::Mode::Fail);
-  auto r = commitThrough(t.path, never, content);
+  EXPECT_TRUE(Spool(t.path()).prepare().ok());
+  FakeFs never;
+  auto r = commitThrough(t.path(), never, content);
   EXPECT_TRUE(r.ok);
   return never.calls();
 }
@@ -326,14 +256,15 @@ TEST(SpoolCrash, CrashAtEveryStepOfCommitLeavesNothingOrWholeMessage) {
   const std::string content = bigContent();
   const int total = countCommitCalls(content);
   ASSERT_GE(total, 8);  // open, writes, pwrite, fsync, close, rename, dir fsyncs
-  for (auto mode : {FaultFs::Mode::Crash, FaultFs::Mode::TornWrite}) {
+  for (auto mode : {FakeFs::Fault::Crash, FakeFs::Fault::TornWrite}) {
     for (int at = 0; at < total; ++at) {
       TempDir t;
-      ASSERT_TRUE(Spool(t.path).prepare().ok());
-      FaultFs f(at, mode);
-      auto r = commitThrough(t.path, f, content);
+      ASSERT_TRUE(Spool(t.path()).prepare().ok());
+      FakeFs f;
+      f.failAtCall(at, mode);
+      auto r = commitThrough(t.path(), f, content);
       ASSERT_TRUE(f.triggered());
-      expectNothingOrWhole(t.path, content, r.ok,
+      expectNothingOrWhole(t.path(), content, r.ok,
                            "crash at call " + std::to_string(at) + " of " + std::to_string(total));
     }
   }
@@ -345,11 +276,12 @@ TEST(SpoolCrash, FailureAtEveryStepOfCommitReportsErrorAndLeavesNoTemporaryFile)
   for (int err : {EIO, ENOSPC}) {
     for (int at = 0; at < total; ++at) {
       TempDir t;
-      ASSERT_TRUE(Spool(t.path).prepare().ok());
-      FaultFs f(at, FaultFs::Mode::Fail, err);
-      auto r = commitThrough(t.path, f, content);
+      ASSERT_TRUE(Spool(t.path()).prepare().ok());
+      FakeFs f;
+      f.failAtCall(at, FakeFs::Fault::Fail, err);
+      auto r = commitThrough(t.path(), f, content);
       ASSERT_TRUE(f.triggered());
-      Spool spool(t.path);
+      Spool spool(t.path());
       // No recovery here: the writer itself must have cleaned up its temporary file.
       EXPECT_TRUE(spool.list(QueueState::Tmp).empty()) << "failure at call " << at;
       auto ids = spool.list(QueueState::Incoming);
@@ -372,7 +304,7 @@ TEST(SpoolCrash, FailureAtEveryStepOfCommitReportsErrorAndLeavesNoTemporaryFile)
 // either the old one or the new one, and the next append works.
 TEST(SpoolCrash, CrashAtEveryStepOfJournalAppendKeepsOldOrNewState) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   std::string id = commitOne(spool, sampleEnvelope(), "x\r\n");
   auto base = spool.load(QueueState::Incoming, id);
@@ -380,18 +312,19 @@ TEST(SpoolCrash, CrashAtEveryStepOfJournalAppendKeepsOldOrNewState) {
   const std::string file = spool.path(QueueState::Incoming, id);
   const std::string pristine = readFile(file);
 
-  FaultFs count(1 << 30, FaultFs::Mode::Fail);
+  FakeFs count;
   {
-    Spool s(t.path, count);
+    Spool s(t.path(), count);
     SpoolMessage m = *base;
     ASSERT_TRUE(s.recordRecipient(m, 0, RcptState::Delivered, "250 2.0.0 Ok", 1790000100).ok());
   }
   const int total = count.calls();
-  for (auto mode : {FaultFs::Mode::Crash, FaultFs::Mode::TornWrite}) {
+  for (auto mode : {FakeFs::Fault::Crash, FakeFs::Fault::TornWrite}) {
     for (int at = 0; at < total; ++at) {
       writeFile(file, pristine);
-      FaultFs f(at, mode);
-      Spool s(t.path, f);
+      FakeFs f;
+      f.failAtCall(at, mode);
+      Spool s(t.path(), f);
       SpoolMessage m = *base;
       bool ok = s.recordRecipient(m, 0, RcptState::Delivered, "250 2.0.0 Ok", 1790000100).ok();
       auto back = spool.load(QueueState::Incoming, id);
@@ -415,7 +348,7 @@ TEST(SpoolCrash, CrashAtEveryStepOfJournalAppendKeepsOldOrNewState) {
 
 TEST(Spool, JournalRecordsRecipientResultsAndDeliveryState) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   std::string id = commitOne(spool, sampleEnvelope(), "x\r\n");
   auto m = spool.load(QueueState::Incoming, id);
@@ -447,7 +380,7 @@ TEST(Spool, JournalRecordsRecipientResultsAndDeliveryState) {
 
 TEST(SpoolRecovery, UnreadableFilesGoToCorruptAndAreNeverDeleted) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   const std::string good = formatSpoolFile(sampleEnvelope(), "Subject: x\r\n\r\nbody\r\n");
   struct Case {
@@ -487,7 +420,7 @@ TEST(SpoolRecovery, UnreadableFilesGoToCorruptAndAreNeverDeleted) {
 
 TEST(SpoolRecovery, ContentBitFlipIsCaughtWhileStreaming) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   std::string id = commitOne(spool, sampleEnvelope(), "Subject: x\r\n\r\nbody\r\n");
   const std::string file = spool.path(QueueState::Incoming, id);
@@ -513,7 +446,7 @@ TEST(SpoolRecovery, ContentBitFlipIsCaughtWhileStreaming) {
 
 TEST(SpoolRecovery, RequeuesActiveAndRemovesOnlyOrphanedTemporaryFiles) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   std::string id = commitOne(spool, sampleEnvelope(), "a\r\n");
   ASSERT_TRUE(spool.moveId(id, QueueState::Incoming, QueueState::Active).ok());
@@ -535,51 +468,14 @@ TEST(SpoolRecovery, RequeuesActiveAndRemovesOnlyOrphanedTemporaryFiles) {
 // ---------------------------------------------------------------------------------------------
 // Batches: renames and removals without the directory fsync, then one fsyncDir.
 
-// The real file system, writing down the renames, unlinks and fsyncs (of directories by name).
-class TracingFs final : public FsOps {
- public:
-  int open(const char* p, int f, mode_t m) override {
-    int fd = ::open(p, f, m);
-    if (fd >= 0) paths_[fd] = (f & O_DIRECTORY) ? "dir " + fs::path(p).filename().string() : "file";
-    return fd;
-  }
-  ssize_t write(int fd, const void* b, size_t l) override { return ::write(fd, b, l); }
-  ssize_t pwrite(int fd, const void* b, size_t l, off_t o) override {
-    return ::pwrite(fd, b, l, o);
-  }
-  int fsync(int fd) override {
-    trace.push_back("fsync " + paths_[fd]);
-    return ::fsync(fd);
-  }
-  int close(int fd) override {
-    paths_.erase(fd);
-    return ::close(fd);
-  }
-  int rename(const char* a, const char* b) override {
-    trace.push_back("rename " + fs::path(a).parent_path().filename().string() + " " +
-                    fs::path(b).parent_path().filename().string());
-    return ::rename(a, b);
-  }
-  int unlink(const char* p) override {
-    trace.push_back("unlink " + fs::path(p).parent_path().filename().string());
-    return ::unlink(p);
-  }
-  int ftruncate(int fd, off_t l) override { return ::ftruncate(fd, l); }
-  int mkdir(const char* p, mode_t m) override { return ::mkdir(p, m); }
-  std::vector<std::string> trace;
-
- private:
-  std::map<int, std::string> paths_;
-};
-
 TEST(SpoolBatch, MoveUnsyncedRenamesAndLeavesTheFsyncToTheCaller) {
   TempDir t;
-  TracingFs tfs;
-  Spool spool(t.path, tfs);
+  FakeFs tfs;  // its trace(): renames, unlinks and fsyncs (of directories by name)
+  Spool spool(t.path(), tfs);
   ASSERT_TRUE(spool.prepare().ok());
   std::vector<std::string> ids;
   for (int i = 0; i < 3; ++i) ids.push_back(commitOne(spool, sampleEnvelope(), "m\r\n"));
-  tfs.trace.clear();
+  tfs.clearTrace();
   for (const auto& id : ids) {
     auto m = spool.load(QueueState::Incoming, id);
     ASSERT_TRUE(m.ok());
@@ -587,10 +483,10 @@ TEST(SpoolBatch, MoveUnsyncedRenamesAndLeavesTheFsyncToTheCaller) {
     EXPECT_EQ(m->state, QueueState::Active);
     ASSERT_TRUE(spool.moveUnsynced(*m, QueueState::Active).ok());  // already there: nothing
   }
-  EXPECT_EQ(tfs.trace, std::vector<std::string>(3, "rename incoming active"));
+  EXPECT_EQ(tfs.trace(), std::vector<std::string>(3, "rename incoming active"));
   ASSERT_TRUE(spool.fsyncDir(QueueState::Active).ok());
-  EXPECT_EQ(tfs.trace.back(), "fsync dir active");
-  EXPECT_EQ(tfs.trace.size(), 4u);
+  EXPECT_EQ(tfs.trace().back(), "fsync dir active");
+  EXPECT_EQ(tfs.trace().size(), 4u);
   auto active = spool.list(QueueState::Active);
   EXPECT_EQ(std::set<std::string>(active.begin(), active.end()),
             std::set<std::string>(ids.begin(), ids.end()));
@@ -603,7 +499,7 @@ TEST(SpoolBatch, MoveUnsyncedRenamesAndLeavesTheFsyncToTheCaller) {
 
 TEST(SpoolBatch, MoveUnsyncedOfAMissingFileFailsNamingItAndKeepsTheState) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   std::string id = commitOne(spool, sampleEnvelope(), "m\r\n");
   auto m = spool.load(QueueState::Incoming, id);
@@ -618,8 +514,8 @@ TEST(SpoolBatch, MoveUnsyncedOfAMissingFileFailsNamingItAndKeepsTheState) {
 
 TEST(SpoolBatch, RemoveUnsyncedUnlinksAndLeavesTheFsyncToTheCaller) {
   TempDir t;
-  TracingFs tfs;
-  Spool spool(t.path, tfs);
+  FakeFs tfs;  // its trace(): renames, unlinks and fsyncs (of directories by name)
+  Spool spool(t.path(), tfs);
   ASSERT_TRUE(spool.prepare().ok());
   std::vector<SpoolMessage> msgs;
   for (int i = 0; i < 2; ++i) {
@@ -628,12 +524,12 @@ TEST(SpoolBatch, RemoveUnsyncedUnlinksAndLeavesTheFsyncToTheCaller) {
     ASSERT_TRUE(m.ok());
     msgs.push_back(*m);
   }
-  tfs.trace.clear();
+  tfs.clearTrace();
   for (const auto& m : msgs) ASSERT_TRUE(spool.removeUnsynced(m.state, m.id).ok());
-  EXPECT_EQ(tfs.trace, std::vector<std::string>(2, "unlink incoming"));
+  EXPECT_EQ(tfs.trace(), std::vector<std::string>(2, "unlink incoming"));
   EXPECT_TRUE(spool.list(QueueState::Incoming).empty());
   ASSERT_TRUE(spool.fsyncDir(QueueState::Incoming).ok());
-  EXPECT_EQ(tfs.trace.back(), "fsync dir incoming");
+  EXPECT_EQ(tfs.trace().back(), "fsync dir incoming");
   // Gone already: the second removal fails, naming the file.
   auto st = spool.removeUnsynced(msgs[0].state, msgs[0].id);
   ASSERT_FALSE(st.ok());
@@ -645,7 +541,7 @@ TEST(SpoolBatch, RenamesUndoneByACrashLeaveEveryMessageRecoverable) {
   // Before the fsync of active/ a crash may keep any subset of the renames: whatever the disk
   // keeps, recovery puts every message in incoming/, whole.
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   std::vector<std::string> ids;
   for (int i = 0; i < 4; ++i) ids.push_back(commitOne(spool, sampleEnvelope(), "m\r\n"));
@@ -656,7 +552,7 @@ TEST(SpoolBatch, RenamesUndoneByACrashLeaveEveryMessageRecoverable) {
   }
   for (size_t i = 0; i < 2; ++i)  // these two renames did not reach the disk
     fs::rename(spool.path(QueueState::Active, ids[i]), spool.path(QueueState::Incoming, ids[i]));
-  Spool after(t.path);
+  Spool after(t.path());
   auto rep = after.recover();
   EXPECT_EQ(rep.active_requeued, 2u);
   auto in = after.list(QueueState::Incoming);
@@ -674,11 +570,11 @@ TEST(SpoolBatch, RenamesUndoneByACrashLeaveEveryMessageRecoverable) {
 
 TEST(SpoolConcurrency, ManyThreadsAndProcessesCommitWholeDistinctMessages) {
   TempDir t;
-  Spool spool(t.path);
+  Spool spool(t.path());
   ASSERT_TRUE(spool.prepare().ok());
   constexpr int kThreads = 6, kProcs = 3, kEach = 40;
   auto work = [&](int who) {
-    Spool s(t.path);
+    Spool s(t.path());
     for (int i = 0; i < kEach; ++i) {
       auto w = s.create();
       if (!w.ok()) std::abort();

@@ -1,13 +1,13 @@
-// host_keys_test.cpp: known_hosts parsing and matching, fingerprints, pins, and the other pure
-// policies of the SSH layer (reconnect backoff, admin requests), from tables and from keys made
-// by the real ssh-keygen.
+// host_keys_test.cpp: known_hosts parsing and matching, fingerprints, pins, and the libcrypto
+// digests, HMAC and base64 under them: from tables, from published test vectors, and against the
+// real OpenSSH tools run here in a temp dir (keys made by ssh-keygen, fingerprints printed by
+// `ssh-keygen -lf`, files hashed by `ssh-keygen -H`, entries looked up by `ssh-keygen -F`).
 #include "tunneld/ssh/host_keys.hpp"
 
 #include <gtest/gtest.h>
+#include <sstream>
 
 #include "tests/harness/test_sshd.hpp"
-#include "tunneld/control/control.hpp"
-#include "tunneld/ssh/ssh_client.hpp"
 
 using namespace dynmx;
 using namespace dynmx::tunneld;
@@ -205,91 +205,126 @@ TEST(Pin, LineAndFingerprintForms) {
   EXPECT_NE(bad.verify(blobOf(k)).verdict, HostKeyVerdict::Match);
 }
 
-TEST(ReconnectDelay, Table) {
-  using std::chrono::milliseconds;
-  using std::chrono::seconds;
-  struct Case {
-    int min, max;
-    uint32_t failures;
-    double u;
-    int64_t want_ms;
-  } cases[] = {
-      {5, 600, 1, 0.0, 5000},    {5, 600, 1, 0.99, 5000},       // first failure: the floor
-      {5, 600, 2, 0.0, 5000},    {5, 600, 2, 0.5, 7500},        // [5, 10]
-      {5, 600, 3, 0.5, 12500},   {5, 600, 4, 0.999999, 39999},  // [5, 20], [5, 40]
-      {5, 600, 10, 0.5, 302500}, {5, 600, 50, 0.5, 302500},     // capped at 600
-      {5, 600, 1000, 0.0, 5000}, {10, 5, 3, 0.5, 10000},        // max below min: min
-      {1, 2, 5, 1.5, 1999},      {1, 2, 5, -1.0, 1000},         // u clamped into [0,1)
-  };
-  for (auto& c : cases) {
-    EXPECT_EQ(reconnectDelay(seconds(c.min), seconds(c.max), c.failures, c.u).count(), c.want_ms)
-        << c.min << " " << c.max << " " << c.failures << " " << c.u;
+// ---------------------------------------------------------------------------------------------
+// Against the OpenSSH tools: what we compute is what they print and what they find.
+
+namespace {
+
+// The fingerprints in `ssh-keygen -lf FILE` output, one per key line ("256 SHA256:... comment
+// (ED25519)"), in order. The default hash of ssh-keygen is SHA-256.
+std::vector<std::string> keygenListFingerprints(const std::string& file) {
+  std::string out;
+  EXPECT_EQ(runCommand({"/usr/bin/ssh-keygen", "-lf", file}, &out), 0) << file;
+  std::vector<std::string> fps;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream fields(line);
+    std::string bits, fp;
+    fields >> bits >> fp;
+    fps.push_back(fp);
   }
+  return fps;
 }
 
-TEST(ControlRequest, ParserTable) {
-  struct Case {
-    const char* line;
-    bool ok;
-    ControlRequest::Command cmd;
-    const char* arg;
-  } cases[] = {
-      {"status", true, ControlRequest::Command::Status, ""},
-      {"status\r\n", true, ControlRequest::Command::Status, ""},
-      {"  queue  ", true, ControlRequest::Command::Queue, ""},
-      {"flush", true, ControlRequest::Command::Flush, ""},
-      {"flush alpha", true, ControlRequest::Command::Flush, "alpha"},
-      {"hold 0123456789abcdef", true, ControlRequest::Command::Hold, "0123456789abcdef"},
-      {"release X1", true, ControlRequest::Command::Release, "X1"},
-      {"reload", true, ControlRequest::Command::Reload, ""},
-      {"", false, {}, ""},
-      {"status now", false, {}, ""},
-      {"hold", false, {}, ""},
-      {"hold a b", false, {}, ""},
-      {"flush a b", false, {}, ""},
-      {"STATUS", false, {}, ""},
-      {"shutdown", false, {}, ""},
-      {"hold a\x01", false, {}, ""},
-  };
-  for (auto& c : cases) {
-    auto r = parseControlRequest(c.line);
-    EXPECT_EQ(r.ok(), c.ok) << c.line;
-    if (r.ok() && c.ok) {
-      EXPECT_EQ(r->command, c.cmd) << c.line;
-      EXPECT_EQ(r->arg, c.arg) << c.line;
-    }
-  }
-  EXPECT_FALSE(parseControlRequest(std::string(kMaxRequest + 1, 'a')).ok());
+// A "|1|salt|hash" host field made with our HMAC-SHA1 and base64, as `ssh-keygen -H` would.
+std::string hashedHostField(std::string_view salt, std::string_view name) {
+  auto mac = hmacSha1(salt, name);
+  return "|1|" + base64Encode(salt) + "|" +
+         base64Encode(std::string_view(reinterpret_cast<const char*>(mac.data()), mac.size()));
 }
 
-TEST(ControlReply, FramingRoundTrips) {
-  ControlReply r;
-  r.lines = {"client a: connected", ".hidden", "", ".", "x\ny"};
-  auto text = formatControlReply(r);
-  auto back = parseControlReply(text);
-  ASSERT_TRUE(back.ok());
-  EXPECT_TRUE(back->ok);
-  EXPECT_EQ(back->lines,
-            (std::vector<std::string>{"client a: connected", ".hidden", "", ".", "x", "y"}));
-  ControlReply e;
-  e.ok = false;
-  e.error = "no client named z";
-  auto eb = parseControlReply(formatControlReply(e));
-  ASSERT_TRUE(eb.ok());
-  EXPECT_FALSE(eb->ok);
-  EXPECT_EQ(eb->error, "no client named z");
-  EXPECT_FALSE(parseControlReply("OK\nline\n").ok());
-  EXPECT_FALSE(parseControlReply("HELLO\n.\n").ok());
-}
+}  // namespace
 
-TEST(PrivateKeyFile, GroupOrOtherReadableIsRefusedNamingFileAndMode) {
+TEST(Fingerprint, HostKeyFingerprintIsWhatSshKeygenLfPrints) {
   TempDir dir;
-  KeyPair k = generateKey(dir / "id");
-  EXPECT_TRUE(checkPrivateKeyFile(k.private_path).ok());
-  chmod(k.private_path.c_str(), 0640);
-  auto st = checkPrivateKeyFile(k.private_path);
-  ASSERT_FALSE(st.ok());
-  EXPECT_NE(st.error().message.find(k.private_path), std::string::npos);
-  EXPECT_NE(st.error().message.find("0640"), std::string::npos);
-  EXPECT_FALSE(checkPrivateKeyFile(dir / "missing").ok());
+  KeyPair k = generateKey(dir / "ssh_host_ed25519_key");
+  std::string ours = fingerprint(blobOf(k));
+  ASSERT_EQ(ours.rfind("SHA256:", 0), 0u) << ours;
+  EXPECT_EQ(ours.size(), 7u + 43u) << ours;  // 32 bytes, base64 without padding
+  // On the private key file itself, as an administrator pins it from the server.
+  EXPECT_EQ(keygenListFingerprints(k.private_path), std::vector<std::string>{ours});
+  EXPECT_EQ(keygenListFingerprints(k.private_path + ".pub"), std::vector<std::string>{ours});
+}
+
+TEST(Fingerprint, KnownHostsFingerprintsAreWhatSshKeygenLfPrints) {
+  TempDir dir;
+  KeyPair ed = generateKey(dir / "ed");
+  KeyPair ec = generateKey(dir / "ec", "ecdsa");
+  std::string kh = dir / "known_hosts";
+  writeFile(kh, "mx.example.org " + ed.public_line + "\nmx.example.org " + ec.public_line + "\n");
+  auto v = HostKeyVerifier::fromKnownHostsText(readFile(kh), kh, "mx.example.org", 22, nullptr);
+  EXPECT_EQ(v.expectedFingerprints(), keygenListFingerprints(kh));
+}
+
+TEST(KnownHosts, FileHashedBySshKeygenMatchesOnlyTheRightHost) {
+  TempDir dir;
+  KeyPair named = generateKey(dir / "named");
+  KeyPair ported = generateKey(dir / "ported");
+  std::string kh = dir / "known_hosts";
+  writeFile(kh, "mx.example.org " + named.public_line + "\n[192.0.2.7]:2200 " + ported.public_line +
+                    "\n");
+  ASSERT_EQ(runCommand({"/usr/bin/ssh-keygen", "-q", "-H", "-f", kh}), 0);
+  std::string text = readFile(kh);
+  ASSERT_EQ(text.find("mx.example.org"), std::string::npos) << text;
+  ASSERT_EQ(text.find("192.0.2.7"), std::string::npos) << text;
+
+  // Line by line: each hashed field matches its own name and no other.
+  std::vector<std::string> fields;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    std::string why;
+    auto l = parseKnownHostLine(line, &why);
+    ASSERT_TRUE(l && !l->type.empty()) << line << ": " << why;
+    ASSERT_EQ(l->patterns.rfind("|1|", 0), 0u) << l->patterns;
+    fields.push_back(l->patterns);
+  }
+  ASSERT_EQ(fields.size(), 2u);
+  EXPECT_TRUE(knownHostPatternMatches(fields[0], "mx.example.org"));
+  EXPECT_FALSE(knownHostPatternMatches(fields[0], "mx.example.com"));
+  EXPECT_FALSE(knownHostPatternMatches(fields[0], "[mx.example.org]:2200"));
+  EXPECT_FALSE(knownHostPatternMatches(fields[0], "[192.0.2.7]:2200"));
+  EXPECT_TRUE(knownHostPatternMatches(fields[1], "[192.0.2.7]:2200"));
+  EXPECT_FALSE(knownHostPatternMatches(fields[1], "192.0.2.7"));
+  EXPECT_FALSE(knownHostPatternMatches(fields[1], "[192.0.2.7]:2201"));
+  EXPECT_FALSE(knownHostPatternMatches(fields[1], "[192.0.2.8]:2200"));
+
+  // The whole file: each host gets its own key, another host gets none.
+  std::vector<std::string> warnings;
+  auto v = HostKeyVerifier::fromKnownHostsText(text, kh, "mx.example.org", 22, &warnings);
+  EXPECT_EQ(v.verify(blobOf(named)).verdict, HostKeyVerdict::Match);
+  EXPECT_EQ(v.verify(blobOf(ported)).verdict, HostKeyVerdict::Mismatch);
+  auto p = HostKeyVerifier::fromKnownHostsText(text, kh, "192.0.2.7", 2200, &warnings);
+  EXPECT_EQ(p.verify(blobOf(ported)).verdict, HostKeyVerdict::Match);
+  EXPECT_EQ(p.verify(blobOf(named)).verdict, HostKeyVerdict::Mismatch);
+  for (auto [host, port] : {std::pair<const char*, uint16_t>{"192.0.2.7", 22},
+                            {"192.0.2.7", 2201},
+                            {"mx.example.com", 22},
+                            {"mx.example.org", 2200}}) {
+    auto o = HostKeyVerifier::fromKnownHostsText(text, kh, host, port, &warnings);
+    EXPECT_EQ(o.verify(blobOf(named)).verdict, HostKeyVerdict::Unknown) << host << ":" << port;
+    EXPECT_EQ(o.verify(blobOf(ported)).verdict, HostKeyVerdict::Unknown) << host << ":" << port;
+  }
+  EXPECT_TRUE(warnings.empty());
+}
+
+TEST(KnownHosts, EntriesWeHashAreFoundBySshKeygenF) {
+  TempDir dir;
+  KeyPair k = generateKey(dir / "k");
+  std::string kh = dir / "known_hosts";
+  // Salts of 20 bytes, as OpenSSH wants them, with bytes that base64 turns into '+' and '/'.
+  std::string salt = {'\xfb', '\xff', '\xbf', '\x00', '\x10', 'S', 'a', 'l', 't', '\x3e',
+                      '\xfe', '\x01', '\x80', '\x7f', 'x',    'y', 'z', '0', '1', '\x3f'};
+  writeFile(kh, hashedHostField(salt, "mx.example.org") + " " + k.public_line + "\n" +
+                    hashedHostField(std::string(salt.rbegin(), salt.rend()), "[192.0.2.7]:2200") +
+                    " " + k.public_line + "\n");
+  auto found = [&](const std::string& name) {
+    std::string out;
+    int rc = runCommand({"/usr/bin/ssh-keygen", "-F", name, "-f", kh}, &out);
+    return rc == 0 && out.find(k.public_line) != std::string::npos;
+  };
+  EXPECT_TRUE(found("mx.example.org"));
+  EXPECT_TRUE(found("[192.0.2.7]:2200"));
+  EXPECT_FALSE(found("mx.example.com"));
+  EXPECT_FALSE(found("192.0.2.7"));
+  EXPECT_FALSE(found("[192.0.2.7]:2201"));
 }

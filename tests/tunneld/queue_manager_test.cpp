@@ -20,8 +20,8 @@
 #include <set>
 
 #include "shared/log.hpp"
+#include "tests/harness/fake_fs.hpp"
 #include "tests/harness/harness.hpp"
-#include "tests/tunneld/recording_fs.hpp"
 
 namespace dynmx::tunneld {
 namespace {
@@ -45,18 +45,7 @@ bool logged(std::string_view needle) {
   return false;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/dynmx-qmgr-test.XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using dynmx::test::TempDir;
 
 class RecordingBounceSender : public BounceSender {
  public:
@@ -171,7 +160,7 @@ class QueueTest : public ::testing::Test {
   void restart() { qm_ = std::make_unique<QueueManager>(*spool_, cfg_, bounces_); }
 
   TempDir dir_;
-  test::RecordingFs fs_;
+  dynmx::test::FakeFs fs_;
   std::unique_ptr<Spool> spool_;
   Config cfg_;
   RecordingBounceSender bounces_;

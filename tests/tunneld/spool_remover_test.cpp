@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "shared/log.hpp"
+#include "tests/harness/fake_fs.hpp"
 #include "tests/harness/harness.hpp"
-#include "tests/tunneld/recording_fs.hpp"
 
 namespace dynmx::tunneld {
 namespace {
@@ -59,7 +59,7 @@ class RemoverTest : public ::testing::Test {
   }
 
   TempDir dir_;
-  test::RecordingFs fs_;
+  dynmx::test::FakeFs fs_;
   std::unique_ptr<Spool> spool_;
 };
 

@@ -2,40 +2,42 @@
 //
 // known_hosts is parsed here, line by line, so that one bad line costs only that line (with a
 // warning naming file:line), hashed entries are matched with HMAC-SHA1 as OpenSSH does, and the
-// stored key types are known before the handshake. SHA-1/SHA-256 are small local implementations
-// (the project links no crypto library of its own; libssh2's is not exported).
+// stored key types are known before the handshake. Digests, HMAC and base64 come from libcrypto
+// (OpenSSL's EVP interface), never from code of our own. A libcrypto failure on a few bytes in
+// memory (no memory, a broken provider configuration) is logged and aborts: it is not a verdict.
 #include "tunneld/ssh/host_keys.hpp"
 
-#include <cstring>
+#include <cctype>
+#include <cstdlib>
 #include <fstream>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
 #include <sstream>
+
+#include "shared/log.hpp"
 
 namespace dynmx::tunneld {
 
 namespace {
 
-const char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+// EVP_EncodeBlock and EVP_DecodeBlock take an int length; nothing in known_hosts comes near it.
+constexpr size_t kMaxBase64Input = 64u * 1024 * 1024;
 
-inline uint32_t rotr(uint32_t x, int n) {
-  return (x >> n) | (x << (32 - n));
-}
-inline uint32_t rotl(uint32_t x, int n) {
-  return (x << n) | (x >> (32 - n));
-}
-
-// Message padding shared by SHA-1 and SHA-256 (big-endian length).
-std::string mdPad(std::string_view data) {
-  std::string m(data);
-  uint64_t bits = static_cast<uint64_t>(data.size()) * 8;
-  m.push_back(static_cast<char>(0x80));
-  while (m.size() % 64 != 56) m.push_back('\0');
-  for (int i = 7; i >= 0; --i) m.push_back(static_cast<char>((bits >> (i * 8)) & 0xff));
-  return m;
+// libcrypto failing to hash or encode a few bytes means no memory or a broken provider
+// configuration: not a verdict on the key, and nothing we can go on without.
+[[noreturn]] void cryptoFailed(const char* what, const char* how) {
+  char err[256] = "";
+  ERR_error_string_n(ERR_get_error(), err, sizeof err);
+  logf(LogLevel::Critical, "host_keys: libcrypto %s %s: %s", what, how, err);
+  std::abort();
 }
 
-inline uint32_t be32(const std::string& m, size_t i) {
-  return (uint32_t(uint8_t(m[i])) << 24) | (uint32_t(uint8_t(m[i + 1])) << 16) |
-         (uint32_t(uint8_t(m[i + 2])) << 8) | uint32_t(uint8_t(m[i + 3]));
+void digest(const EVP_MD* md, const char* name, std::string_view data, uint8_t* out, size_t size) {
+  unsigned int len = 0;
+  if (md == nullptr || EVP_Digest(data.data(), data.size(), out, &len, md, nullptr) != 1 ||
+      len != size)
+    cryptoFailed("EVP_Digest", name);
 }
 
 // Reads an SSH "string" (uint32 length + bytes) at *pos.
@@ -81,163 +83,70 @@ bool globMatch(std::string_view s, std::string_view p) {
 }  // namespace
 
 std::string base64Encode(std::string_view data, bool pad) {
-  std::string out;
-  size_t i = 0;
-  while (i + 2 < data.size()) {
-    uint32_t v = (uint32_t(uint8_t(data[i])) << 16) | (uint32_t(uint8_t(data[i + 1])) << 8) |
-                 uint8_t(data[i + 2]);
-    out += kB64[(v >> 18) & 63];
-    out += kB64[(v >> 12) & 63];
-    out += kB64[(v >> 6) & 63];
-    out += kB64[v & 63];
-    i += 3;
-  }
-  size_t rest = data.size() - i;
-  if (rest == 1) {
-    uint32_t v = uint32_t(uint8_t(data[i])) << 16;
-    out += kB64[(v >> 18) & 63];
-    out += kB64[(v >> 12) & 63];
-    if (pad) out += "==";
-  } else if (rest == 2) {
-    uint32_t v = (uint32_t(uint8_t(data[i])) << 16) | (uint32_t(uint8_t(data[i + 1])) << 8);
-    out += kB64[(v >> 18) & 63];
-    out += kB64[(v >> 12) & 63];
-    out += kB64[(v >> 6) & 63];
-    if (pad) out += "=";
-  }
+  if (data.size() > kMaxBase64Input) cryptoFailed("EVP_EncodeBlock", "input too large");
+  // EVP_EncodeBlock writes whole quanta, padded with '=', and a terminating NUL.
+  std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(data.data()),
+                          static_cast<int>(data.size()));
+  if (n < 0) cryptoFailed("EVP_EncodeBlock", "failed");
+  out.resize(static_cast<size_t>(n));
+  if (!pad)
+    while (!out.empty() && out.back() == '=') out.pop_back();
   return out;
 }
 
+// EVP_DecodeBlock alone is too lenient and too literal for known_hosts: it skips leading white
+// space and trailing non-base64 bytes, decodes an '=' anywhere as zero bits, wants whole
+// quanta, and counts padding as decoded bytes. So the text is checked here first (the standard
+// alphabet, '=' only at the end, optional), padded to whole quanta, and the length it returns
+// is shortened by the padding.
 std::optional<std::string> base64Decode(std::string_view text) {
   while (!text.empty() && text.back() == '=') text.remove_suffix(1);
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
+  if (text.size() > kMaxBase64Input) return std::nullopt;
   for (char c : text) {
-    const char* p = c ? std::strchr(kB64, c) : nullptr;
-    if (!p) return std::nullopt;
-    acc = (acc << 6) | uint32_t(p - kB64);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>((acc >> bits) & 0xff);
-    }
+    bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    if (!alpha && c != '+' && c != '/') return std::nullopt;
   }
-  if (bits >= 6) return std::nullopt;  // a single dangling character
+  if (text.size() % 4 == 1) return std::nullopt;  // a single dangling character
+  size_t padding = (4 - text.size() % 4) % 4;
+  std::string in(text);
+  in.append(padding, '=');
+  std::string out(in.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(in.data()),
+                          static_cast<int>(in.size()));
+  if (n < 0 || static_cast<size_t>(n) != out.size()) return std::nullopt;
+  out.resize(out.size() - padding);
   return out;
 }
 
 std::array<uint8_t, 32> sha256(std::string_view data) {
-  static const uint32_t k[64] = {
-      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-      0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-      0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-      0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-      0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-      0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-      0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-      0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-      0xc67178f2};
-  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  std::string m = mdPad(data);
-  for (size_t off = 0; off < m.size(); off += 64) {
-    uint32_t w[64];
-    for (int i = 0; i < 16; ++i) w[i] = be32(m, off + size_t(i) * 4);
-    for (int i = 16; i < 64; ++i) {
-      uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
-    for (int i = 0; i < 64; ++i) {
-      uint32_t S1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
-      uint32_t ch = (e & f) ^ (~e & g);
-      uint32_t t1 = hh + S1 + ch + k[i] + w[i];
-      uint32_t S0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22);
-      uint32_t mj = (a & b) ^ (a & c) ^ (b & c);
-      uint32_t t2 = S0 + mj;
-      hh = g;
-      g = f;
-      f = e;
-      e = d + t1;
-      d = c;
-      c = b;
-      b = a;
-      a = t1 + t2;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-    h[5] += f;
-    h[6] += g;
-    h[7] += hh;
-  }
   std::array<uint8_t, 32> out{};
-  for (int i = 0; i < 8; ++i)
-    for (int j = 0; j < 4; ++j) out[size_t(i * 4 + j)] = uint8_t(h[i] >> (24 - j * 8));
+  digest(EVP_sha256(), "SHA-256", data, out.data(), out.size());
   return out;
 }
 
 std::array<uint8_t, 20> sha1(std::string_view data) {
-  uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-  std::string m = mdPad(data);
-  for (size_t off = 0; off < m.size(); off += 64) {
-    uint32_t w[80];
-    for (int i = 0; i < 16; ++i) w[i] = be32(m, off + size_t(i) * 4);
-    for (int i = 16; i < 80; ++i) w[i] = rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-    for (int i = 0; i < 80; ++i) {
-      uint32_t f, kk;
-      if (i < 20) {
-        f = (b & c) | (~b & d);
-        kk = 0x5A827999;
-      } else if (i < 40) {
-        f = b ^ c ^ d;
-        kk = 0x6ED9EBA1;
-      } else if (i < 60) {
-        f = (b & c) | (b & d) | (c & d);
-        kk = 0x8F1BBCDC;
-      } else {
-        f = b ^ c ^ d;
-        kk = 0xCA62C1D6;
-      }
-      uint32_t t = rotl(a, 5) + f + e + kk + w[i];
-      e = d;
-      d = c;
-      c = rotl(b, 30);
-      b = a;
-      a = t;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-  }
   std::array<uint8_t, 20> out{};
-  for (int i = 0; i < 5; ++i)
-    for (int j = 0; j < 4; ++j) out[size_t(i * 4 + j)] = uint8_t(h[i] >> (24 - j * 8));
+  digest(EVP_sha1(), "SHA-1", data, out.data(), out.size());
   return out;
 }
 
 std::array<uint8_t, 20> hmacSha1(std::string_view key, std::string_view data) {
-  std::string k(key);
-  if (k.size() > 64) {
-    auto d = sha1(k);
-    k.assign(reinterpret_cast<const char*>(d.data()), d.size());
-  }
-  k.resize(64, '\0');
-  std::string ipad(64, '\0'), opad(64, '\0');
-  for (size_t i = 0; i < 64; ++i) {
-    ipad[i] = static_cast<char>(k[i] ^ 0x36);
-    opad[i] = static_cast<char>(k[i] ^ 0x5c);
-  }
-  auto inner = sha1(ipad + std::string(data));
-  return sha1(opad + std::string(reinterpret_cast<const char*>(inner.data()), inner.size()));
+  std::array<uint8_t, 20> out{};
+  size_t len = 0;
+  // The key pointer is never null (a null key would mean "keep the previous key" to EVP_MAC);
+  // an empty salt from a malformed line is an empty key.
+  static const unsigned char kNoKey = 0;
+  const unsigned char* k =
+      key.empty() ? &kNoKey : reinterpret_cast<const unsigned char*>(key.data());
+  if (EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA1", nullptr, k, key.size(),
+                reinterpret_cast<const unsigned char*>(data.data()), data.size(), out.data(),
+                out.size(), &len) == nullptr ||
+      len != out.size())
+    cryptoFailed("EVP_Q_mac(HMAC-SHA1)", "failed");
+  return out;
 }
 
 std::string fingerprint(std::string_view blob) {
@@ -266,7 +175,7 @@ bool knownHostPatternMatches(std::string_view patterns, std::string_view name) {
     auto hash = base64Decode(rest.substr(bar + 1));
     if (!salt || !hash || hash->size() != 20) return false;
     auto mac = hmacSha1(*salt, name);
-    return std::memcmp(mac.data(), hash->data(), 20) == 0;
+    return CRYPTO_memcmp(mac.data(), hash->data(), mac.size()) == 0;
   }
   bool matched = false;
   size_t start = 0;

@@ -9,6 +9,8 @@
 // acceptedTypes() gives the host-key algorithms to offer (LIBSSH2_METHOD_HOSTKEY), so that a key of
 // another type than the stored one reads as a mismatch instead of "not found".
 // Fingerprints are in OpenSSH's form: "SHA256:" + base64 of SHA-256 of the key blob, no padding.
+// Digests, HMAC-SHA1 and base64 are libcrypto's (EVP); a libcrypto failure (no memory, a broken
+// provider configuration) is logged and aborts, as a broken invariant.
 // Everything here is pure apart from reading the known_hosts file.
 #pragma once
 
@@ -24,7 +26,9 @@
 namespace dynmx::tunneld {
 
 std::string base64Encode(std::string_view data, bool pad = true);
-std::optional<std::string> base64Decode(std::string_view text);  // padding optional
+// Standard alphabet; '=' padding optional, and only at the end; nullopt for anything else (white
+// space included) and for input over 64 MiB.
+std::optional<std::string> base64Decode(std::string_view text);
 std::array<uint8_t, 32> sha256(std::string_view data);
 std::array<uint8_t, 20> sha1(std::string_view data);
 std::array<uint8_t, 20> hmacSha1(std::string_view key, std::string_view data);
