@@ -6,11 +6,8 @@
 #include "milter/daemon.hpp"
 
 #include <grp.h>
-#include <pwd.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -21,58 +18,18 @@
 
 #include "milter/filter.hpp"
 #include "shared/log.hpp"
+#include "shared/privileges.hpp"
+#include "shared/result.hpp"
+#include "shared/stale_socket.hpp"
 #include "shared/sysexits.hpp"
 
 namespace dynmx::milter {
 
-namespace {
-std::string errnoText(int err) {
-  return std::strerror(err);
-}
-}  // namespace
-
 StartupStatus clearStaleSocket(const SocketSpec& spec) {
   if (spec.kind != SocketSpec::Kind::Unix) return std::nullopt;
-  struct stat st {};
-  if (lstat(spec.path.c_str(), &st) != 0) {
-    int err = errno;
-    if (err == ENOENT) return std::nullopt;
-    return StartupFailure{kExitCantCreat, "socket " + spec.path + ": " + errnoText(err)};
-  }
-  if (!S_ISSOCK(st.st_mode)) {
-    return StartupFailure{kExitCantCreat, "socket " + spec.path +
-                                              " exists and is not a socket; refusing to remove it"};
-  }
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  if (spec.path.size() >= sizeof sa.sun_path) {
-    return StartupFailure{kExitConfig, "socket path " + spec.path + " is too long"};
-  }
-  std::memcpy(sa.sun_path, spec.path.c_str(), spec.path.size() + 1);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    int err = errno;
-    return StartupFailure{kExitOsErr, "socket(AF_UNIX): " + errnoText(err)};
-  }
-  int rc = connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-  int err = errno;
-  close(fd);
-  if (rc == 0) {
-    return StartupFailure{kExitCantCreat, "socket " + spec.path +
-                                              " is in use: another dynmx-milter (or another "
-                                              "filter) is listening on it; not starting"};
-  }
-  if (err != ECONNREFUSED) {
-    return StartupFailure{
-        kExitCantCreat,
-        "socket " + spec.path + ": cannot tell whether it is stale: connect: " + errnoText(err)};
-  }
-  if (unlink(spec.path.c_str()) != 0 && errno != ENOENT) {
-    int uerr = errno;
-    return StartupFailure{kExitCantCreat,
-                          "stale socket " + spec.path + ": unlink: " + errnoText(uerr)};
-  }
-  logf(LogLevel::Notice, "removed stale socket %s (nobody was listening)", spec.path.c_str());
+  Status st =
+      dynmx::clearStaleSocket(spec.path, "socket " + spec.path, "dynmx-milter (or another filter)");
+  if (!st) return StartupFailure{kExitCantCreat, st.error().message};
   return std::nullopt;
 }
 
@@ -112,27 +69,9 @@ StartupStatus openListeningSocket(const MilterConfig& milter) {
 }
 
 StartupStatus dropPrivileges(const std::string& user) {
-  if (user.empty()) return std::nullopt;
-  struct passwd* pw = getpwnam(user.c_str());
-  if (!pw) return StartupFailure{kExitConfig, "milter.user: no user named " + user};
-  if (geteuid() == pw->pw_uid) return std::nullopt;
-  if (initgroups(pw->pw_name, pw->pw_gid) != 0) {
-    int err = errno;
-    return StartupFailure{kExitOsErr, "initgroups(" + user + "): " + errnoText(err)};
-  }
-  if (setgid(pw->pw_gid) != 0) {
-    int err = errno;
-    return StartupFailure{kExitOsErr,
-                          "setgid(" + std::to_string(pw->pw_gid) + "): " + errnoText(err)};
-  }
-  if (setuid(pw->pw_uid) != 0) {
-    int err = errno;
-    return StartupFailure{kExitOsErr, "setuid(" + user + "): " + errnoText(err)};
-  }
-  if (pw->pw_uid != 0 && (setuid(0) == 0 || geteuid() == 0)) {
-    return StartupFailure{kExitOsErr, "privileges could not be dropped to " + user};
-  }
-  return std::nullopt;
+  auto failed = dynmx::dropPrivileges(user, "milter.user");
+  if (!failed) return std::nullopt;
+  return StartupFailure{failed->unknown_user ? kExitConfig : kExitOsErr, failed->message};
 }
 
 bool reloadConfig(const std::string& path) {
@@ -147,21 +86,22 @@ bool reloadConfig(const std::string& path) {
   }
   std::shared_ptr<const Snapshot> running = currentSnapshot();
   Config next = std::move(*r.config);
+  std::optional<ReloadPlan> plan;
   if (running) {
-    for (const std::string& key : restartOnlyDifferences(running->config, next)) {
-      logf(LogLevel::Warning, "reload: %s changed; it takes effect only after a restart",
-           key.c_str());
-    }
     // What was fixed at start-up stays as it was, so that the snapshot tells the truth.
-    next.spool.dir = running->config.spool.dir;
-    next.milter.socket = running->config.milter.socket;
-    next.milter.socket_mode = running->config.milter.socket_mode;
-    next.milter.socket_group = running->config.milter.socket_group;
-    next.milter.user = running->config.milter.user;
+    plan = planReload(running->config, std::move(next), ConfigRole::Milter);
+    next = std::move(plan->config);
   }
   size_t clients = next.clients.size();
   setSnapshot(std::make_shared<const Snapshot>(std::move(next)));
   logf(LogLevel::Notice, "reload: configuration %s loaded, %zu client(s)", path.c_str(), clients);
+  if (plan) {
+    logf(LogLevel::Notice, "reload: taken: %s",
+         plan->taken.empty() ? "no change" : joinKeys(plan->taken).c_str());
+    if (!plan->waiting.empty())
+      logf(LogLevel::Warning, "reload: changed, kept as running until a restart: %s",
+           joinKeys(plan->waiting).c_str());
+  }
   return true;
 }
 

@@ -21,19 +21,20 @@ using StartupStatus = std::optional<StartupFailure>;  // nullopt: done
 
 // For a Unix socket path that already exists: a socket nobody listens on (connect refused) is
 // removed; a live one, or anything that is not a socket, is an error (another instance runs, or
-// the path is wrong). Inet sockets: nothing to do.
+// the path is wrong). Inet sockets: nothing to do. The probe is dynmx::clearStaleSocket.
 StartupStatus clearStaleSocket(const SocketSpec& spec);
 
 // smfi_setconn + smfi_opensocket under umask 077, then chmod socket_mode and chgrp socket_group
 // (Unix sockets). Errors name the socket.
 StartupStatus openListeningSocket(const MilterConfig& milter);
 
-// initgroups/setgid/setuid to `user` (no-op when empty). Fails if the user is unknown or the
-// switch does not stick.
+// dynmx::dropPrivileges to milter.user (no-op when empty): exit 78 for an unknown user, 71 when
+// a call fails or root could be regained.
 StartupStatus dropPrivileges(const std::string& user);
 
-// Loads `path` again and, when valid, swaps in the new routing (setSnapshot). Returns false and
-// logs every error when the new file is bad; the running configuration stays.
+// Loads `path` again and, when valid, swaps in the new snapshot (setSnapshot) with every
+// restart-only key kept as running (planReload), and logs what was taken and what waits for a
+// restart. Returns false and logs every error when the new file is bad; the running one stays.
 bool reloadConfig(const std::string& path);
 
 // Blocks SIGUSR1 in the calling thread (call before any thread exists, so all threads inherit

@@ -7,6 +7,7 @@
 #include <ctime>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "shared/crlf.hpp"
 #include "shared/log.hpp"
@@ -82,15 +83,12 @@ EnqueueResult fail(int code, std::string reason) {
   return r;
 }
 
-}  // namespace
+using ByClient = std::map<std::string, std::vector<std::string>>;
 
-EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int input_fd) {
-  std::string sender = bareAddress(req.sender);
-  const std::string qid = req.queue_id.empty() ? std::string("NOQUEUE") : req.queue_id;
-
-  // Route every recipient first: nothing is written unless all of them have a client.
+// Routes every recipient (or gives them all to --client); a failure names the first that has none.
+std::optional<EnqueueResult> routeRecipients(const Config& cfg, const EnqueueRequest& req,
+                                             ByClient& by_client) {
   Router router(cfg.clients);
-  std::map<std::string, std::vector<std::string>> by_client;
   for (const auto& raw : req.recipients) {
     std::string rcpt = bareAddress(raw);
     if (rcpt.empty()) return fail(kExitNoUser, "empty recipient address");
@@ -110,6 +108,48 @@ EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int i
     }
     by_client[router.clientName(*idx)].push_back(rcpt);
   }
+  return std::nullopt;
+}
+
+// Streams the input into every file; a failing write discards them all (the writers'
+// destructors). `total` is the number of bytes written to each.
+std::optional<EnqueueResult> copyInput(const Config& cfg, int input_fd,
+                                       std::vector<Target>& targets, uint64_t& total) {
+  CrlfNormalizer norm;
+  std::string out;
+  std::string buf(65536, '\0');
+  for (bool eof = false; !eof;) {
+    ssize_t n = ::read(input_fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(kExitIoErr, sysError(errno, "read standard input").message);
+    }
+    out.clear();
+    if (n == 0) {
+      eof = true;
+      norm.finish(out);
+    } else {
+      norm.feed(std::string_view(buf.data(), static_cast<size_t>(n)), out);
+    }
+    total += out.size();
+    if (total > cfg.spool.max_message_size)
+      return fail(kExitDataErr, "message larger than spool.max_message_size (" +
+                                    std::to_string(cfg.spool.max_message_size) + " bytes)");
+    for (auto& t : targets)
+      if (auto st = t.writer->write(out); !st) return fail(kExitTempFail, st.error().message);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int input_fd) {
+  std::string sender = bareAddress(req.sender);
+  const std::string qid = req.queue_id.empty() ? std::string("NOQUEUE") : req.queue_id;
+
+  // Route every recipient first: nothing is written unless all of them have a client.
+  ByClient by_client;
+  if (auto failed = routeRecipients(cfg, req, by_client)) return std::move(*failed);
 
   Spool spool(cfg.spool.dir);
   if (auto st = spool.checkWritable(); !st) return fail(kExitTempFail, st.error().message);
@@ -134,31 +174,8 @@ EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int i
     targets.push_back(std::move(t));
   }
 
-  // Stream stdin into every file; a failing write discards them all (the writers' destructors).
-  CrlfNormalizer norm;
-  std::string out;
-  std::string buf(65536, '\0');
   uint64_t total = 0;
-  for (bool eof = false; !eof;) {
-    ssize_t n = ::read(input_fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail(kExitIoErr, sysError(errno, "read standard input").message);
-    }
-    out.clear();
-    if (n == 0) {
-      eof = true;
-      norm.finish(out);
-    } else {
-      norm.feed(std::string_view(buf.data(), static_cast<size_t>(n)), out);
-    }
-    total += out.size();
-    if (total > cfg.spool.max_message_size)
-      return fail(kExitDataErr, "message larger than spool.max_message_size (" +
-                                    std::to_string(cfg.spool.max_message_size) + " bytes)");
-    for (auto& t : targets)
-      if (auto st = t.writer->write(out); !st) return fail(kExitTempFail, st.error().message);
-  }
+  if (auto failed = copyInput(cfg, input_fd, targets, total)) return std::move(*failed);
 
   EnqueueResult result;
   for (size_t i = 0; i < targets.size(); ++i) {

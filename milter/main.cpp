@@ -12,6 +12,7 @@
 #include <cstring>
 #include <libmilter/mfapi.h>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "milter/daemon.hpp"
@@ -39,13 +40,14 @@ int fail(bool foreground, int code, const std::string& msg) {
   return code;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  using namespace dynmx;
-  std::string path = kDefaultConfigPath;
+struct Options {
+  std::string path = dynmx::kDefaultConfigPath;
   bool foreground = false;
   bool check = false;
+};
+
+// Fills `o` from argv; returns an exit status when the program is done (help, usage error).
+std::optional<int> parseOptions(int argc, char** argv, Options& o) {
   static const option kLong[] = {{"config", required_argument, nullptr, 'c'},
                                  {"foreground", no_argument, nullptr, 'f'},
                                  {"check-config", no_argument, nullptr, 'C'},
@@ -55,50 +57,33 @@ int main(int argc, char** argv) {
   while ((opt = getopt_long(argc, argv, "c:fh", kLong, nullptr)) != -1) {
     switch (opt) {
       case 'c':
-        path = optarg;
+        o.path = optarg;
         break;
       case 'f':
-        foreground = true;
+        o.foreground = true;
         break;
       case 'C':
-        check = true;
+        o.check = true;
         break;
       case 'h':
         usage(stdout);
-        return kExitOk;
+        return dynmx::kExitOk;
       default:
         usage(stderr);
-        return kExitUsage;
+        return dynmx::kExitUsage;
     }
   }
   if (optind != argc) {
     std::fprintf(stderr, "dynmx-milter: unexpected argument %s\n", argv[optind]);
     usage(stderr);
-    return kExitUsage;
+    return dynmx::kExitUsage;
   }
-  if (check) return checkConfigCommand(path, ConfigRole::Milter, stdout, stderr);
+  return std::nullopt;
+}
 
-  logInit("dynmx-milter", foreground);
-  // libmilter's signal thread waits for SIGHUP, SIGTERM and SIGINT, but only from smfi_main()
-  // on; block them now so that one arriving during start-up waits for it instead of killing us.
-  sigset_t early;
-  sigemptyset(&early);
-  for (int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&early, sig);
-  pthread_sigmask(SIG_BLOCK, &early, nullptr);
-  LoadResult loaded = loadConfig(path, ConfigRole::Milter);
-  if (!loaded.config) {
-    for (const ConfigError& e : loaded.errors) {
-      logf(LogLevel::Critical, "%s", e.str().c_str());
-      if (!foreground) std::fprintf(stderr, "dynmx-milter: %s\n", e.str().c_str());
-    }
-    return fail(foreground, kExitConfig, "configuration " + path + " is not valid");
-  }
-  auto snap = std::make_shared<const milter::Snapshot>(std::move(*loaded.config));
-  const Config& cfg = snap->config;
-
-  // Lives as long as the process: libmilter's threads may still run while main() returns.
-  auto* spool = new Spool(cfg.spool.dir);
-  milter::install(spool, snap);
+// Socket, privileges, spool directories, daemon(3): every step that can stop the start.
+int startUp(const dynmx::Config& cfg, dynmx::Spool& spool, bool foreground) {
+  using namespace dynmx;
   if (smfi_register(milter::filterDescription()) != MI_SUCCESS) {
     return fail(foreground, kExitSoftware, "smfi_register failed");
   }
@@ -112,14 +97,47 @@ int main(int argc, char** argv) {
     return fail(foreground, f->exit_code, f->message);
   }
   // The state directories may not exist yet when the milter starts before dynmx-tunneld ever ran.
-  if (Status st = spool->prepareExisting(); !st) {
+  if (Status st = spool.prepareExisting(); !st) {
     return fail(foreground, kExitCantCreat, "spool: " + st.error().message);
   }
   if (!foreground && daemon(0, 0) != 0) {
     int err = errno;
     return fail(foreground, kExitOsErr, std::string("daemon: ") + std::strerror(err));
   }
-  milter::startReloadThread(path);
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace dynmx;
+  Options o;
+  if (auto done = parseOptions(argc, argv, o)) return *done;
+  if (o.check) return checkConfigCommand(o.path, ConfigRole::Milter, stdout, stderr);
+
+  logInit("dynmx-milter", o.foreground);
+  // libmilter's signal thread waits for SIGHUP, SIGTERM and SIGINT, but only from smfi_main()
+  // on; block them now so that one arriving during start-up waits for it instead of killing us.
+  sigset_t early;
+  sigemptyset(&early);
+  for (int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&early, sig);
+  pthread_sigmask(SIG_BLOCK, &early, nullptr);
+  LoadResult loaded = loadConfig(o.path, ConfigRole::Milter);
+  if (!loaded.config) {
+    for (const ConfigError& e : loaded.errors) {
+      logf(LogLevel::Critical, "%s", e.str().c_str());
+      if (!o.foreground) std::fprintf(stderr, "dynmx-milter: %s\n", e.str().c_str());
+    }
+    return fail(o.foreground, kExitConfig, "configuration " + o.path + " is not valid");
+  }
+  auto snap = std::make_shared<const milter::Snapshot>(std::move(*loaded.config));
+  const Config& cfg = snap->config;
+
+  // Lives as long as the process: libmilter's threads may still run while main() returns.
+  auto* spool = new Spool(cfg.spool.dir);
+  milter::install(spool, snap);
+  if (int code = startUp(cfg, *spool, o.foreground); code != kExitOk) return code;
+  milter::startReloadThread(o.path);
   logf(LogLevel::Notice, "starting: socket %s, spool %s, %zu client(s), on_error=%s",
        cfg.milter.socket.text.c_str(), cfg.spool.dir.c_str(), cfg.clients.size(),
        cfg.milter.on_error == OnError::Accept ? "accept" : "tempfail");

@@ -8,7 +8,6 @@
 #include "milter/session.hpp"
 
 #include <strings.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -16,6 +15,7 @@
 #include <ctime>
 
 #include "shared/date.hpp"
+#include "shared/host_name.hpp"
 #include "shared/log.hpp"
 
 namespace dynmx::milter {
@@ -35,13 +35,6 @@ bool keyIs(std::string_view arg, std::string_view key, std::string_view* value) 
   if (k.size() != key.size() || strncasecmp(k.data(), key.data(), k.size()) != 0) return false;
   *value = eq == std::string_view::npos ? std::string_view() : arg.substr(eq + 1);
   return true;
-}
-
-
-std::string localHostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof buf - 1) != 0) return "localhost";
-  return buf;
 }
 
 const Reply kTempfailReply{"451", "4.3.0",
@@ -148,7 +141,7 @@ RcptOutcome MessageSession::rcpt(std::string_view rcpt, const std::vector<std::s
 }
 
 std::string MessageSession::traceHeader(const Part& part) const {
-  std::string host = peer_.mta_host.empty() ? localHostName() : peer_.mta_host;
+  std::string host = hostNameOr(peer_.mta_host);
   std::string h = "Received: by " + host + " (dynmx-milter";
   if (!qid_.empty()) h += ", MTA queue id " + qid_;
   h += ")\r\n\tid " + part.writer->id();
@@ -280,57 +273,72 @@ EomOutcome MessageSession::endOfMessage() {
   std::vector<size_t> committed;
   for (size_t i = 0; i < parts_.size(); ++i) {
     Part& p = parts_[i];
-    Envelope env;
-    env.client = snap_->router.clientName(p.client);
-    env.sender = sender_;
-    env.envid = mail_.envid;
-    env.ret = mail_.ret;
-    env.body = mail_.body;
-    env.smtputf8 = mail_.smtputf8;
-    env.mta_queue_id = qid_;
-    env.origin = peer_.addr.empty() ? "local" : peer_.addr;
-    env.arrival = arrival_;
-    for (const CapturedRcpt& r : p.rcpts) {
-      SpoolRecipient sr;
-      sr.address = r.bare;
-      sr.notify = r.params.notify;
-      sr.orcpt = r.params.orcpt;
-      env.rcpts.push_back(std::move(sr));
-    }
+    Envelope env = envelopeFor(p);
     Status st = p.writer->commit(env);
     if (!st) {
       std::string why = "commit of spool file " + p.writer->id() + " for client " + env.client +
                         " failed: " + st.error().message;
       p.writer.reset();
-      std::vector<std::string> committed_delrcpt;
-      std::vector<std::string> committed_ids;
-      for (size_t c : committed) {
-        committed_ids.push_back(parts_[c].writer->id());
-        parts_[c].writer.reset();  // committed: the writer has nothing left to remove
-        for (const CapturedRcpt& r : parts_[c].rcpts) committed_delrcpt.push_back(r.raw);
-      }
-      if (snap_->config.milter.on_error != OnError::Accept) {
-        committed_delrcpt.clear();
-        // The MTA will offer the whole message again: take back what is already committed.
-        for (const std::string& id : committed_ids) {
-          Result<SpoolMessage> m = spool_.load(QueueState::Incoming, id);
-          Status rm = m ? spool_.remove(*m) : Status(m.error());
-          if (rm) {
-            logf(LogLevel::Warning, "%s: milter: withdrew committed spool=%s after a later failure",
-                 logId().c_str(), id.c_str());
-          } else {
-            logf(LogLevel::Error,
-                 "%s: milter: possible duplicate: spool=%s is committed and could not be "
-                 "withdrawn (%s); the MTA will offer the message again",
-                 logId().c_str(), id.c_str(), rm.error().message.c_str());
-          }
-        }
-      }
-      return errorOutcome(why, std::move(committed_delrcpt));
+      return commitFailed(why, committed);
     }
     committed.push_back(i);
   }
+  return capturedOutcome();
+}
 
+Envelope MessageSession::envelopeFor(const Part& p) const {
+  Envelope env;
+  env.client = snap_->router.clientName(p.client);
+  env.sender = sender_;
+  env.envid = mail_.envid;
+  env.ret = mail_.ret;
+  env.body = mail_.body;
+  env.smtputf8 = mail_.smtputf8;
+  env.mta_queue_id = qid_;
+  env.origin = peer_.addr.empty() ? "local" : peer_.addr;
+  env.arrival = arrival_;
+  for (const CapturedRcpt& r : p.rcpts) {
+    SpoolRecipient sr;
+    sr.address = r.bare;
+    sr.notify = r.params.notify;
+    sr.orcpt = r.params.orcpt;
+    env.rcpts.push_back(std::move(sr));
+  }
+  return env;
+}
+
+EomOutcome MessageSession::commitFailed(const std::string& why,
+                                        const std::vector<size_t>& committed) {
+  std::vector<std::string> committed_delrcpt;
+  std::vector<std::string> committed_ids;
+  for (size_t c : committed) {
+    committed_ids.push_back(parts_[c].writer->id());
+    parts_[c].writer.reset();  // committed: the writer has nothing left to remove
+    for (const CapturedRcpt& r : parts_[c].rcpts) committed_delrcpt.push_back(r.raw);
+  }
+  if (snap_->config.milter.on_error != OnError::Accept) {
+    committed_delrcpt.clear();
+    // The MTA will offer the whole message again: take back what is already committed.
+    for (const std::string& id : committed_ids) withdraw(id);
+  }
+  return errorOutcome(why, std::move(committed_delrcpt));
+}
+
+void MessageSession::withdraw(const std::string& id) {
+  Result<SpoolMessage> m = spool_.load(QueueState::Incoming, id);
+  Status rm = m ? spool_.remove(*m) : Status(m.error());
+  if (rm) {
+    logf(LogLevel::Warning, "%s: milter: withdrew committed spool=%s after a later failure",
+         logId().c_str(), id.c_str());
+  } else {
+    logf(LogLevel::Error,
+         "%s: milter: possible duplicate: spool=%s is committed and could not be "
+         "withdrawn (%s); the MTA will offer the message again",
+         logId().c_str(), id.c_str(), rm.error().message.c_str());
+  }
+}
+
+EomOutcome MessageSession::capturedOutcome() {
   EomOutcome out;
   size_t captured = 0;
   for (const Part& p : parts_) {

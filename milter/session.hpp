@@ -140,6 +140,11 @@ class MessageSession {
   void dropWriters();
   std::string traceHeader(const Part& part) const;
   EomOutcome errorOutcome(const std::string& why, std::vector<std::string> committed_delrcpt);
+  Envelope envelopeFor(const Part& p) const;
+  // A commit failed after the parts in `committed` succeeded.
+  EomOutcome commitFailed(const std::string& why, const std::vector<size_t>& committed);
+  void withdraw(const std::string& id);  // a committed spool file, from incoming/
+  EomOutcome capturedOutcome();          // every part committed
   const std::string& logId() const;
 
   Spool& spool_;

@@ -9,7 +9,6 @@
 // configuration. The only system calls are stat(2) on the identity and known_hosts files, and the
 // read of the file itself; a file that cannot be read is one error, never an exception.
 #include "shared/config.hpp"
-#include "shared/result.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -27,6 +26,8 @@
 #include <sstream>
 #include <utility>
 
+#include "shared/private_key.hpp"
+#include "shared/result.hpp"
 #include "shared/sysexits.hpp"
 
 namespace dynmx {
@@ -281,12 +282,6 @@ std::string hostKeyProblem(std::string_view s) {
   return {};
 }
 
-std::string octal(unsigned v) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%04o", v);
-  return buf;
-}
-
 class Loader {
  public:
   Loader(const std::string& path, ConfigRole role) : path_(path), role_(role) {
@@ -475,7 +470,7 @@ class Loader {
       if (i->get() < 0 || i->get() > 0777) {
         fail(n, key,
              "expected a file mode from 0000 to 0777, got 0o" +
-                 octal(static_cast<unsigned>(i->get() & 0xffffff)));
+                 octalMode(static_cast<mode_t>(i->get() & 0xffffff)));
         return;
       }
       out = static_cast<mode_t>(i->get());
@@ -758,27 +753,33 @@ class Loader {
           fail(c.loc, prefix, "missing required key " + quoted(req) + " in [[client]]");
       }
       clientOrderCheck(prefix, c);
-      // A domain belongs to one client: report the later claim, naming the earlier client.
-      for (size_t d = 0; d < c.domains.size() && d < domains_at.size(); ++d) {
-        const auto& [dkey, dloc] = domains_at[d];
-        auto [it, fresh] = claims.emplace(c.domains[d], std::make_pair(i, dloc));
-        if (fresh) continue;
-        size_t first = it->second.first;
-        if (first == i) {
-          fail(dloc, dkey,
-               "domain " + quoted(c.domains[d]) + " is listed twice (first at line " +
-                   std::to_string(it->second.second.line) + ")");
-        } else {
-          const auto& other = cfg_.clients[first].name;
-          fail(dloc, dkey,
-               "domain " + quoted(c.domains[d]) + " is already claimed by client " + quoted(other) +
-                   " (client[" + std::to_string(first) + "], line " +
-                   std::to_string(it->second.second.line) +
-                   "); a domain can belong to one client only");
-        }
-      }
+      claimDomains(i, c, domains_at, claims);
       cfg_.clients.push_back(std::move(c));
       context_.clear();
+    }
+  }
+
+  // A domain belongs to one client: reports the later claim, naming the earlier client.
+  void claimDomains(size_t i, const ClientConfig& c,
+                    const std::vector<std::pair<std::string, SourceLoc>>& domains_at,
+                    std::map<std::string, std::pair<size_t, SourceLoc>>& claims) {
+    for (size_t d = 0; d < c.domains.size() && d < domains_at.size(); ++d) {
+      const auto& [dkey, dloc] = domains_at[d];
+      auto [it, fresh] = claims.emplace(c.domains[d], std::make_pair(i, dloc));
+      if (fresh) continue;
+      size_t first = it->second.first;
+      if (first == i) {
+        fail(dloc, dkey,
+             "domain " + quoted(c.domains[d]) + " is listed twice (first at line " +
+                 std::to_string(it->second.second.line) + ")");
+      } else {
+        const auto& other = cfg_.clients[first].name;
+        fail(dloc, dkey,
+             "domain " + quoted(c.domains[d]) + " is already claimed by client " + quoted(other) +
+                 " (client[" + std::to_string(first) + "], line " +
+                 std::to_string(it->second.second.line) +
+                 "); a domain can belong to one client only");
+      }
     }
   }
 
@@ -888,7 +889,8 @@ class Loader {
       struct stat st {};
       if (::stat(t.known_hosts.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 002))
         fail(where("tunneld.known_hosts"), "tunneld.known_hosts",
-             "the known_hosts file " + t.known_hosts + " has mode " + octal(st.st_mode & 07777) +
+             "the known_hosts file " + t.known_hosts + " has mode " +
+                 octalMode(st.st_mode & 07777) +
                  " and anyone can write to it, so anyone could add a host key; fix it with: "
                  "chmod o-w " +
                  t.known_hosts);
@@ -904,25 +906,26 @@ class Loader {
   // needs the file) a missing or unreadable path is not this program's business.
   void checkPrivateKey(const std::string& path, const std::string& key, bool must_exist) {
     std::string origin = seen_.count(key) ? "" : " (the default)";
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) {
-      int err = errno;
-      if (must_exist)
+    auto problem = privateKeyProblem(path);
+    if (!problem) return;
+    switch (problem->kind) {
+      case PrivateKeyProblem::Kind::CannotStat:
+        if (must_exist)
+          fail(where(key), key,
+               "identity file " + path + origin + ": " + errnoText(problem->err) +
+                   "; dynmx-tunneld needs the private key it logs in with");
+        return;
+      case PrivateKeyProblem::Kind::NotRegular:
+        fail(where(key), key, "identity file " + path + origin + " is not a regular file");
+        return;
+      case PrivateKeyProblem::Kind::NotPrivate:
         fail(where(key), key,
-             "identity file " + path + origin + ": " + errnoText(err) +
-                 "; dynmx-tunneld needs the private key it logs in with");
-      return;
+             "identity file " + path + origin + " has mode " + octalMode(problem->mode) +
+                 " and is accessible by group or others; a private key must be "
+                 "private: chmod 600 " +
+                 path);
+        return;
     }
-    if (!S_ISREG(st.st_mode)) {
-      fail(where(key), key, "identity file " + path + origin + " is not a regular file");
-      return;
-    }
-    if (st.st_mode & 077)
-      fail(where(key), key,
-           "identity file " + path + origin + " has mode " + octal(st.st_mode & 07777) +
-               " and is accessible by group or others; a private key must be "
-               "private: chmod 600 " +
-               path);
   }
 
   std::string path_;
@@ -1118,23 +1121,155 @@ LoadResult loadConfig(const std::string& path, ConfigRole role) {
   return parseConfig(text, path, role);
 }
 
-std::vector<std::string> restartOnlyDifferences(const Config& running, const Config& next) {
-  std::vector<std::string> out;
-  auto diff = [&](const char* key, bool differs) {
-    if (differs) out.emplace_back(key);
-  };
-  diff("spool.dir", running.spool.dir != next.spool.dir);
-  diff("spool.max_message_size", running.spool.max_message_size != next.spool.max_message_size);
-  diff("milter.socket", running.milter.socket.text != next.milter.socket.text);
-  diff("milter.socket_mode", running.milter.socket_mode != next.milter.socket_mode);
-  diff("milter.socket_group", running.milter.socket_group != next.milter.socket_group);
-  diff("milter.user", running.milter.user != next.milter.user);
-  diff("tunneld.control_socket", running.tunneld.control_socket != next.tunneld.control_socket);
-  diff("tunneld.control_group", running.tunneld.control_group != next.tunneld.control_group);
-  diff("tunneld.control_mode", running.tunneld.control_mode != next.tunneld.control_mode);
-  diff("tunneld.user", running.tunneld.user != next.tunneld.user);
-  diff("tunneld.pid_file", running.tunneld.pid_file != next.tunneld.pid_file);
+namespace {
+
+// The key paths that changed in one reload, with the program's interest in each part.
+struct KeyDiff {
+  std::vector<std::string> keys;
+  void add(std::string key, bool differs) {
+    if (differs) keys.push_back(std::move(key));
+  }
+};
+
+// Each diff below names every member of its part: the structured bindings stop the build when a
+// member is added to a part without being named here, so the lists cannot drift from the types.
+void diffPart(const SpoolStartup& a, const SpoolStartup& b, KeyDiff& out) {
+  const auto& [dir] = a;
+  const auto& [dir2] = b;
+  out.add("spool.dir", dir != dir2);
+}
+
+void diffPart(const SpoolReloadable& a, const SpoolReloadable& b, KeyDiff& out) {
+  const auto& [max_message_size] = a;
+  const auto& [max_message_size2] = b;
+  out.add("spool.max_message_size", max_message_size != max_message_size2);
+}
+
+void diffPart(const MilterStartup& a, const MilterStartup& b, KeyDiff& out) {
+  const auto& [socket, socket_mode, socket_group, user] = a;
+  const auto& [socket2, socket_mode2, socket_group2, user2] = b;
+  out.add("milter.socket", socket.text != socket2.text);  // "local:" is read back as "unix:"
+  out.add("milter.socket_mode", socket_mode != socket_mode2);
+  out.add("milter.socket_group", socket_group != socket_group2);
+  out.add("milter.user", user != user2);
+}
+
+void diffPart(const MilterReloadable& a, const MilterReloadable& b, KeyDiff& out) {
+  const auto& [on_error] = a;
+  const auto& [on_error2] = b;
+  out.add("milter.on_error", on_error != on_error2);
+}
+
+void diffRetry(const RetryPolicy& a, const RetryPolicy& b, const std::string& prefix,
+               KeyDiff& out) {
+  const auto& [retry_min, retry_max, queue_lifetime, delay_warning] = a;
+  const auto& [retry_min2, retry_max2, queue_lifetime2, delay_warning2] = b;
+  out.add(prefix + "retry_min", retry_min != retry_min2);
+  out.add(prefix + "retry_max", retry_max != retry_max2);
+  out.add(prefix + "queue_lifetime", queue_lifetime != queue_lifetime2);
+  out.add(prefix + "delay_warning", delay_warning != delay_warning2);
+}
+
+void diffPart(const TunneldStartup& a, const TunneldStartup& b, KeyDiff& out) {
+  const auto& [control_socket, control_group, control_mode, user, pid_file, sendmail] = a;
+  const auto& [control_socket2, control_group2, control_mode2, user2, pid_file2, sendmail2] = b;
+  out.add("tunneld.control_socket", control_socket != control_socket2);
+  out.add("tunneld.control_group", control_group != control_group2);
+  out.add("tunneld.control_mode", control_mode != control_mode2);
+  out.add("tunneld.user", user != user2);
+  out.add("tunneld.pid_file", pid_file != pid_file2);
+  out.add("tunneld.sendmail", sendmail != sendmail2);
+}
+
+void diffPart(const TunneldReloadable& a, const TunneldReloadable& b, KeyDiff& out) {
+  const auto& [identity, known_hosts, keepalive, connect_timeout, reconnect_min, reconnect_max,
+               retry, idle_close, max_transactions, bounce_from, remote_command, hostname] = a;
+  const auto& [identity2, known_hosts2, keepalive2, connect_timeout2, reconnect_min2,
+               reconnect_max2, retry2, idle_close2, max_transactions2, bounce_from2,
+               remote_command2, hostname2] = b;
+  out.add("tunneld.identity", identity != identity2);
+  out.add("tunneld.known_hosts", known_hosts != known_hosts2);
+  out.add("tunneld.keepalive", keepalive != keepalive2);
+  out.add("tunneld.connect_timeout", connect_timeout != connect_timeout2);
+  out.add("tunneld.reconnect_min", reconnect_min != reconnect_min2);
+  out.add("tunneld.reconnect_max", reconnect_max != reconnect_max2);
+  diffRetry(retry, retry2, "tunneld.", out);
+  out.add("tunneld.idle_close", idle_close != idle_close2);
+  out.add("tunneld.max_transactions", max_transactions != max_transactions2);
+  out.add("tunneld.bounce_from", bounce_from != bounce_from2);
+  out.add("tunneld.remote_command", remote_command != remote_command2);
+  out.add("tunneld.hostname", hostname != hostname2);
+}
+
+// The keys of one client that changed; only its domains when the program reads only the routing.
+std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig& b,
+                                       bool routing_only) {
+  // name: the clients are matched by it; loc: where it is written, not what it says.
+  const auto& [name, host, port, user, domains, host_key, identity, concurrency, retry, loc] = a;
+  const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, concurrency2, retry2,
+               loc2] = b;
+  KeyDiff out;
+  if (!routing_only) {
+    out.add("host", host != host2);
+    out.add("port", port != port2);
+    out.add("user", user != user2);
+  }
+  out.add("domains", domains != domains2);
+  if (routing_only) return out.keys;
+  out.add("host_key", host_key != host_key2);
+  out.add("identity", identity != identity2);
+  out.add("concurrency", concurrency != concurrency2);
+  diffRetry(retry, retry2, "", out);
+  return out.keys;
+}
+
+void diffClients(const Config& running, const Config& next, bool routing_only, KeyDiff& out) {
+  for (const ClientConfig& c : next.clients) {
+    const ClientConfig* old = running.findClient(c.name);
+    if (!old) {
+      out.add("client " + c.name + " added", true);
+      continue;
+    }
+    auto keys = clientChanges(*old, c, routing_only);
+    out.add("client " + c.name + ": " + joinKeys(keys), !keys.empty());
+  }
+  for (const ClientConfig& c : running.clients)
+    out.add("client " + c.name + " removed", next.findClient(c.name) == nullptr);
+}
+
+}  // namespace
+
+std::string joinKeys(const std::vector<std::string>& keys) {
+  std::string out;
+  for (const auto& k : keys) out += (out.empty() ? "" : ", ") + k;
   return out;
+}
+
+ReloadPlan planReload(const Config& running, Config next, ConfigRole role) {
+  bool milter = role == ConfigRole::Any || role == ConfigRole::Milter;
+  bool tunneld = role == ConfigRole::Any || role == ConfigRole::Tunneld;
+  KeyDiff taken, waiting;
+  diffPart(static_cast<const SpoolStartup&>(running.spool), next.spool, waiting);
+  if (role != ConfigRole::Tunneld)  // the spool's size limit is the milter's and dynmx-enqueue's
+    diffPart(static_cast<const SpoolReloadable&>(running.spool), next.spool, taken);
+  if (milter) {
+    diffPart(static_cast<const MilterStartup&>(running.milter), next.milter, waiting);
+    diffPart(static_cast<const MilterReloadable&>(running.milter), next.milter, taken);
+  }
+  if (tunneld) {
+    diffPart(static_cast<const TunneldStartup&>(running.tunneld), next.tunneld, waiting);
+    diffPart(static_cast<const TunneldReloadable&>(running.tunneld), next.tunneld, taken);
+  }
+  diffClients(running, next, role == ConfigRole::Milter, taken);
+  // What needs a restart stays as it runs: the one place where keys are kept back.
+  static_cast<SpoolStartup&>(next.spool) = running.spool;
+  static_cast<MilterStartup&>(next.milter) = running.milter;
+  static_cast<TunneldStartup&>(next.tunneld) = running.tunneld;
+  return ReloadPlan{std::move(next), std::move(taken.keys), std::move(waiting.keys)};
+}
+
+std::vector<std::string> restartOnlyDifferences(const Config& running, const Config& next) {
+  return planReload(running, next, ConfigRole::Any).waiting;
 }
 
 int checkConfigCommand(const std::string& path, ConfigRole role, std::FILE* out, std::FILE* err) {

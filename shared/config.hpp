@@ -6,8 +6,11 @@
 // an identity file readable by group or others are errors. Every key has an embedded default, so an
 // empty file is a valid configuration (with no clients). Nothing here opens sockets or starts work.
 //
-// What may change on reload (clients and their routing, retry policy) is kept apart from what needs a
-// restart (sockets, users, spool directory): see restartOnlyDifferences().
+// Every section is two types: its *Startup part holds the keys read once at start-up (sockets,
+// users, the spool directory, programs started with the daemon), which a reload cannot change;
+// its *Reloadable part holds the rest. A reload takes the new file through planReload(), which
+// keeps every Startup part as running, so no daemon copies keys back by hand and no key can be
+// "needs a restart" in the log while the code already uses the new value.
 #pragma once
 
 #include <sys/types.h>
@@ -63,18 +66,26 @@ std::string formatDuration(Seconds d);
 
 enum class OnError { Tempfail, Accept };
 
-struct SpoolConfig {
+// ---- [spool]
+struct SpoolStartup {
   std::string dir = "/var/spool/dynmx";
-  uint64_t max_message_size = 50ull * 1024 * 1024;
 };
+struct SpoolReloadable {
+  uint64_t max_message_size = 50ull * 1024 * 1024;  // a message in progress keeps its limit
+};
+struct SpoolConfig : SpoolStartup, SpoolReloadable {};
 
-struct MilterConfig {
+// ---- [milter]
+struct MilterStartup {
   SocketSpec socket;  // default unix:/run/dynmx/milter.sock
   mode_t socket_mode = 0660;
   std::string socket_group;  // empty: leave the group as created
   std::string user;          // empty: do not change user
+};
+struct MilterReloadable {
   OnError on_error = OnError::Tempfail;
 };
+struct MilterConfig : MilterStartup, MilterReloadable {};
 
 // Retry and lifetime policy; [tunneld] holds the defaults, a [[client]] may override each key.
 struct RetryPolicy {
@@ -84,10 +95,17 @@ struct RetryPolicy {
   Seconds delay_warning{4 * 3600};  // 0 disables delay warnings
 };
 
-struct TunneldConfig {
+// ---- [tunneld]
+struct TunneldStartup {
   std::string control_socket = "/run/dynmx/tunneld.sock";
   std::string control_group;  // empty: leave the group as created
   mode_t control_mode = 0660;
+  std::string user;      // empty: do not change user
+  std::string pid_file;  // empty: none
+  // argv prefix for bounces; the bounce sender is built with it at start-up
+  std::vector<std::string> sendmail = {"/usr/sbin/sendmail"};
+};
+struct TunneldReloadable {
   std::string identity = "/etc/dynmx/id_ed25519";  // private key used for every client by default
   std::string known_hosts = "/etc/dynmx/known_hosts";
   Seconds keepalive{30};
@@ -98,13 +116,12 @@ struct TunneldConfig {
   Seconds idle_close{60};            // QUIT an idle SMTP session after this; SSH stays up
   uint32_t max_transactions = 1000;  // per SMTP session, then QUIT and start a new one
   std::string bounce_from = "MAILER-DAEMON";  // header From: of bounces (envelope is always <>)
-  std::vector<std::string> sendmail = {"/usr/sbin/sendmail"};  // argv prefix for bounces
   std::string remote_command = "/usr/sbin/sendmail -bs";  // exec request; authorized_keys forces it
-  std::string hostname;  // EHLO name and bounce host; empty: gethostname()
-  std::string user;      // empty: do not change user
-  std::string pid_file;  // empty: none
+  std::string hostname;  // EHLO name and bounce host; empty: the system's (hostNameOr)
 };
+struct TunneldConfig : TunneldStartup, TunneldReloadable {};
 
+// ---- [[client]]: every key of a client is reloadable (a changed client reconnects).
 struct ClientConfig {
   std::string name;
   std::string host;
@@ -116,6 +133,11 @@ struct ClientConfig {
   uint32_t concurrency = 4;
   RetryPolicy retry;  // [tunneld] values unless overridden
   SourceLoc loc;      // where the [[client]] table starts
+
+  // The private key this client logs in with: its own identity, else [tunneld] identity.
+  const std::string& identityFile(const TunneldConfig& t) const {
+    return identity.empty() ? t.identity : identity;
+  }
 };
 
 struct Config {
@@ -142,8 +164,22 @@ LoadResult loadConfig(const std::string& path, ConfigRole role = ConfigRole::Any
 LoadResult parseConfig(std::string_view text, const std::string& path,
                        ConfigRole role = ConfigRole::Any);
 
-// Keys that differ between two configs but are only read at start-up (so a reload cannot apply
-// them), as key paths, e.g. {"spool.dir", "milter.socket"}. Empty when a reload can apply everything.
+// A reload: the configuration to run with from now on (the new file, with every Startup part kept
+// as running) and the key paths that changed, in file order: `taken` are in effect now
+// ("spool.max_message_size", "client beta added", "client home: host, port"), `waiting` need a
+// restart ("spool.dir"). Only keys the role's program reads are listed (ConfigRole::Any: all).
+struct ReloadPlan {
+  Config config;
+  std::vector<std::string> taken;
+  std::vector<std::string> waiting;
+};
+ReloadPlan planReload(const Config& running, Config next, ConfigRole role);
+
+// "a, b, c", for log lines about a ReloadPlan.
+std::string joinKeys(const std::vector<std::string>& keys);
+
+// The restart-only keys that differ between two configs, e.g. {"spool.dir", "milter.socket"}:
+// planReload(running, next, ConfigRole::Any).waiting.
 std::vector<std::string> restartOnlyDifferences(const Config& running, const Config& next);
 
 }  // namespace dynmx

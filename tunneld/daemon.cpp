@@ -7,9 +7,7 @@
 #include "tunneld/daemon.hpp"
 
 #include <fcntl.h>
-#include <grp.h>
 #include <poll.h>
-#include <pwd.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
@@ -21,17 +19,15 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <optional>
 
 #include "shared/log.hpp"
+#include "shared/privileges.hpp"
 #include "shared/sysexits.hpp"
 
 namespace dynmx::tunneld {
 
 namespace {
-
-int64_t unixNow() {
-  return static_cast<int64_t>(time(nullptr));
-}
 
 std::string isoTime(int64_t t) {
   if (t <= 0) return "-";
@@ -53,7 +49,8 @@ struct Daemon::ControlConn {
   uint64_t timer = 0;
 };
 
-Daemon::Daemon(Config cfg) : cfg_(std::move(cfg)), spool_(cfg_.spool.dir) {}
+Daemon::Daemon(Config cfg, const TimeSource& time)
+    : cfg_(std::move(cfg)), time_(time), spool_(cfg_.spool.dir) {}
 
 Daemon::~Daemon() {
   clients_.clear();
@@ -104,8 +101,7 @@ Status Daemon::init() {
   if (wake_fd_ < 0) return sysError(errno, "eventfd");
 
   for (const auto& c : cfg_.clients) {
-    std::string id = c.identity.empty() ? cfg_.tunneld.identity : c.identity;
-    if (auto st = checkPrivateKeyFile(id); !st) return st;
+    if (auto st = checkPrivateKeyFile(c.identityFile(cfg_.tunneld)); !st) return st;
   }
   if (auto st = spool_.prepare(); !st) return st;
   bounces_ =
@@ -131,15 +127,15 @@ Status Daemon::init() {
     uint64_t v;
     while (read(wake_fd_, &v, sizeof v) > 0) {
     }
-    queue_->collectHandoffs(unixNow());
+    queue_->collectHandoffs(time_.unixSeconds());
     for (auto& [n, e] : clients_) service(e);
   });
   loop_.watch(inotify_fd_, POLLIN, [this](short) { onInotify(); });
   loop_.watch(control_fd_, POLLIN, [this](short) { onControlAccept(); });
   // The clients start connecting first: their SSH handshakes go on while the spool is read.
   applyClients();
-  RecoveryReport rep = queue_->start(unixNow(), kScanSlice);
-  last_scan_ = unixNow();
+  RecoveryReport rep = queue_->start(time_.unixSeconds(), kScanSlice);
+  last_scan_ = time_.unixSeconds();
   scan_more_ = true;
   logf(LogLevel::Info,
        "starting: %zu client(s), spool %s (recovery: %zu tmp removed, %zu requeued, %zu corrupt)",
@@ -149,7 +145,7 @@ Status Daemon::init() {
 }
 
 void Daemon::applyClients() {
-  auto now = SteadyClock::now();
+  auto now = time_.steady();
   // Removed clients finish (or abandon) their work, then go.
   for (auto it = clients_.begin(); it != clients_.end();) {
     if (!cfg_.findClient(it->first)) {
@@ -177,8 +173,22 @@ void Daemon::applyClients() {
   for (auto& e : retiring_) service(e);
 }
 
+template <class F>
+void Daemon::forEachClient(F&& f) {
+  for (auto& [name, e] : clients_) f(e);
+  for (auto& e : retiring_) f(e);
+}
+
+Daemon::ClientEntry* Daemon::entryOf(const SshClient* c) {
+  ClientEntry* found = nullptr;
+  forEachClient([&](ClientEntry& e) {
+    if (!found && e.client.get() == c) found = &e;
+  });
+  return found;
+}
+
 void Daemon::service(ClientEntry& e, short revents) {
-  e.client->step(SteadyClock::now(), revents);
+  e.client->step(time_.steady(), revents);
   sync(e);
 }
 
@@ -193,12 +203,7 @@ void Daemon::sync(ClientEntry& e) {
     short ev = c->events();
     if (e.watched_fd != fd) {
       loop_.watch(fd, ev, [this, c](short rev) {
-        for (auto* m : {&clients_}) {
-          for (auto& [n, ce] : *m)
-            if (ce.client.get() == c) return service(ce, rev);
-        }
-        for (auto& ce : retiring_)
-          if (ce.client.get() == c) return service(ce, rev);
+        if (ClientEntry* ce = entryOf(c)) service(*ce, rev);
       });
       e.watched_fd = fd;
     } else {
@@ -206,7 +211,7 @@ void Daemon::sync(ClientEntry& e) {
     }
   }
   auto d = c->deadline();
-  auto now = SteadyClock::now();
+  auto now = time_.steady();
   if (d && *d <= now) d = now + std::chrono::milliseconds(1);
   if (d != e.timer_when) {
     if (e.timer_id) loop_.cancelTimer(e.timer_id);
@@ -214,18 +219,11 @@ void Daemon::sync(ClientEntry& e) {
     e.timer_when = d;
     if (d) {
       e.timer_id = loop_.addTimer(*d, [this, c]() {
-        for (auto& [n, ce] : clients_)
-          if (ce.client.get() == c) {
-            ce.timer_id = 0;
-            ce.timer_when.reset();
-            return service(ce);
-          }
-        for (auto& ce : retiring_)
-          if (ce.client.get() == c) {
-            ce.timer_id = 0;
-            ce.timer_when.reset();
-            return service(ce);
-          }
+        ClientEntry* ce = entryOf(c);
+        if (!ce) return;
+        ce->timer_id = 0;
+        ce->timer_when.reset();
+        service(*ce);
       });
     }
   }
@@ -233,7 +231,7 @@ void Daemon::sync(ClientEntry& e) {
 
 void Daemon::pokeDue() {
   if (stopping_) return;
-  int64_t now = unixNow();
+  int64_t now = time_.unixSeconds();
   for (auto& [name, e] : clients_) {
     if (queue_->hasDue(name, now)) {
       e.client->poke();
@@ -246,7 +244,7 @@ void Daemon::onInotify() {
   alignas(inotify_event) char buf[8192];
   while (read(inotify_fd_, buf, sizeof buf) > 0) {
   }
-  int64_t now = unixNow();
+  int64_t now = time_.unixSeconds();
   scan_more_ = queue_->scanIncoming(now, kScanSlice);
   last_scan_ = now;
   pokeDue();
@@ -262,11 +260,7 @@ void Daemon::onSignal() {
       if (stopping_) {
         logf(LogLevel::Warning, "second %s: abandoning every session now",
              si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
-        auto now = SteadyClock::now();
-        for (auto& [n, e] : clients_) e.client->beginStop(now, std::chrono::seconds(0));
-        for (auto& e : retiring_) e.client->beginStop(now, std::chrono::seconds(0));
-        for (auto& [n, e] : clients_) service(e);
-        for (auto& e : retiring_) service(e);
+        stopClients(std::chrono::seconds(0));
       } else {
         beginShutdown();
       }
@@ -278,11 +272,13 @@ void Daemon::beginShutdown() {
   stopping_ = true;
   logf(LogLevel::Info, "stopping: no new transactions; waiting up to %llds for those in flight",
        static_cast<long long>(kShutdownGrace.count()));
-  auto now = SteadyClock::now();
-  for (auto& [n, e] : clients_) e.client->beginStop(now, kShutdownGrace);
-  for (auto& e : retiring_) e.client->beginStop(now, kShutdownGrace);
-  for (auto& [n, e] : clients_) service(e);
-  for (auto& e : retiring_) service(e);
+  stopClients(kShutdownGrace);
+}
+
+void Daemon::stopClients(std::chrono::seconds grace) {
+  auto now = time_.steady();
+  forEachClient([&](ClientEntry& e) { e.client->beginStop(now, grace); });
+  forEachClient([&](ClientEntry& e) { service(e); });
 }
 
 Status Daemon::reload() {
@@ -298,33 +294,20 @@ Status Daemon::reload() {
          cfg_.path.c_str());
     return Error{0, "configuration has errors, keeping the running one: " + all};
   }
-  Config next = std::move(*lr.config);
-  auto restart = restartOnlyDifferences(cfg_, next);
-  std::string restart_list;
-  for (auto& k : restart) {
-    if (!restart_list.empty()) restart_list += ", ";
-    restart_list += k;
-  }
-  if (!restart.empty())
-    logf(LogLevel::Warning, "reload: %s changed; these keys need a restart to take effect",
-         restart_list.c_str());
-  // Keep the start-up-only keys as they are running, apply the rest.
-  TunneldConfig keep = cfg_.tunneld;
-  SpoolConfig keep_spool = cfg_.spool;
-  std::string path = cfg_.path;
-  cfg_ = std::move(next);
-  cfg_.path = path;
-  cfg_.spool = keep_spool;
-  cfg_.tunneld.control_socket = keep.control_socket;
-  cfg_.tunneld.control_group = keep.control_group;
-  cfg_.tunneld.control_mode = keep.control_mode;
-  cfg_.tunneld.user = keep.user;
-  cfg_.tunneld.pid_file = keep.pid_file;
+  // What needs a restart is kept as it runs (planReload); everything else is applied.
+  ReloadPlan plan = planReload(cfg_, std::move(*lr.config), ConfigRole::Tunneld);
+  cfg_ = std::move(plan.config);
   queue_->reconfigure(cfg_);
   applyClients();
   logf(LogLevel::Info, "reload: %zu client(s) configured", cfg_.clients.size());
-  reload_note_ =
-      restart.empty() ? "" : "changed keys that need a restart to apply: " + restart_list;
+  logf(LogLevel::Info, "reload: taken: %s",
+       plan.taken.empty() ? "no change" : joinKeys(plan.taken).c_str());
+  reload_note_.clear();
+  if (!plan.waiting.empty()) {
+    logf(LogLevel::Warning, "reload: changed, kept as running until a restart: %s",
+         joinKeys(plan.waiting).c_str());
+    reload_note_ = "changed keys that need a restart to apply: " + joinKeys(plan.waiting);
+  }
   return {};
 }
 
@@ -334,7 +317,7 @@ void Daemon::onControlAccept() {
     if (fd < 0) return;
     auto conn = std::make_unique<ControlConn>();
     conn->fd = fd;
-    conn->timer = loop_.addTimer(SteadyClock::now() + std::chrono::seconds(10), [this, fd]() {
+    conn->timer = loop_.addTimer(time_.steady() + std::chrono::seconds(10), [this, fd]() {
       auto it = conns_.find(fd);
       if (it != conns_.end()) it->second->timer = 0;
       closeControl(fd);
@@ -442,7 +425,7 @@ std::vector<std::string> Daemon::statusLines() {
 
 ControlReply Daemon::handleRequest(const ControlRequest& req) {
   ControlReply r;
-  int64_t now = unixNow();
+  int64_t now = time_.unixSeconds();
   switch (req.command) {
     case ControlRequest::Command::Status:
       r.lines = statusLines();
@@ -458,7 +441,7 @@ ControlReply Daemon::handleRequest(const ControlRequest& req) {
       }
       scan_more_ = queue_->scanIncoming(now);
       queue_->flush(req.arg, now);
-      auto t = SteadyClock::now();
+      auto t = time_.steady();
       for (auto& [name, e] : clients_) {
         if (!req.arg.empty() && name != req.arg) continue;
         e.client->retryNow(t);
@@ -505,7 +488,7 @@ ControlReply Daemon::handleRequest(const ControlRequest& req) {
 
 int Daemon::run() {
   while (true) {
-    int64_t now = unixNow();
+    int64_t now = time_.unixSeconds();
     if (!stopping_) {
       if (now != wake_checked_at_) {
         wake_checked_at_ = now;
@@ -523,8 +506,7 @@ int Daemon::run() {
       }
     } else {
       bool all = true;
-      for (auto& [n, e] : clients_) all = all && e.client->stopped();
-      for (auto& e : retiring_) all = all && e.client->stopped();
+      forEachClient([&](ClientEntry& e) { all = all && e.client->stopped(); });
       if (all) break;
     }
     // Retired clients that are done can go.
@@ -567,16 +549,6 @@ void usage(FILE* f) {
   fprintf(f, "usage: dynmx-tunneld [-c FILE] [-f|--foreground] [--check-config]\n");
 }
 
-Status dropPrivileges(const std::string& user) {
-  if (user.empty()) return {};
-  passwd* pw = getpwnam(user.c_str());
-  if (!pw) return Error{0, "tunneld.user " + user + ": no such user"};
-  if (initgroups(pw->pw_name, pw->pw_gid) != 0) return sysError(errno, "initgroups " + user);
-  if (setgid(pw->pw_gid) != 0) return sysError(errno, "setgid for " + user);
-  if (setuid(pw->pw_uid) != 0) return sysError(errno, "setuid " + user);
-  return {};
-}
-
 Status writePidFile(const std::string& path) {
   if (path.empty()) return {};
   std::string tmp = path + ".tmp";
@@ -601,21 +573,24 @@ void removePidFile(const std::string& path) {
   }
 }
 
-}  // namespace
-
-int tunneldMain(int argc, char** argv) {
+struct Options {
   std::string path = kDefaultConfigPath;
-  bool foreground = false, check = false;
+  bool foreground = false;
+  bool check = false;
+};
+
+// Fills `o` from argv; returns an exit status when the program is done (help, usage error).
+std::optional<int> parseOptions(int argc, char** argv, Options& o) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "-c" && i + 1 < argc)
-      path = argv[++i];
+      o.path = argv[++i];
     else if (a.rfind("-c", 0) == 0 && a.size() > 2)
-      path = a.substr(2);
+      o.path = a.substr(2);
     else if (a == "-f" || a == "--foreground")
-      foreground = true;
+      o.foreground = true;
     else if (a == "--check-config")
-      check = true;
+      o.check = true;
     else if (a == "-h" || a == "--help") {
       usage(stdout);
       return kExitOk;
@@ -624,42 +599,40 @@ int tunneldMain(int argc, char** argv) {
       return kExitUsage;
     }
   }
-  if (check) return checkConfigCommand(path, ConfigRole::Tunneld, stdout, stderr);
+  return std::nullopt;
+}
 
-  LoadResult lr = loadConfig(path, ConfigRole::Tunneld);
-  if (!lr.config) {
-    for (auto& e : lr.errors) fprintf(stderr, "dynmx-tunneld: %s\n", e.str().c_str());
-    return kExitConfig;
+// Without -f the program forks, and the parent exits only once the child is ready (or with its
+// error), so that init scripts see start-up failures. The child reports one status byte, then
+// (on failure) why, through a pipe; in the foreground there is no pipe and report() only returns.
+class ReadyPipe {
+ public:
+  ReadyPipe() = default;
+  ReadyPipe(const ReadyPipe&) = delete;
+  ReadyPipe& operator=(const ReadyPipe&) = delete;
+  ~ReadyPipe() {
+    if (fd_ >= 0) close(fd_);
   }
-  Config cfg = std::move(*lr.config);
-  cfg.path = path;
 
-  // Without -f: fork, and let the parent exit only once the child is ready (or with its error),
-  // so that init scripts see start-up failures.
-  int ready[2] = {-1, -1};
-  if (!foreground) {
+  // Forks. Returns the exit status for the parent (the child's report) or for a failure; nullopt
+  // in the child, which goes on detached from the terminal.
+  std::optional<int> fork() {
+    int ready[2] = {-1, -1};
     if (pipe2(ready, O_CLOEXEC) != 0) {
       perror("dynmx-tunneld: pipe");
       return kExitOsErr;
     }
-    pid_t pid = fork();
+    pid_t pid = ::fork();
     if (pid < 0) {
       perror("dynmx-tunneld: fork");
       return kExitOsErr;
     }
     if (pid > 0) {
-      // The child reports one status byte, then (on failure) why; print that for init scripts.
       close(ready[1]);
-      std::string msg;
-      char buf[512];
-      ssize_t n;
-      while ((n = read(ready[0], buf, sizeof buf)) > 0) msg.append(buf, static_cast<size_t>(n));
-      if (msg.empty()) return kExitOsErr;
-      int code = static_cast<unsigned char>(msg[0]);
-      if (code != kExitOk) fprintf(stderr, "dynmx-tunneld: cannot start: %s\n", msg.c_str() + 1);
-      return code;
+      return parentWait(ready[0]);
     }
     close(ready[0]);
+    fd_ = ready[1];
     setsid();
     if (chdir("/") != 0) {
     }
@@ -669,43 +642,87 @@ int tunneldMain(int argc, char** argv) {
       dup2(null, 1);
       dup2(null, 2);
     }
+    return std::nullopt;
   }
-  auto report = [&](int code, const std::string& why = "") {
-    if (ready[1] >= 0) {
+
+  int report(int code, const std::string& why = "") {
+    if (fd_ >= 0) {
       std::string m(1, static_cast<char>(code));
       m += why;
-      ssize_t n = write(ready[1], m.data(), m.size());
+      ssize_t n = write(fd_, m.data(), m.size());
       (void)n;
-      close(ready[1]);
-      ready[1] = -1;
+      close(fd_);
+      fd_ = -1;
     }
     return code;
-  };
+  }
 
-  logInit("dynmx-tunneld", foreground);
-  libssh2_init(0);  // before any thread exists: libssh2_init is not thread-safe
+ private:
+  static int parentWait(int fd) {
+    std::string msg;
+    char buf[512];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) msg.append(buf, static_cast<size_t>(n));
+    close(fd);
+    if (msg.empty()) return kExitOsErr;
+    int code = static_cast<unsigned char>(msg[0]);
+    if (code != kExitOk) fprintf(stderr, "dynmx-tunneld: cannot start: %s\n", msg.c_str() + 1);
+    return code;
+  }
+
+  int fd_ = -1;
+};
+
+// Starts the daemon (init, pid file, privileges), tells the parent, serves until stopped. The
+// pid file is removed only once this daemon wrote it (not when another one's was found).
+int serve(const Config& cfg, bool foreground, ReadyPipe& ready) {
   int code;
   {
-    Daemon d(cfg);
+    Daemon d(cfg, systemTime());
     if (auto st = d.init(); !st) {
       logf(LogLevel::Critical, "cannot start: %s", st.error().message.c_str());
       if (foreground)
         fprintf(stderr, "dynmx-tunneld: cannot start: %s\n", st.error().message.c_str());
-      return report(kExitOsErr, st.error().message);
+      return ready.report(kExitOsErr, st.error().message);
     }
     if (auto st = writePidFile(cfg.tunneld.pid_file); !st) {
       logf(LogLevel::Critical, "cannot start: %s", st.error().message.c_str());
-      return report(kExitCantCreat, st.error().message);
+      return ready.report(kExitCantCreat, st.error().message);
     }
-    if (auto st = dropPrivileges(cfg.tunneld.user); !st) {
-      logf(LogLevel::Critical, "cannot start: %s", st.error().message.c_str());
+    if (auto failed = dropPrivileges(cfg.tunneld.user, "tunneld.user")) {
+      logf(LogLevel::Critical, "cannot start: %s", failed->message.c_str());
       removePidFile(cfg.tunneld.pid_file);
-      return report(kExitNoPerm, st.error().message);
+      return ready.report(kExitNoPerm, failed->message);
     }
-    report(kExitOk);
+    ready.report(kExitOk);
     code = d.run();
   }
   removePidFile(cfg.tunneld.pid_file);
+  return code;
+}
+
+}  // namespace
+
+int tunneldMain(int argc, char** argv) {
+  Options o;
+  if (auto done = parseOptions(argc, argv, o)) return *done;
+  if (o.check) return checkConfigCommand(o.path, ConfigRole::Tunneld, stdout, stderr);
+
+  LoadResult lr = loadConfig(o.path, ConfigRole::Tunneld);
+  if (!lr.config) {
+    for (auto& e : lr.errors) fprintf(stderr, "dynmx-tunneld: %s\n", e.str().c_str());
+    return kExitConfig;
+  }
+  Config cfg = std::move(*lr.config);
+  cfg.path = o.path;
+
+  ReadyPipe ready;
+  if (!o.foreground) {
+    if (auto parent_exit = ready.fork()) return *parent_exit;
+  }
+  logInit("dynmx-tunneld", o.foreground);
+  libssh2_init(0);  // before any thread exists: libssh2_init is not thread-safe
+  int code = serve(cfg, o.foreground, ready);
   libssh2_exit();
   return code;
 }

@@ -6,7 +6,8 @@
 // flight may finish for kShutdownGrace, then whatever is still open is abandoned (its recipients
 // stay pending in the spool: nothing is marked delivered that was not), sessions QUIT, connections
 // close, exit 0. SIGHUP (or "reload" on the admin socket) reloads the configuration: a bad file
-// keeps the running one (the reason is logged), keys that need a restart are named in the log.
+// keeps the running one (the reason is logged); otherwise the log names the keys taken and those
+// that wait for a restart (planReload keeps them as running).
 // Mail committed to incoming/ while its client is connected starts at once (inotify IN_MOVED_TO).
 #pragma once
 
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "shared/clock.hpp"
 #include "shared/config.hpp"
 #include "shared/result.hpp"
 #include "shared/spool.hpp"
@@ -36,7 +38,8 @@ inline constexpr size_t kScanSlice = 256;
 
 class Daemon : public Waker {
  public:
-  explicit Daemon(Config cfg);
+  // `time` is where every reading of "now" comes from (dynmx::systemTime() in production).
+  explicit Daemon(Config cfg, const TimeSource& time = systemTime());
   ~Daemon() override;
 
   Status init();
@@ -58,6 +61,11 @@ class Daemon : public Waker {
   };
   struct ControlConn;
 
+  // Visits every client: the configured ones, then those retiring after a reload.
+  template <class F>
+  void forEachClient(F&& f);
+  ClientEntry* entryOf(const SshClient* c);  // nullptr once the client is gone
+  void stopClients(std::chrono::seconds grace);
   void service(ClientEntry& e, short revents = 0);
   void sync(ClientEntry& e);
   void pokeDue();
@@ -71,6 +79,7 @@ class Daemon : public Waker {
   std::vector<std::string> statusLines();
 
   Config cfg_;
+  const TimeSource& time_;
   Spool spool_;
   std::unique_ptr<SendmailBounceSender> bounces_;
   // Between bounces_ (its thread sends with it) and queue_ (which starts hand-offs on it).

@@ -337,6 +337,7 @@ TEST_F(MiltertestTest, Sigusr1ReloadsRoutingAndKeepsItOnABadFile) {
   milter_->process().signal(SIGUSR1);
   ASSERT_TRUE(milter_->waitForLog("reload: configuration " + milter_->configPath() +
                                   " loaded, 3 client(s)"));
+  EXPECT_TRUE(milter_->waitForLog("reload: taken: client gamma added"));
   ASSERT_EQ(run("route_probe.lua", {{"expect", "capture"}}), 0);
   ASSERT_EQ(committed().size(), 1u);
   EXPECT_EQ(committed()[0].msg.env.client, "gamma");
@@ -348,6 +349,29 @@ TEST_F(MiltertestTest, Sigusr1ReloadsRoutingAndKeepsItOnABadFile) {
   EXPECT_TRUE(milter_->process().running());
   ASSERT_EQ(run("route_probe.lua", {{"expect", "capture"}}), 0);
   EXPECT_EQ(committed().size(), 2u);
+}
+
+TEST_F(MiltertestTest, ReloadedSizeLimitAppliesAndSpoolDirWaitsForARestart) {
+  start();
+  std::string spool_dir = milter_->spoolDir();
+  opts_.max_message_size = "10000";
+  milter_->setOptions(opts_);
+  milter_->writeConfig();
+  std::string text = readFile(milter_->configPath());
+  std::string dir_line = "dir = \"" + spool_dir + "\"";
+  size_t at = text.find(dir_line);
+  ASSERT_NE(at, std::string::npos) << text;
+  text.replace(at, dir_line.size(), "dir = \"/nonexistent/dynmx-spool\"");
+  writeFile(milter_->configPath(), text);
+  milter_->process().signal(SIGUSR1);
+  ASSERT_TRUE(milter_->waitForLog("reload: taken: spool.max_message_size"));
+  EXPECT_TRUE(milter_->waitForLog("kept as running until a restart: spool.dir"));
+  // The new limit is the one the next message meets, as the log said.
+  ASSERT_EQ(run("oversize_late.lua"), 0);
+  EXPECT_TRUE(milter_->waitForLog("larger than spool.max_message_size 10000: 552 5.3.4"));
+  // The spool stays where it was: mail is still captured there.
+  ASSERT_EQ(run("all_captured.lua"), 0);
+  EXPECT_EQ(count(QueueState::Incoming), 1u);
 }
 
 TEST_F(MiltertestTest, SighupStopsTheFilterAsLibmilterDefines) {

@@ -994,8 +994,10 @@ TEST(RestartOnlyDifferences, SeparatesRestartKeysFromReloadableOnes) {
            "[tunneld]\nretry_min = \"1m\"\nkeepalive = \"10s\"\nqueue_lifetime = \"1d\"\n",
        {}},
       {"[milter]\non_error = \"accept\"\n", {}},
-      {"[spool]\ndir = \"/srv/spool\"\nmax_message_size = \"1M\"\n",
-       {"spool.dir", "spool.max_message_size"}},
+      // The milter's sessions read the size limit from the reloaded snapshot: not restart-only.
+      {"[spool]\ndir = \"/srv/spool\"\nmax_message_size = \"1M\"\n", {"spool.dir"}},
+      // The bounce sender is built once, with its argv: a new one needs a restart.
+      {"[tunneld]\nsendmail = [\"/usr/lib/sendmail\"]\n", {"tunneld.sendmail"}},
       {"[milter]\nsocket = \"inet:8891@127.0.0.1\"\nsocket_mode = \"0600\"\nsocket_group = "
        "\"mail\"\nuser = \"dynmx\"\n",
        {"milter.socket", "milter.socket_mode", "milter.socket_group", "milter.user"}},
@@ -1010,6 +1012,59 @@ TEST(RestartOnlyDifferences, SeparatesRestartKeysFromReloadableOnes) {
     ASSERT_TRUE(next.config) << allErrors(next);
     EXPECT_EQ(restartOnlyDifferences(*base.config, *next.config), c.restart) << c.text;
   }
+}
+
+TEST(PlanReload, KeepsRestartKeysAsRunningAndSaysWhatEachProgramTook) {
+  auto base = parseConfig(client("a", "[\"a.example\"]") + client("b", "[\"b.example\"]"), kPath);
+  ASSERT_TRUE(base.config) << allErrors(base);
+  auto next = parseConfig("[spool]\ndir = \"/srv/spool\"\nmax_message_size = \"1M\"\n"
+                          "[milter]\nuser = \"dynmx\"\non_error = \"accept\"\n"
+                          "[tunneld]\ncontrol_mode = \"0600\"\nkeepalive = \"10s\"\n" +
+                              client("a", "[\"a.example\", \"c.example\"]", "port = 2222\n") +
+                              client("d", "[\"d.example\"]"),
+                          kPath);
+  ASSERT_TRUE(next.config) << allErrors(next);
+
+  struct Case {
+    ConfigRole role;
+    std::vector<std::string> taken, waiting;
+  } cases[] = {
+      {ConfigRole::Milter,
+       {"spool.max_message_size", "milter.on_error", "client a: domains", "client d added",
+        "client b removed"},
+       {"spool.dir", "milter.user"}},
+      {ConfigRole::Tunneld,
+       {"tunneld.keepalive", "client a: port, domains", "client d added", "client b removed"},
+       {"spool.dir", "tunneld.control_mode"}},
+      {ConfigRole::Any,
+       {"spool.max_message_size", "milter.on_error", "tunneld.keepalive",
+        "client a: port, domains", "client d added", "client b removed"},
+       {"spool.dir", "milter.user", "tunneld.control_mode"}},
+  };
+  for (const auto& c : cases) {
+    ReloadPlan plan = planReload(*base.config, *next.config, c.role);
+    EXPECT_EQ(plan.taken, c.taken) << static_cast<int>(c.role);
+    EXPECT_EQ(plan.waiting, c.waiting) << static_cast<int>(c.role);
+    // What waits for a restart runs as before; everything else is the new file's.
+    EXPECT_EQ(plan.config.spool.dir, base.config->spool.dir);
+    EXPECT_EQ(plan.config.milter.user, "");
+    EXPECT_EQ(plan.config.tunneld.control_mode, 0660u);
+    EXPECT_EQ(plan.config.spool.max_message_size, 1u << 20);
+    EXPECT_EQ(plan.config.milter.on_error, OnError::Accept);
+    EXPECT_EQ(plan.config.tunneld.keepalive, Seconds(10));
+    ASSERT_EQ(plan.config.clients.size(), 2u);
+    EXPECT_EQ(plan.config.clients[0].port, 2222);
+  }
+  EXPECT_EQ(joinKeys(planReload(*base.config, *base.config, ConfigRole::Any).taken), "");
+}
+
+TEST(ClientIdentityFile, IsTheClientsOwnElseTheTunneldDefault) {
+  TunneldConfig t;
+  t.identity = "/etc/dynmx/id_default";
+  ClientConfig c;
+  EXPECT_EQ(c.identityFile(t), "/etc/dynmx/id_default");
+  c.identity = "/etc/dynmx/id_home";
+  EXPECT_EQ(c.identityFile(t), "/etc/dynmx/id_home");
 }
 
 }  // namespace

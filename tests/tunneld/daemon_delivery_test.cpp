@@ -532,6 +532,7 @@ TEST_F(DaemonTest, DynmxctlCommandsAndReload) {
   EXPECT_EQ(ok.first, 0) << ok.second;
   ASSERT_TRUE(waitFor([&] { return contains(status(), "client beta: connected"); }, kLong))
       << status();
+  EXPECT_TRUE(contains(log(), "reload: taken: client beta added")) << log();
   // A second daemon on the same socket refuses to start.
   std::string out;
   Process second({bin + "/dynmx-tunneld", "-f", "-c", dir / "dynmx.toml"},

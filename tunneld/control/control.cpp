@@ -16,6 +16,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "shared/stale_socket.hpp"
+
 namespace dynmx::tunneld {
 
 namespace {
@@ -143,21 +145,8 @@ Result<int> openControlSocket(const std::string& path, mode_t mode, const std::s
   if (path.size() >= sizeof sa.sun_path)
     return Error{0, "control_socket " + path + ": path too long"};
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
-  struct stat st;
-  if (lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode))
-      return Error{0, "control_socket " + path + ": exists and is not a socket; not touching it"};
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int rc = connect(probe, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-    int e = errno;
-    close(probe);
-    if (rc == 0)
-      return Error{0, "control_socket " + path + ": another dynmx-tunneld is listening on it"};
-    if (e != ECONNREFUSED && e != ENOENT)
-      return sysError(e, "control_socket " + path + ": cannot tell whether it is in use");
-    if (unlink(path.c_str()) != 0 && errno != ENOENT)
-      return sysError(errno, "control_socket " + path + ": removing the stale socket");
-  }
+  if (auto st = clearStaleSocket(path, "control_socket " + path, "dynmx-tunneld"); !st)
+    return st.error();
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return sysError(errno, "control_socket " + path + ": socket");
   mode_t old = umask(077);

@@ -32,6 +32,7 @@
 #include <cinttypes>
 #include <climits>
 
+#include "shared/host_name.hpp"
 #include "shared/log.hpp"
 #include "shared/smtp_reply.hpp"
 
@@ -124,14 +125,7 @@ struct QueueManager::Impl {
     setHostname();
   }
 
-  void setHostname() {
-    hostname = cfg.tunneld.hostname;
-    if (hostname.empty()) {
-      char buf[256] = {};
-      if (::gethostname(buf, sizeof buf - 1) == 0) hostname = buf;
-      if (hostname.empty()) hostname = "localhost";
-    }
-  }
+  void setHostname() { hostname = hostNameOr(cfg.tunneld.hostname); }
 
   const RetryPolicy& policy(const std::string& client) const {
     const ClientConfig* cc = cfg.findClient(client);

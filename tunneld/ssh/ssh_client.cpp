@@ -22,6 +22,7 @@
 #include <deque>
 #include <thread>
 
+#include "shared/host_name.hpp"
 #include "shared/log.hpp"
 
 namespace dynmx::tunneld {
@@ -52,20 +53,6 @@ std::chrono::milliseconds reconnectDelay(std::chrono::seconds min, std::chrono::
   if (cap > milliseconds(max)) cap = max;
   auto span = static_cast<double>((cap - lo).count());
   return lo + milliseconds(static_cast<int64_t>(std::floor(span * u)));
-}
-
-Status checkPrivateKeyFile(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) return sysError(errno, "identity " + path);
-  if (!S_ISREG(st.st_mode)) return Error{0, "identity " + path + ": not a regular file"};
-  if (st.st_mode & 077) {
-    char mode[8];
-    snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return Error{0, "identity " + path + ": mode " + mode +
-                        " is readable by group or others; refusing to use it (chmod 600 " + path +
-                        ")"};
-  }
-  return {};
 }
 
 // Result of a name lookup, filled by the helper thread.
@@ -560,8 +547,7 @@ bool SshClient::stepOnce(SteadyClock::time_point now, short revents) {
              relay_.c_str(), chk.presented_fp.c_str());
         warned_fp_.clear();
       }
-      std::string identity = cfg_.identity.empty() ? tcfg_.identity : cfg_.identity;
-      if (auto st = checkPrivateKeyFile(identity); !st) {
+      if (auto st = checkPrivateKeyFile(cfg_.identityFile(tcfg_)); !st) {
         logf(LogLevel::Error, "client=%s: %s", cfg_.name.c_str(), st.error().message.c_str());
         fail(st.error().message, now);
         return true;
@@ -571,7 +557,7 @@ bool SshClient::stepOnce(SteadyClock::time_point now, short revents) {
     }
 
     case State::Auth: {
-      std::string identity = cfg_.identity.empty() ? tcfg_.identity : cfg_.identity;
+      const std::string& identity = cfg_.identityFile(tcfg_);
       int rc = libssh2_userauth_publickey_fromfile_ex(session_, cfg_.user.c_str(),
                                                       static_cast<unsigned>(cfg_.user.size()),
                                                       nullptr, identity.c_str(), nullptr);
@@ -797,11 +783,7 @@ bool SshClient::stepChan(Chan& c, SteadyClock::time_point now) {
       }
       SmtpClient::Options o;
       o.overlap = true;
-      o.helo_name = tcfg_.hostname;
-      if (o.helo_name.empty()) {
-        char host[256] = {};
-        o.helo_name = gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "localhost";
-      }
+      o.helo_name = hostNameOr(tcfg_.hostname);
       c.smtp = std::make_unique<SmtpClient>(o, now);
       c.idle_since = now;
       c.st = Chan::St::Running;

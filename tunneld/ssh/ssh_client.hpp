@@ -31,10 +31,11 @@
 #include <vector>
 
 #include "shared/config.hpp"
+#include "shared/private_key.hpp"
 #include "shared/result.hpp"
-#include "tunneld/ssh/host_keys.hpp"
 #include "tunneld/delivery/delivery.hpp"
 #include "tunneld/smtp/smtp_client.hpp"
+#include "tunneld/ssh/host_keys.hpp"
 
 namespace dynmx::tunneld {
 
@@ -49,8 +50,7 @@ extern const char* const kKexPref;
 extern const char* const kCipherPref;
 extern const char* const kMacPref;
 
-// An identity file must be a regular file not readable, writable or executable by group/others.
-Status checkPrivateKeyFile(const std::string& path);
+// checkPrivateKeyFile (an identity file must be private) is in shared/private_key.hpp.
 
 // Wakes the event loop from the resolver thread (an eventfd the loop polls).
 class Waker {
