@@ -6,8 +6,9 @@
 #include <gtest/gtest.h>
 
 #include "tests/harness/test_sshd.hpp"
-#include "tunneld/ssh/ssh_client.hpp"
+#include "shared/private_key.hpp"
 
+using namespace dynmx;
 using namespace dynmx::tunneld;
 using namespace dynmx::test;
 
