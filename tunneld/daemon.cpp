@@ -119,7 +119,7 @@ Status Daemon::init() {
   auto fd = openControlSocket(cfg_.tunneld.control_socket, cfg_.tunneld.control_mode,
                               cfg_.tunneld.control_group);
   if (!fd) return fd.error();
-  control_fd_ = *fd;
+  control_fd_ = fd->release();
   control_owned_ = true;
 
   loop_.watch(signal_fd_, POLLIN, [this](short) { onSignal(); });
@@ -161,7 +161,7 @@ void Daemon::applyClients() {
     auto it = clients_.find(c.name);
     if (it == clients_.end()) {
       ClientEntry e;
-      e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this);
+      e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime());
       auto [pos, ok] = clients_.emplace(c.name, std::move(e));
       (void)ok;
       service(pos->second);

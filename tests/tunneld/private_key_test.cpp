@@ -9,7 +9,6 @@
 #include "shared/private_key.hpp"
 
 using namespace dynmx;
-using namespace dynmx::tunneld;
 using namespace dynmx::test;
 
 TEST(PrivateKeyFile, GroupOrOtherReadableIsRefusedNamingFileAndMode) {

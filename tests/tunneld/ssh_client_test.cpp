@@ -1,6 +1,7 @@
 // ssh_client_test.cpp: the SSH layer against a real OpenSSH sshd on loopback: host-key checking
 // before authentication (pin, known_hosts, hashed entries, other key type, unknown host), the
-// identity file's mode, negotiated algorithms, reconnect after a restart, dead-peer detection.
+// identity file's mode, negotiated algorithms, reconnect after a restart, dead-peer detection,
+// unix times read from the TimeSource the client is given.
 // The far end's forced command is `cat`; no mail moves here (the JobSource has none), so these
 // tests isolate the connection layer. Delivery is tested in daemon_*_test.cpp.
 #include "tunneld/ssh/ssh_client.hpp"
@@ -66,13 +67,13 @@ class SshClientTest : public ::testing::Test {
   bool driveUntil(SshClient& c, const std::function<bool()>& pred,
                   std::chrono::seconds limit = std::chrono::seconds(60)) {
     auto end = SteadyClock::now() + limit;
-    c.step(SteadyClock::now());
+    c.step(clock->steady());
     while (!pred()) {
-      auto now = SteadyClock::now();
-      if (now >= end) return false;
+      if (SteadyClock::now() >= end) return false;
       int timeout = 100;
       if (auto d = c.deadline()) {
-        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*d - now).count();
+        auto ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(*d - clock->steady()).count();
         timeout = static_cast<int>(std::clamp<int64_t>(ms, 0, 100));
       }
       pollfd p[2] = {{c.fd(), c.events(), 0}, {waker.fd, POLLIN, 0}};
@@ -80,7 +81,7 @@ class SshClientTest : public ::testing::Test {
       uint64_t v;
       while (read(waker.fd, &v, sizeof v) > 0) {
       }
-      c.step(SteadyClock::now(), p[0].fd >= 0 ? p[0].revents : 0);
+      c.step(clock->steady(), p[0].fd >= 0 ? p[0].revents : 0);
     }
     return true;
   }
@@ -96,6 +97,7 @@ class SshClientTest : public ::testing::Test {
   ClientConfig ccfg;
   NoJobs jobs;
   FdWaker waker;
+  const TimeSource* clock = &systemTime();  // what driveUntil() passes to step()
 };
 
 std::string blobOf(const KeyPair& k) {
@@ -105,7 +107,7 @@ std::string blobOf(const KeyPair& k) {
 }  // namespace
 
 TEST_F(SshClientTest, ConnectsWithKnownHostsAndRecordsStrongAlgorithms) {
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(c, [&] { return c.status().state == "connected"; }))
       << c.status().state << ": " << c.status().last_error;
   auto s = c.status();
@@ -123,7 +125,7 @@ TEST_F(SshClientTest, ConnectsWithPinnedLineAndPinnedFingerprint) {
   writeFile(tcfg.known_hosts, "");
   for (std::string pin : {sshd->hostKey().public_line, fingerprint(blobOf(sshd->hostKey()))}) {
     ccfg.host_key = pin;
-    SshClient c(ccfg, tcfg, jobs, waker);
+    SshClient c(ccfg, tcfg, jobs, waker, systemTime());
     EXPECT_TRUE(driveUntil(c, [&] { return c.status().state == "connected"; }))
         << pin << ": " << c.status().state << ": " << c.status().last_error;
   }
@@ -132,7 +134,7 @@ TEST_F(SshClientTest, ConnectsWithPinnedLineAndPinnedFingerprint) {
 TEST_F(SshClientTest, ConnectsWithHashedKnownHostsEntry) {
   ASSERT_EQ(runCommand({"/usr/bin/ssh-keygen", "-H", "-f", tcfg.known_hosts}), 0);
   ASSERT_EQ(readFile(tcfg.known_hosts).find("127.0.0.1"), std::string::npos);
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   EXPECT_TRUE(driveUntil(c, [&] { return c.status().state == "connected"; }))
       << c.status().last_error;
 }
@@ -141,7 +143,7 @@ TEST_F(SshClientTest, HostKeyMismatchStopsBeforeAuthenticationAndNamesBothFinger
   KeyPair other = generateKey(dir / "other_host_key");
   writeFile(tcfg.known_hosts,
             "[127.0.0.1]:" + std::to_string(sshd->port()) + " " + other.public_line + "\n");
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(c, [&] { return c.status().state == "host-key-mismatch"; }))
       << c.status().state << ": " << c.status().last_error;
   auto s = c.status();
@@ -155,7 +157,7 @@ TEST_F(SshClientTest, HostKeyMismatchStopsBeforeAuthenticationAndNamesBothFinger
 
 TEST_F(SshClientTest, UnknownHostIsNeverTrustedOnFirstUse) {
   writeFile(tcfg.known_hosts, "# empty\n");
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(c, [&] { return c.status().state == "host-key-unknown"; }))
       << c.status().state << ": " << c.status().last_error;
   EXPECT_EQ(c.status().presented_fp, fingerprint(blobOf(sshd->hostKey())));
@@ -166,7 +168,7 @@ TEST_F(SshClientTest, StoredKeyOfAnotherTypeReadsAsMismatch) {
   KeyPair ecdsa = generateKey(dir / "ecdsa_host_key", "ecdsa");
   writeFile(tcfg.known_hosts,
             "[127.0.0.1]:" + std::to_string(sshd->port()) + " " + ecdsa.public_line + "\n");
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(c, [&] { return c.status().state == "host-key-mismatch"; }))
       << c.status().state << ": " << c.status().last_error;
   EXPECT_EQ(c.status().expected_fp, fingerprint(blobOf(ecdsa)));
@@ -175,7 +177,7 @@ TEST_F(SshClientTest, StoredKeyOfAnotherTypeReadsAsMismatch) {
 
 TEST_F(SshClientTest, RefusesIdentityReadableByOthersBeforeAuthenticating) {
   chmod(key.private_path.c_str(), 0644);
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(c, [&] { return !c.status().last_error.empty(); }));
   auto s = c.status();
   EXPECT_EQ(s.state, "backoff");
@@ -187,14 +189,14 @@ TEST_F(SshClientTest, RefusesIdentityReadableByOthersBeforeAuthenticating) {
 TEST_F(SshClientTest, WrongKeyIsRefusedByTheServer) {
   KeyPair stranger = generateKey(dir / "stranger");
   tcfg.identity = stranger.private_path;
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(c, [&] { return !c.status().last_error.empty(); }));
   EXPECT_NE(c.status().last_error.find("refused"), std::string::npos) << c.status().last_error;
   EXPECT_EQ(jobs.ups, 0);
 }
 
 TEST_F(SshClientTest, ReconnectsAfterTheServerWasDownAndBack) {
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(c, [&] { return c.status().state == "connected"; }));
   sshd->stop();
   ASSERT_TRUE(driveUntil(c, [&] { return c.status().state != "connected"; }))
@@ -206,9 +208,26 @@ TEST_F(SshClientTest, ReconnectsAfterTheServerWasDownAndBack) {
   EXPECT_EQ(jobs.ups, 2);
 }
 
+TEST_F(SshClientTest, StatusTimesComeFromTheTimeSource) {
+  // A clock that stands still, far from today: what the client reports as unix time must be read
+  // from it, and its steady time drives the state machine (no deadline passes).
+  ManualTime t(1'000'000'000);
+  clock = &t;
+  SshClient c(ccfg, tcfg, jobs, waker, t);
+  ASSERT_TRUE(driveUntil(c, [&] { return c.status().state == "connected"; }))
+      << c.status().state << ": " << c.status().last_error;
+  EXPECT_EQ(c.status().connected_since, 1'000'000'000);
+  sshd->stop();
+  ASSERT_TRUE(driveUntil(c, [&] { return c.status().state == "backoff"; }))
+      << "loss of the server not noticed";
+  // reconnect_min 1 s, reconnect_max 2 s.
+  EXPECT_GE(c.status().backoff_until, 1'000'000'001);
+  EXPECT_LE(c.status().backoff_until, 1'000'000'002);
+}
+
 TEST_F(SshClientTest, DeadPeerIsNoticedAfterThreeKeepalivesWithoutReply) {
   tcfg.keepalive = std::chrono::seconds(2);
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(c, [&] { return c.status().state == "connected"; }));
   // Freeze the server side of this connection (TCP stays up, nothing answers).
   auto frozen = descendants(sshd->pid());
@@ -227,7 +246,7 @@ TEST_F(SshClientTest, ResolvesTheHostNameAndTriesEachAddress) {
   ccfg.host = "localhost";
   writeFile(tcfg.known_hosts, "[localhost]:" + std::to_string(sshd->port()) + " " +
                                   sshd->hostKey().public_line + "\n");
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(c, [&] { return c.status().state == "connected"; }))
       << c.status().state << ": " << c.status().last_error;
   EXPECT_EQ(c.status().address, "localhost[127.0.0.1]:" + std::to_string(sshd->port()));
@@ -235,7 +254,7 @@ TEST_F(SshClientTest, ResolvesTheHostNameAndTriesEachAddress) {
 
 TEST_F(SshClientTest, UnresolvableHostIsRetriedWithBackoff) {
   ccfg.host = "no-such-host.invalid";
-  SshClient c(ccfg, tcfg, jobs, waker);
+  SshClient c(ccfg, tcfg, jobs, waker, systemTime());
   ASSERT_TRUE(driveUntil(
       c, [&] { return c.status().failures >= 2; }, std::chrono::seconds(120)))
       << c.status().last_error;

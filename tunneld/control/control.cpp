@@ -1,7 +1,11 @@
 // control.cpp: admin socket: request parser, reply framing, server socket setup, client call.
 //
+// Contract: the protocol of control.hpp. Every descriptor opened here is a UniqueFd: closed on
+// each error path, handed to the caller only on success (openControlSocket).
 // Failure behaviour: a bad request gets "ERR ..." and the connection is closed; socket setup
-// errors are returned naming the path (the daemon turns them into a start-up failure).
+// errors are returned naming the path (the daemon turns them into a start-up failure), and a
+// socket file we created is removed again when its set-up fails; the client call returns errors
+// naming the socket path, a timeout as ETIMEDOUT.
 #include "tunneld/control/control.hpp"
 
 #include <fcntl.h>
@@ -16,6 +20,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "shared/fd.hpp"
 #include "shared/stale_socket.hpp"
 
 namespace dynmx::tunneld {
@@ -139,7 +144,7 @@ Result<ControlReply> parseControlReply(std::string_view text) {
   return Error{0, "reply ends without \".\""};
 }
 
-Result<int> openControlSocket(const std::string& path, mode_t mode, const std::string& group) {
+Result<UniqueFd> openControlSocket(const std::string& path, mode_t mode, const std::string& group) {
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
   if (path.size() >= sizeof sa.sun_path)
@@ -147,38 +152,30 @@ Result<int> openControlSocket(const std::string& path, mode_t mode, const std::s
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
   if (auto st = clearStaleSocket(path, "control_socket " + path, "dynmx-tunneld"); !st)
     return st.error();
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return sysError(errno, "control_socket " + path + ": socket");
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return sysError(errno, "control_socket " + path + ": socket");
   mode_t old = umask(077);
-  int rc = bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  int rc = bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa);
   int e = errno;
   umask(old);
-  if (rc != 0) {
-    close(fd);
-    return sysError(e, "control_socket " + path + ": bind");
-  }
-  if (listen(fd, 16) != 0) {
-    e = errno;
-    close(fd);
-    return sysError(e, "control_socket " + path + ": listen");
-  }
+  if (rc != 0) return sysError(e, "control_socket " + path + ": bind");
+  if (listen(fd.get(), 16) != 0) return sysError(errno, "control_socket " + path + ": listen");
+  // From here on a failure also removes the socket file we created (the descriptor closes on
+  // return).
   if (!group.empty()) {
     struct group* g = getgrnam(group.c_str());
     if (!g) {
-      close(fd);
       unlink(path.c_str());
       return Error{0, "control_group " + group + ": no such group"};
     }
     if (chown(path.c_str(), static_cast<uid_t>(-1), g->gr_gid) != 0) {
       e = errno;
-      close(fd);
       unlink(path.c_str());
       return sysError(e, "control_socket " + path + ": chgrp " + group);
     }
   }
   if (chmod(path.c_str(), mode) != 0) {
     e = errno;
-    close(fd);
     unlink(path.c_str());
     return sysError(e, "control_socket " + path + ": chmod");
   }
@@ -191,22 +188,15 @@ Result<ControlReply> controlRequest(const std::string& path, const std::string& 
   sa.sun_family = AF_UNIX;
   if (path.size() >= sizeof sa.sun_path) return Error{0, path + ": path too long"};
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return sysError(errno, "socket");
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
-    int e = errno;
-    close(fd);
-    return sysError(e, "connect to " + path);
-  }
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return sysError(errno, "socket");
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
+    return sysError(errno, "connect to " + path);
   std::string req = request + "\n";
   size_t off = 0;
   while (off < req.size()) {
-    ssize_t n = send(fd, req.data() + off, req.size() - off, MSG_NOSIGNAL);
-    if (n < 0) {
-      int e = errno;
-      close(fd);
-      return sysError(e, "write to " + path);
-    }
+    ssize_t n = send(fd.get(), req.data() + off, req.size() - off, MSG_NOSIGNAL);
+    if (n < 0) return sysError(errno, "write to " + path);
     off += static_cast<size_t>(n);
   }
   std::string reply;
@@ -216,13 +206,10 @@ Result<ControlReply> controlRequest(const std::string& path, const std::string& 
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                     end - std::chrono::steady_clock::now())
                     .count();
-    if (left <= 0) {
-      close(fd);
-      return Error{ETIMEDOUT, "no complete reply from " + path};
-    }
-    pollfd p{fd, POLLIN, 0};
+    if (left <= 0) return Error{ETIMEDOUT, "no complete reply from " + path};
+    pollfd p{fd.get(), POLLIN, 0};
     if (poll(&p, 1, static_cast<int>(left)) < 0 && errno != EINTR) break;
-    ssize_t n = read(fd, buf, sizeof buf);
+    ssize_t n = read(fd.get(), buf, sizeof buf);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n <= 0) break;
     reply.append(buf, static_cast<size_t>(n));
@@ -230,7 +217,6 @@ Result<ControlReply> controlRequest(const std::string& path, const std::string& 
         (reply.size() == 2 || reply[reply.size() - 3] == '\n'))
       break;
   }
-  close(fd);
   return parseControlReply(reply);
 }
 

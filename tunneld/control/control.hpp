@@ -7,6 +7,7 @@
 // The socket is created under umask 077, then chmod control_mode and chgrp control_group. A stale
 // socket (connect refused) is removed; a live one means another daemon runs: refuse to start.
 // parseControlRequest() reads outside input: it is pure, total, and fuzzed.
+// Failure behaviour: every failure is a Result error naming the socket path or what was expected.
 #pragma once
 
 #include <sys/types.h>
@@ -15,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "shared/fd.hpp"
 #include "shared/result.hpp"
 
 namespace dynmx::tunneld {
@@ -38,8 +40,8 @@ std::string formatControlReply(const ControlReply& r);
 // Parses a whole reply as read from the socket (for dynmxctl and tests).
 Result<ControlReply> parseControlReply(std::string_view text);
 
-// Creates the listening socket (stale-socket handling as described above). Returns the fd.
-Result<int> openControlSocket(const std::string& path, mode_t mode, const std::string& group);
+// Creates the listening socket (stale-socket handling as described above), non-blocking.
+Result<UniqueFd> openControlSocket(const std::string& path, mode_t mode, const std::string& group);
 // Client side: connects, sends `request` + "\n", reads the reply until "." (or EOF).
 Result<ControlReply> controlRequest(const std::string& path, const std::string& request,
                                     int timeout_ms = 30000);

@@ -11,11 +11,13 @@
 // full jitter, reset only after the connection stayed up kStableAfter). A host key that does not
 // match, or an unknown host, means no authentication and no delivery; the state names both
 // fingerprints, and a warning is logged once per change of the presented key.
-// While connected and the queue has mail for the client, up to `concurrency` exec channels each
-// run an SmtpClient fed from the channel (stderr read apart and logged). Results go back to the
-// JobSource (finish/abandon); a transaction that cannot end cleanly is abandoned, never counted as
-// delivered. libssh2 is driven per its non-blocking rules: after EAGAIN the same call is repeated
-// with the same arguments; a send that is half-done blocks other senders of the session until done.
+// While connected and the queue has mail for the client, it decides how many exec channels run
+// (up to `concurrency` working, plus warm spares); each is a ChannelSession (channel_session.hpp)
+// running an SmtpClient. Results go back to the JobSource (finish/abandon); a transaction that
+// cannot end cleanly is abandoned, never counted as delivered. libssh2 is driven per its
+// non-blocking rules (the output gate of SshSession, session.hpp); the handles are owned by
+// SshSession and SshChannel, the socket by a UniqueFd. "Now" comes from step()'s caller and from
+// the TimeSource given to the constructor (unix time of results and status), never from the system.
 #pragma once
 
 #include <netdb.h>
@@ -30,12 +32,16 @@
 #include <string>
 #include <vector>
 
+#include "shared/clock.hpp"
 #include "shared/config.hpp"
+#include "shared/fd.hpp"
 #include "shared/private_key.hpp"
 #include "shared/result.hpp"
 #include "tunneld/delivery/delivery.hpp"
-#include "tunneld/smtp/smtp_client.hpp"
+#include "tunneld/ssh/channel.hpp"
+#include "tunneld/ssh/channel_session.hpp"
 #include "tunneld/ssh/host_keys.hpp"
+#include "tunneld/ssh/session.hpp"
 
 namespace dynmx::tunneld {
 
@@ -78,8 +84,10 @@ struct ResolveSlot;
 
 class SshClient {
  public:
-
-  SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs, Waker& waker);
+  // `time` gives unix time for results and status (and the steady time of bytes received); it
+  // must outlive the client. The daemon passes dynmx::systemTime().
+  SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs, Waker& waker,
+            const TimeSource& time);
   ~SshClient();
   SshClient(const SshClient&) = delete;
   SshClient& operator=(const SshClient&) = delete;
@@ -87,9 +95,10 @@ class SshClient {
   const std::string& name() const { return cfg_.name; }
   const ClientConfig& config() const { return cfg_; }
   // Applies changed settings; a change of address, port, user, key or identity reconnects.
-  void reconfigure(const ClientConfig& client, const TunneldConfig& tunneld, SteadyClock::time_point now);
+  void reconfigure(const ClientConfig& client, const TunneldConfig& tunneld,
+                   SteadyClock::time_point now);
 
-  int fd() const { return fd_; }
+  int fd() const { return sock_.get(); }
   short events() const;
   std::optional<SteadyClock::time_point> deadline() const;
   // Advances the state machine. `revents` are the poll results for fd() (0 on a timer or poke).
@@ -117,32 +126,45 @@ class SshClient {
     Connected,
     Stopped
   };
-  struct Chan;
-  struct OpOwner;
 
-  bool stepOnce(SteadyClock::time_point now, short revents);
+  // One step of the connection, one function per state; each returns true when it made progress
+  // (the caller steps again).
+  bool stepOnce(SteadyClock::time_point now);
+  bool stepBackoff(SteadyClock::time_point now);
+  bool stepResolving(SteadyClock::time_point now);
+  bool stepConnecting(SteadyClock::time_point now);
+  bool stepHandshake(SteadyClock::time_point now);
+  bool stepAuth(SteadyClock::time_point now);
+  bool stepOpenDrain(SteadyClock::time_point now);
+  bool stepConnected(SteadyClock::time_point now);
+  // Helpers of the states above.
   void startAttempt(SteadyClock::time_point now);
   bool tryNextAddress(SteadyClock::time_point now);
-  bool stepConnected(SteadyClock::time_point now);
-  bool stepChan(Chan& c, SteadyClock::time_point now);
-  bool usableChan(const Chan& c) const;
+  bool connectFailed(const std::string& why, SteadyClock::time_point now);
+  bool startSession(SteadyClock::time_point now);
+  bool handshakeFailed(int rc, SteadyClock::time_point now);
+  bool checkHostKey(SteadyClock::time_point now);
+  void connected(SteadyClock::time_point now);
+  bool drainTransport(SteadyClock::time_point now);
+  bool keepAlive(SteadyClock::time_point now);
+  bool stepChannel(ChannelSession& c, SteadyClock::time_point now);
+  bool stepStopping(SteadyClock::time_point now, bool progress);
+  bool openMoreChannels(SteadyClock::time_point now);
+  bool opening() const;
+  std::string identity() const;
+
   void sessionFailed(SteadyClock::time_point now, const std::string& why);
-  size_t sessionsWithWork() const;
   void fail(const std::string& why, SteadyClock::time_point now, bool count = true);
   void teardown(SteadyClock::time_point now, const std::string& reason);
-  void closeChan(Chan& c, SteadyClock::time_point now, const std::string& reason);
-  int lastErrno() const;
   // libssh2's socket reads go through here (LIBSSH2_CALLBACK_RECV); *abstract is the client.
   static ssize_t recvHook(int sock, void* buf, size_t len, int flags, void** abstract);
-  std::string sessionError() const;
-  bool blocked(int rc, const void* op);
-  void released(const void* op);
-  int64_t unixNow() const;
+  int64_t unixNow() const { return time_.unixSeconds(); }
 
   ClientConfig cfg_;
   TunneldConfig tcfg_;
   JobSource& jobs_;
   Waker& waker_;
+  const TimeSource& time_;
   State state_ = State::Backoff;
   bool stopping_ = false;
   SteadyClock::time_point stop_deadline_{};
@@ -158,14 +180,13 @@ class SshClient {
   std::shared_ptr<ResolveSlot> resolve_;
   std::vector<std::pair<std::string, std::string>> addrs_;  // (sockaddr bytes, printable IP)
   size_t addr_index_ = 0;
-  int fd_ = -1;
-  LIBSSH2_SESSION* session_ = nullptr;
-  LIBSSH2_CHANNEL* drain_ = nullptr;
+  // Declared in teardown order, reversed: channels go before their session, the session before
+  // its socket.
+  UniqueFd sock_;
+  SshSession session_;
+  SshChannel drain_;  // idle channel read to let libssh2 process what the server sends
   std::optional<HostKeyVerifier> verifier_;
-  const void* owner_ = nullptr;  // the operation whose half-sent packet blocks other senders
-  bool want_write_ = false;
-  std::vector<std::unique_ptr<Chan>> chans_;
-  bool opening_ = false;  // one channel open at a time (libssh2 keeps its state per session)
+  ChannelSessions chans_;          // SMTP sessions; at most one of them Opening at a time
   uint32_t session_failures_ = 0;  // SMTP sessions in a row that ended before any transaction
   SteadyClock::time_point session_backoff_until_{};
   SteadyClock::time_point now_hint_{};  // time of the last step, for deadline()

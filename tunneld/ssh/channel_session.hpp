@@ -1,0 +1,129 @@
+// channel_session.hpp: one SMTP session run in an exec channel of a client's SSH connection.
+//
+// Contract: a ChannelSession opens a session channel, runs the remote command in it (exec), and
+// pumps bytes between the channel and an SmtpClient engine: the far end's stdout into the engine,
+// the engine's output into the channel (a write that returned EAGAIN is repeated with the very
+// same bytes), the far end's stderr into the log line by line. When its engine is Ready it takes
+// the next job from the JobSource (with overlap, a second one while the previous final dot's reply
+// is pending), keeps still as a warm spare while `concurrency` other sessions work, or QUITs (at
+// the transaction cap, when the daemon stops, after idle_close). Results go back to the JobSource
+// as they arrive; jobs the session cannot finish are abandoned, never counted as delivered. How
+// many sessions run is the connection's decision (SshClient); a session only reports what it did.
+// Failure behaviour: a channel error that breaks the transport comes back as connection_failure
+// (the connection is torn down); a refused exec or a session that ends before any transaction
+// comes back as session_failure (new sessions wait); nothing throws.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shared/clock.hpp"
+#include "shared/config.hpp"
+#include "tunneld/delivery/delivery.hpp"
+#include "tunneld/smtp/smtp_client.hpp"
+#include "tunneld/ssh/channel.hpp"
+#include "tunneld/ssh/session.hpp"
+
+namespace dynmx::tunneld {
+
+class ChannelSession;
+using ChannelSessions = std::vector<std::unique_ptr<ChannelSession>>;
+
+// The connection as its channel sessions see it, for one step.
+struct ChannelContext {
+  SshSession& ssh;
+  JobSource& jobs;
+  const TimeSource& time;
+  const ClientConfig& client;
+  const TunneldConfig& tunneld;
+  const std::string& relay;  // "HOST[IP]:PORT", for log lines and results
+  bool stopping;
+  const ChannelSessions& all;  // every session of the connection (for the warm-spare rule)
+};
+
+// What one step did, for the connection to act on.
+struct ChannelStep {
+  bool progress = false;
+  bool transaction_done = false;   // a transaction ended with a reply: the far end works
+  std::string connection_failure;  // non-empty: the connection must be torn down
+  std::string session_failure;     // non-empty: new SMTP sessions must wait
+};
+
+class ChannelSession {
+ public:
+  enum class St { Opening, Exec, Running, Closing };
+
+  explicit ChannelSession(SteadyClock::time_point now) : idle_since_(now) {}
+  ChannelSession(const ChannelSession&) = delete;
+  ChannelSession& operator=(const ChannelSession&) = delete;
+
+  // Advances the session as far as it goes without blocking.
+  ChannelStep step(const ChannelContext& ctx, SteadyClock::time_point now);
+  // The connection is going: abandon the jobs in flight (their recipients stay pending) and leave
+  // the channel to the session, which frees it.
+  void abandon(JobSource& jobs, const std::string& reason, int64_t unix_now);
+
+  St state() const { return st_; }
+  // Closed and freed: the connection may drop it.
+  bool gone() const { return st_ == St::Closing && !ch_; }
+  // Can take more transactions: not closing, under the cap, engine not ended.
+  bool usable(uint32_t max_transactions) const;
+  // Holds a job or runs a transaction.
+  bool working() const {
+    return !jobs_.empty() || (smtp_ && smtp_->state() == SmtpClient::State::Busy);
+  }
+  uint32_t transactions() const { return transactions_; }
+  size_t inFlight() const { return jobs_.size(); }
+  // Has bytes on their way to the far end.
+  bool sending() const { return !wbuf_.empty() || (smtp_ && smtp_->wantsToWrite()); }
+  // Input (or EOF) that libssh2 already took off the socket for this channel, which poll() will
+  // not report.
+  bool inputQueued() const {
+    return st_ == St::Running && ch_ &&
+           (ch_.queuedInput(0) || ch_.queuedInput(1) || (!eof_seen_ && ch_.eof()));
+  }
+  // When this session next needs a step without I/O (engine timeout, idle_close, close deadline).
+  std::optional<SteadyClock::time_point> deadline(std::chrono::seconds idle_close) const;
+
+ private:
+  ChannelStep stepOpening(const ChannelContext& ctx);
+  ChannelStep stepExec(const ChannelContext& ctx, SteadyClock::time_point now);
+  ChannelStep stepClosing(const ChannelContext& ctx, SteadyClock::time_point now);
+  ChannelStep stepRunning(const ChannelContext& ctx, SteadyClock::time_point now);
+  // The pieces of a running session's step, in the order they run. Those that can break the
+  // transport return false after setting out.connection_failure.
+  bool readInput(const ChannelContext& ctx, SteadyClock::time_point now, ChannelStep& out);
+  void logStderr(const ChannelContext& ctx, ChannelStep& out);
+  void takeResults(const ChannelContext& ctx, SteadyClock::time_point now, ChannelStep& out);
+  void takeNextJob(const ChannelContext& ctx, SteadyClock::time_point now, ChannelStep& out);
+  bool writeOutput(const ChannelContext& ctx, SteadyClock::time_point now, ChannelStep& out);
+  void endIfDone(const ChannelContext& ctx, SteadyClock::time_point now, ChannelStep& out);
+  // Abandons the jobs still open and starts the channel's teardown.
+  void close(const ChannelContext& ctx, SteadyClock::time_point now, const std::string& reason);
+  void quit(SteadyClock::time_point now, ChannelStep& out);
+
+  St st_ = St::Opening;
+  SshChannel ch_;
+  std::unique_ptr<SmtpClient> smtp_;
+  // Jobs started in this session, oldest first; with SmtpClient::Options::overlap up to two (the
+  // next one starts while the previous final dot's reply is pending). std::deque: a Job's
+  // SmtpJob view points into it, and push_back/pop_front keep the others in place.
+  std::deque<Job> jobs_;
+  uint32_t transactions_ = 0;
+  SteadyClock::time_point idle_since_{};
+  SteadyClock::time_point close_deadline_{};
+  std::string stderr_buf_;
+  std::string wbuf_;  // a copy of what libssh2 was last asked to write (retried until done)
+  bool eof_seen_ = false;
+  bool quit_by_us_ = false;  // we ended it (idle, cap, stopping): not a failure of the far end
+};
+
+// Sessions that hold a job or run a transaction.
+size_t sessionsWithWork(const ChannelSessions& all);
+
+}  // namespace dynmx::tunneld
