@@ -177,6 +177,7 @@ class SendmailRelayTest : public ::testing::Test {
        << "define(`confDONT_PROBE_INTERFACES', `True')dnl\n"
        << "define(`confSERVICE_SWITCH_FILE', `" << (dir_ / "service.switch") << "')dnl\n"
        << "DAEMON_OPTIONS(`Port=" << port_ << ", Addr=127.0.0.1, Name=MTA')dnl\n";
+    mc << site_mc_;
     if (g_ipv6)
       mc << "DAEMON_OPTIONS(`Port=" << port_ << ", Addr=::1, Family=inet6, Name=MTA6')dnl\n";
     mc << "MAILER(`local')dnl\nMAILER(`smtp')dnl\n"
@@ -222,6 +223,7 @@ class SendmailRelayTest : public ::testing::Test {
   uint16_t port_ = 0;
   Process sendmail_;
   std::unique_ptr<RelayMapProcess> relaymap_;
+  std::string site_mc_;  // the site's own lines, before the fragment
 };
 
 TEST_F(SendmailRelayTest, LeasedAddressMayRelayOthersMayNot) {
@@ -276,6 +278,28 @@ TEST_F(SendmailRelayTest, RestartedRelaymapServesTheLeaseAgain) {
   while (relaymap_->wantsWrite()) ASSERT_TRUE(relaymap_->flush());
   EXPECT_TRUE(waitFor([&] { return rcptFrom("127.0.0.2", kOutside).substr(0, 3) == "250"; }));
   EXPECT_EQ(rcptFrom("127.0.0.3", kOutside).substr(0, 3), "550");
+}
+
+TEST_F(SendmailRelayTest, SitesAccessDatabaseAndDelayChecksKeepWorking) {
+  // The site's own relay rule (an access entry) still applies beside the fragment; the fragment
+  // does not take the access database over.
+  std::string db = sockdir_ + "/access";  // sendmail wants a safe path, like the socket
+  ASSERT_EQ(runCommand({"/usr/sbin/makemap", "hash", db}, nullptr,
+                       "Connect:127.0.0.4\tRELAY\nConnect:127.0.0.5\tREJECT\n"),
+            0);
+  site_mc_ = "FEATURE(`access_db', `hash -T<TMPF> " + db + "')dnl\nFEATURE(`delay_checks')dnl\n";
+  startRelaymap();
+  lease({leaseFor("127.0.0.2", 3600)});
+  startSendmail();
+  EXPECT_EQ(rcptFrom("127.0.0.2", kOutside).substr(0, 3), "250");
+  EXPECT_EQ(rcptFrom("127.0.0.4", kOutside).substr(0, 3), "250") << "the site's RELAY entry";
+  EXPECT_THAT(rcptFrom("127.0.0.3", kOutside), StartsWith(kDenied));
+  EXPECT_EQ(rcptFrom("127.0.0.5", kLocal).substr(0, 3), "550") << "the site's REJECT entry";
+  EXPECT_EQ(rcptFrom("127.0.0.3", kLocal).substr(0, 3), "250");
+  relaymap_->stop();
+  EXPECT_EQ(rcptFrom("127.0.0.2", kOutside).substr(0, 3), "451");
+  EXPECT_EQ(rcptFrom("127.0.0.4", kOutside).substr(0, 3), "250") << "the site's RELAY entry";
+  EXPECT_EQ(rcptFrom("127.0.0.3", kLocal).substr(0, 3), "250");
 }
 
 TEST_F(SendmailRelayTest, Ipv6LeaseWithSendmailsTaggedKey) {

@@ -37,8 +37,8 @@ std::string describeStatus(int status) {
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD}) sigaction(sig, &dfl, nullptr);
-  int l = fcntl(listen_fd, F_DUPFD, 10);
-  int f = fcntl(feed_fd, F_DUPFD, 10);
+  int l = fcntl(listen_fd, F_DUPFD_CLOEXEC, 10);  // these copies go at exec; 3 and 4 stay
+  int f = fcntl(feed_fd, F_DUPFD_CLOEXEC, 10);
   if (l < 0 || f < 0 || dup2(l, 3) != 3 || dup2(f, 4) != 4 || dup2(devnull, 0) != 0 ||
       dup2(devnull, 1) != 1) {
     _exit(127);

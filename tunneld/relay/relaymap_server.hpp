@@ -26,9 +26,10 @@ namespace dynmx::relay {
 
 struct RelayMapLimits {
   size_t max_connections = 512;
-  // Postfix closes its socketmap connections after 10 s idle itself; sendmail keeps one per
-  // process for the life of an SMTP session, which may be minutes.
-  std::chrono::milliseconds idle_timeout = std::chrono::minutes(5);
+  // Postfix closes its socketmap connections after 10 s idle itself; sendmail keeps one per SMTP
+  // session and asks again at each RCPT, which may come up to an hour apart (its default command
+  // timeout): a connection closed under it would turn the next lookup into a tempfail.
+  std::chrono::milliseconds idle_timeout = std::chrono::hours(1);
   size_t max_request = kMaxRequest;
   size_t max_leases = kDefaultMaxLeases;
 };
