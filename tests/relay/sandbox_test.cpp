@@ -5,8 +5,10 @@
 #include "tunneld/relay/sandbox.hpp"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <pwd.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +17,7 @@
 #include <gtest/gtest.h>
 #include <string>
 
+#include "shared/fd.hpp"
 #include "tests/harness/harness.hpp"
 
 namespace dynmx::relay {
@@ -99,6 +102,69 @@ TEST_F(SandboxTest, LandlockDeniesEveryPathButKeepsOpenDescriptors) {
   EXPECT_NE(access((dir_ / "new").c_str(), F_OK), 0);
 }
 
+// A listening TCP socket on loopback, for connect attempts.
+int tcpListener(uint16_t* port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(fd, 4) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    throw std::runtime_error("tcp listener");
+  }
+  *port = ntohs(sa.sin_port);
+  return fd;
+}
+
+std::string tryConnect(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return std::string("no socket: ") + std::strerror(errno);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(port);
+  int rc = connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  int e = errno;
+  close(fd);
+  return rc == 0 ? "connected" : std::string("denied: ") + std::strerror(e);
+}
+
+TEST_F(SandboxTest, LandlockDeniesTcpConnectWhereTheKernelCan) {
+  if (landlockAbi() < 4) GTEST_SKIP() << "Landlock ABI " << landlockAbi() << " has no TCP rules";
+  uint16_t port = 0;
+  UniqueFd l(tcpListener(&port));
+  EXPECT_EQ(inChild([&](int) { return tryConnect(port); }), "connected");
+  EXPECT_EQ(inChild([&](int) {
+              Status s = denyFilesystemLandlock();
+              return s ? tryConnect(port) : "setup: " + s.error().message;
+            }),
+            "denied: Permission denied");
+}
+
+TEST_F(SandboxTest, SeccompRefusesNewSocketsAndExecButKeepsOpenOnes) {
+  std::string r = inChild([&](int) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return std::string("setup");
+    Status s = denyNewSocketsAndExec();
+    if (!s) return "setup: " + s.error().message;
+    std::string out;
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    out += fd < 0 ? std::string("socket: ") + std::strerror(errno) : "socket made";
+    int pair[2];
+    out += socketpair(AF_UNIX, SOCK_STREAM, 0, pair) < 0 ? "|socketpair refused" : "|pair made";
+    char* const argv[] = {const_cast<char*>("/bin/true"), nullptr};
+    execv("/bin/true", argv);
+    out += std::string("|exec: ") + std::strerror(errno);
+    char c = 0;
+    bool kept = write(sv[0], "x", 1) == 1 && read(sv[1], &c, 1) == 1 && c == 'x';
+    return out + (kept ? "|kept" : "|lost");
+  });
+  EXPECT_EQ(r,
+            "socket: Operation not permitted|socketpair refused|exec: Operation not "
+            "permitted|kept");
+}
+
 TEST_F(SandboxTest, NamespaceChrootDeniesEveryPath) {
   std::string r = inChild([&](int) {
     if (Status s = dropPrivileges("nobody"); !s) return "setup: " + s.error().message;
@@ -129,6 +195,7 @@ TEST_F(SandboxTest, EnterSandboxDropsRootSetsNoNewPrivsAndDeniesFiles) {
   std::string method = landlockAbi() >= 1 ? "landlock ABI " + std::to_string(landlockAbi())
                                           : "user namespace + chroot";
   EXPECT_EQ(r.rfind(method, 0), 0u) << r;
+  EXPECT_NE(r.find("; seccomp: no new sockets, no exec|"), std::string::npos) << r;
   EXPECT_NE(r.find("|nobody|nnp|denied: "), std::string::npos) << r;
 }
 

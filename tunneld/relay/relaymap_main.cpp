@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
          sb.error().message.c_str());
     return kExitOsErr;
   }
-  bool unconfined = sb->rfind("NO ", 0) == 0;
+  bool unconfined = sb->find("NO ") != std::string::npos;
   logf(unconfined ? LogLevel::Warning : LogLevel::Info, "relaymap: serving; sandbox: %s",
        sb->c_str());
   return relay::serveRelayMap(a.listen_fd, a.feed_fd, a.limits, systemTime());

@@ -17,9 +17,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
+#include <linux/audit.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/landlock.h>
+#include <linux/seccomp.h>
 #include <string>
 
 #include "shared/fd.hpp"
@@ -35,6 +39,20 @@ uint64_t landlockFsRights(int abi) {
   if (abi >= 3) r |= 1ULL << 14;                        // TRUNCATE
   if (abi >= 5) r |= 1ULL << 15;                        // IOCTL_DEV
   return r;
+}
+
+// The kernel's landlock_ruleset_attr as of ABI 6. The installed header may be older; the kernel
+// takes a larger or smaller struct as long as the bytes it does not know are zero.
+struct RulesetAttr {
+  uint64_t handled_access_fs;
+  uint64_t handled_access_net;  // ABI 4: TCP bind (bit 0) and connect (bit 1)
+  uint64_t scoped;              // ABI 6: abstract unix sockets (bit 0), signals (bit 1)
+};
+
+size_t rulesetAttrSize(int abi) {
+  if (abi >= 6) return sizeof(RulesetAttr);
+  if (abi >= 4) return offsetof(RulesetAttr, scoped);
+  return offsetof(RulesetAttr, handled_access_net);
 }
 
 Status writeProcFile(const char* path, const std::string& text) {
@@ -98,9 +116,12 @@ int landlockAbi() {
 Status denyFilesystemLandlock() {
   int abi = landlockAbi();
   if (abi < 1) return Error{ENOSYS, "Landlock is not available in this kernel"};
-  landlock_ruleset_attr attr{};
+  RulesetAttr attr{};
   attr.handled_access_fs = landlockFsRights(abi);
-  UniqueFd rs(static_cast<int>(syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0)));
+  if (abi >= 4) attr.handled_access_net = 0x3;  // no TCP bind or connect either
+  if (abi >= 6) attr.scoped = 0x3;  // no abstract unix sockets or signals outside the sandbox
+  UniqueFd rs(
+      static_cast<int>(syscall(SYS_landlock_create_ruleset, &attr, rulesetAttrSize(abi), 0)));
   if (!rs) return sysError(errno, "landlock_create_ruleset");
   // No rule added: nothing on any path is allowed.
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return sysError(errno, "PR_SET_NO_NEW_PRIVS");
@@ -144,17 +165,61 @@ Status denyFilesystemNamespace() {
   return dropAllCapabilities();
 }
 
+Status denyNewSocketsAndExec() {
+#if defined(__x86_64__)
+  constexpr uint32_t kArch = AUDIT_ARCH_X86_64;
+  constexpr uint32_t kX32Bit = 0x40000000;  // x32 system call numbers: refused alike
+#elif defined(__aarch64__)
+  constexpr uint32_t kArch = AUDIT_ARCH_AARCH64;
+  constexpr uint32_t kX32Bit = 0;
+#else
+  return Error{ENOSYS, "seccomp filter: this architecture is not supported"};
+#endif
+  constexpr uint32_t kDeny = SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA);
+  // Unknown architecture: kill. x32 numbers: deny. socket, socketpair, execve, execveat: EPERM.
+  sock_filter prog[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kArch, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, kX32Bit, 4, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_socket, 3, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_socketpair, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_execve, 1, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_execveat, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, kDeny),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog fprog{static_cast<unsigned short>(sizeof prog / sizeof prog[0]), prog};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return sysError(errno, "PR_SET_NO_NEW_PRIVS");
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0) {
+    return sysError(errno, "seccomp filter");
+  }
+  return {};
+}
+
 Result<std::string> enterSandbox(const SandboxOptions& opts) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return sysError(errno, "PR_SET_NO_NEW_PRIVS");
   if (Status s = dropPrivileges(opts.user); !s) return s.error();
+  std::string how;
   Status ll = denyFilesystemLandlock();
-  if (ll) return "landlock ABI " + std::to_string(landlockAbi());
-  Status ns = denyFilesystemNamespace();
-  if (ns)
-    return std::string("user namespace + chroot to an empty tmpfs (") + ll.error().message + ")";
-  std::string why = ll.error().message + "; " + ns.error().message;
-  if (opts.allow_unsandboxed) return "NO filesystem sandbox (allowed by the administrator): " + why;
-  return Error{0, "no filesystem sandbox can be had (" + why + ")"};
+  if (ll) {
+    how = "landlock ABI " + std::to_string(landlockAbi());
+  } else if (Status ns = denyFilesystemNamespace(); ns) {
+    how = "user namespace + chroot to an empty tmpfs (" + ll.error().message + ")";
+  } else {
+    std::string why = ll.error().message + "; " + ns.error().message;
+    if (!opts.allow_unsandboxed) {
+      return Error{0, "no filesystem sandbox can be had (" + why + ")"};
+    }
+    how = "NO filesystem sandbox (allowed by the administrator): " + why;
+  }
+  // Landlock leaves named unix sockets reachable: take away making any new socket (and exec).
+  if (Status sc = denyNewSocketsAndExec(); !sc) {
+    if (!opts.allow_unsandboxed) return Error{0, sc.error().message};
+    return how + "; NO seccomp filter (allowed by the administrator): " + sc.error().message;
+  }
+  return how + "; seccomp: no new sockets, no exec";
 }
 
 }  // namespace dynmx::relay

@@ -6,12 +6,15 @@
 // of uid, gid and supplementary groups; a root start with no user is an error), then (4) denies all
 // filesystem access: with Landlock when the kernel has it (a ruleset that handles every access
 // right the kernel knows and allows none), else with an unprivileged user + mount namespace and a
-// chroot into an empty read-only tmpfs, after which every capability is dropped. Descriptors
-// already open keep working; opening anything by path fails.
+// chroot into an empty read-only tmpfs, after which every capability is dropped; (5) installs a
+// seccomp filter that refuses socket(2), socketpair(2), execve(2) and execveat(2), because
+// Landlock does not cover connecting to named unix sockets. Descriptors already open keep
+// working (accept, read, write); opening anything by path, or making a new socket, fails.
 //
-// Failure: an error in (2) or (3) is returned and the caller must not serve. When neither Landlock
-// nor the namespace can be had, the result is an error too, unless allow_unsandboxed: then it says
-// so (the caller logs it) and the process serves without filesystem confinement.
+// Failure: an error in (2) or (3) is returned and the caller must not serve. When neither
+// Landlock nor the namespace can be had, or the seccomp filter cannot be installed, the result is
+// an error too, unless allow_unsandboxed: then it says so (the caller logs it, and the text
+// contains "NO ") and the process serves with what it could get.
 #pragma once
 
 #include <string>
@@ -35,5 +38,6 @@ Status dropPrivileges(const std::string& user);
 int landlockAbi();                 // the kernel's Landlock ABI version, or 0 without Landlock
 Status denyFilesystemLandlock();   // needs landlockAbi() >= 1
 Status denyFilesystemNamespace();  // user + mount namespace, chroot to an empty tmpfs
+Status denyNewSocketsAndExec();    // seccomp: socket, socketpair, execve, execveat -> EPERM
 
 }  // namespace dynmx::relay
