@@ -265,6 +265,23 @@ TEST_F(SendmailRelayTest, StoppedRelaymapGivesRelaysATempfail) {
   EXPECT_EQ(rcptFrom("127.0.0.2", kLocal).substr(0, 3), "250");
 }
 
+constexpr const char* kReadTimeout =
+    "451 4.3.0 socket_map_lookup(relay): read timeout: Resource temporarily unavailable";
+
+TEST_F(SendmailRelayTest, HungRelaymapGivesATempfailAfterTheTimeout) {
+  site_mc_ = "define(`DYNMX_RELAY_TIMEOUT', `2')dnl\n";  // sendmail waits 2 s for an answer
+  startRelaymap();
+  lease({leaseFor("127.0.0.2", 3600)});
+  startSendmail();
+  ASSERT_EQ(rcptFrom("127.0.0.2", kOutside).substr(0, 3), "250");
+  ASSERT_EQ(kill(relaymap_->pid(), SIGSTOP), 0);  // alive, listening, never answering
+  EXPECT_EQ(rcptFrom("127.0.0.2", kOutside), kReadTimeout);
+  // sendmail reports a socket map read timeout as a system error of the whole RCPT, so local
+  // recipients get the 451 as well (unlike a refused connection): dynmx-relay(7) says so.
+  EXPECT_EQ(rcptFrom("127.0.0.3", kLocal), kReadTimeout);
+  kill(relaymap_->pid(), SIGCONT);
+}
+
 TEST_F(SendmailRelayTest, RestartedRelaymapServesTheLeaseAgain) {
   startRelaymap(std::chrono::milliseconds(100));
   lease({leaseFor("127.0.0.2", 3600)});
