@@ -4,6 +4,7 @@
 #include "tunneld/relay/relaymap_server.hpp"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -337,6 +338,27 @@ TEST_F(ProcessTest, StopEndsTheChildAndRemovesTheSocket) {
   EXPECT_NE(access(path().c_str(), F_OK), 0);
   p->check();
   EXPECT_FALSE(p->running()) << "a stopped server is not restarted";
+}
+
+TEST_F(ProcessTest, SocketGetsItsModeAndGroup) {
+  struct group* g = getgrnam("mail");
+  if (!g || geteuid() != 0) GTEST_SKIP() << "needs root and a group named mail";
+  gid_t mail = g->gr_gid;
+  RelayMapProcessConfig c = config();
+  c.socket_mode = 0620;
+  c.socket_group = "mail";
+  auto p = open(c);
+  ASSERT_TRUE(p);
+  struct stat st;
+  ASSERT_EQ(lstat(path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0620u);
+  EXPECT_EQ(st.st_gid, mail);
+  p.reset();
+  c.socket_group = "no-such-group-dynmx";
+  auto bad = RelayMapProcess::open(c, systemTime());
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().message, "relay socket_group no-such-group-dynmx: no such group");
+  EXPECT_NE(access(path().c_str(), F_OK), 0) << "no half-made socket left behind";
 }
 
 TEST_F(ProcessTest, SocketPathIsCheckedBeforeUse) {

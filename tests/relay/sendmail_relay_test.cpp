@@ -373,6 +373,6 @@ void isolate() {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  dynmx::relay::isolate();
+  if (!GTEST_FLAG_GET(list_tests)) dynmx::relay::isolate();  // not for test discovery
   return RUN_ALL_TESTS();
 }
