@@ -44,7 +44,7 @@ constexpr const char* kSizeExamples =
     "a size such as \"50M\", \"512K\", \"1G\" or a number of bytes";
 
 // The known keys of each section, in the order the documentation lists them.
-constexpr std::string_view kSections[] = {"spool", "milter", "tunneld", "client"};
+constexpr std::string_view kSections[] = {"spool", "milter", "tunneld", "relay", "client"};
 constexpr std::string_view kSpoolKeys[] = {"dir", "max_message_size"};
 constexpr std::string_view kMilterKeys[] = {"socket", "socket_mode", "socket_group", "user",
                                             "on_error"};
@@ -54,9 +54,13 @@ constexpr std::string_view kTunneldKeys[] = {
     "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
     "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
     "pid_file"};
+constexpr std::string_view kRelayKeys[] = {"socket",         "socket_mode", "socket_group",
+                                           "user",           "lease_grace", "lease_lifetime",
+                                           "revoke_hold",    "mx_addresses", "lease_file"};
 constexpr std::string_view kClientKeys[] = {
-    "name",     "host",        "port",      "user",      "domains",        "host_key",
-    "identity", "concurrency", "retry_min", "retry_max", "queue_lifetime", "delay_warning"};
+    "name",      "host",      "port",           "user",          "domains", "host_key",
+    "identity",  "concurrency", "retry_min",    "retry_max",     "queue_lifetime",
+    "delay_warning", "relay", "relay_networks"};
 
 struct SectionKeys {
   std::string_view header;  // how the section is written in the file
@@ -65,6 +69,7 @@ struct SectionKeys {
 constexpr SectionKeys kAllSections[] = {{"[spool]", kSpoolKeys},
                                         {"[milter]", kMilterKeys},
                                         {"[tunneld]", kTunneldKeys},
+                                        {"[relay]", kRelayKeys},
                                         {"[[client]]", kClientKeys}};
 
 size_t editDistance(std::string_view a, std::string_view b) {
@@ -506,7 +511,8 @@ class Loader {
       if (std::find(std::begin(kSections), std::end(kSections), k.str()) != std::end(kSections))
         continue;
       std::string hint = suggestion(k.str(), kSections, "");
-      if (hint.empty()) hint = " (known sections: [spool], [milter], [tunneld], [[client]])";
+      if (hint.empty())
+        hint = " (known sections: [spool], [milter], [tunneld], [relay], [[client]])";
       fail(at(k.source()), std::string(k.str()),
            "unknown section or key " + quoted(k.str()) + hint);
     }
@@ -514,7 +520,9 @@ class Loader {
     if (const auto* n = root.get("spool")) readSpool(*n);
     if (const auto* n = root.get("milter")) readMilter(*n);
     if (const auto* n = root.get("tunneld")) readTunneld(*n);
+    if (const auto* n = root.get("relay")) readRelay(*n);
     if (const auto* n = root.get("client")) readClients(*n);
+    relayChecks();
   }
 
   void readSpool(const toml::node& node) {
@@ -749,6 +757,13 @@ class Loader {
             } else if (k == "concurrency") {
               if (auto n = integer(v, key, 1, kMaxConcurrency))
                 c.concurrency = static_cast<uint32_t>(*n);
+            } else if (k == "relay") {
+              if (const auto* b = v.as_boolean())
+                c.relay = b->get();
+              else
+                typeError(v, key, "true or false");
+            } else if (k == "relay_networks") {
+              readRelayNetworks(v, key, c);
             } else {
               readRetryKey(k, v, key, c.retry);
             }
@@ -843,6 +858,111 @@ class Loader {
       if (!seen_.count(min_key) || !seen_.count(max_key)) return;
     }
     orderCheck(min_key, c.retry.retry_min, max_key, c.retry.retry_max);
+  }
+
+  // ---- [relay] and the relay keys of [[client]] ----
+
+  void readRelay(const toml::node& node) {
+    const auto* t = node.as_table();
+    if (!t) return typeError(node, "relay", "a table ([relay])");
+    auto& c = cfg_.relay;
+    forEachKey(*t, "relay", kRelayKeys, "[relay]",
+               [&](std::string_view k, const toml::node& v, const std::string& key) {
+                 if (k == "socket") {
+                   if (auto s = socketPath(v, key)) c.socket = *s;
+                 } else if (k == "socket_mode") {
+                   mode(v, key, c.socket_mode);
+                 } else if (k == "socket_group") {
+                   if (auto s = accountName(v, key, true, "a group name")) c.socket_group = *s;
+                 } else if (k == "user") {
+                   if (auto s = accountName(v, key, true, "a user name")) c.user = *s;
+                 } else if (k == "lease_grace") {
+                   duration(v, key, c.lease_grace);
+                 } else if (k == "lease_lifetime") {
+                   duration(v, key, c.lease_lifetime);
+                 } else if (k == "revoke_hold") {
+                   duration(v, key, c.revoke_hold, /*allow_zero=*/true);
+                 } else if (k == "mx_addresses") {
+                   readMxAddresses(v, key);
+                 } else if (k == "lease_file") {
+                   if (auto s = absolutePath(v, key)) c.lease_file = *s;
+                 }
+               });
+  }
+
+  void readMxAddresses(const toml::node& v, const std::string& key) {
+    constexpr const char* kExpected =
+        "an array of this host's IPv4 or IPv6 addresses as clients see them, such as "
+        "[\"192.0.2.25\", \"2001:db8::25\"]";
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    std::vector<InetAddr> out;
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      const auto& e = *a->get(i);
+      auto s = string(e, ekey, "an IPv4 or IPv6 address");
+      if (!s) continue;
+      auto addr = InetAddr::parse(*s);
+      if (!addr || addr->isUnspecified()) {
+        fail(e, ekey,
+             "expected an IPv4 or IPv6 address such as \"192.0.2.25\" or \"2001:db8::25\" (not "
+             "a network, a name or the unspecified address), got " +
+                 quoted(*s));
+        continue;
+      }
+      out.push_back(*addr);
+    }
+    cfg_.relay.mx_addresses = std::move(out);
+  }
+
+  void readRelayNetworks(const toml::node& v, const std::string& key, ClientConfig& c) {
+    constexpr const char* kExpected =
+        "a non-empty array of networks such as [\"192.0.2.0/24\", \"2001:db8::/32\"] (leave the "
+        "key out to allow any address)";
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    if (a->empty()) return fail(v, key, std::string("expected ") + kExpected + ", got []");
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      const auto& e = *a->get(i);
+      auto s = string(e, ekey, "a network such as \"192.0.2.0/24\"");
+      if (!s) continue;
+      auto net = InetNetwork::parse(*s);
+      if (!net) {
+        fail(e, ekey,
+             "expected a network in CIDR form such as \"192.0.2.0/24\" or \"2001:db8::/32\" (a "
+             "bare address is one host), got " +
+                 quoted(*s));
+        continue;
+      }
+      InetNetwork base = *net;
+      for (unsigned bit = base.prefix_len; bit < 128; ++bit)
+        base.addr.bytes[bit / 8] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
+      if (base.addr != net->addr) {
+        fail(e, ekey,
+             "network " + quoted(*s) + " has bits set after its prefix length; did you mean " +
+                 quoted(base.str()) + "?");
+        continue;
+      }
+      c.relay_networks.push_back(*net);
+    }
+  }
+
+  // A tunnel lease is renewed by traffic, keepalives included: a grace no longer than the
+  // keepalive interval would let the lease of a quiet, live connection lapse between two probes.
+  void relayChecks() {
+    bool any = std::any_of(cfg_.clients.begin(), cfg_.clients.end(),
+                           [](const ClientConfig& c) { return c.relay; });
+    const auto& r = cfg_.relay;
+    if (!any || bad_.count("relay.lease_grace") || bad_.count("tunneld.keepalive") ||
+        r.lease_grace > cfg_.tunneld.keepalive)
+      return;
+    std::string key = seen_.count("relay.lease_grace") ? "relay.lease_grace" : "tunneld.keepalive";
+    fail(where(key), key,
+         "lease_grace " + formatDuration(r.lease_grace) + " is not longer than keepalive " +
+             formatDuration(cfg_.tunneld.keepalive) +
+             "; a tunnel lease is renewed by keepalives, so expected lease_grace > keepalive "
+             "(the default lease_grace is 2m)");
   }
 
   // ---- checks of files on disk, which depend on the program loading the file ----
@@ -1134,6 +1254,13 @@ std::vector<std::string> restartOnlyDifferences(const Config& running, const Con
   diff("tunneld.control_mode", running.tunneld.control_mode != next.tunneld.control_mode);
   diff("tunneld.user", running.tunneld.user != next.tunneld.user);
   diff("tunneld.pid_file", running.tunneld.pid_file != next.tunneld.pid_file);
+  // [relay]: the lease settings and the clients' relay keys are reloadable; the socketmap
+  // server's socket, its user and the lease file are set up at start.
+  diff("relay.socket", running.relay.socket != next.relay.socket);
+  diff("relay.socket_mode", running.relay.socket_mode != next.relay.socket_mode);
+  diff("relay.socket_group", running.relay.socket_group != next.relay.socket_group);
+  diff("relay.user", running.relay.user != next.relay.user);
+  diff("relay.lease_file", running.relay.lease_file != next.relay.lease_file);
   return out;
 }
 

@@ -414,7 +414,7 @@ INSTANTIATE_TEST_SUITE_P(
                 "unknown section or key \"tunnel\" (did you mean \"tunneld\"?)"},
         BadCase{"UnknownSectionListsKnown", "\n[queue]\n", 2, 2, "queue",
                 "unknown section or key \"queue\" (known sections: [spool], [milter], [tunneld], "
-                "[[client]])"},
+                "[relay], [[client]])"},
         BadCase{"TopLevelKey", "max_message_size = \"1M\"\n", 1, 1, "max_message_size",
                 "belongs in [spool]"},
         BadCase{"UnknownClientKey", client("a", "[\"a.example\"]", "hostkey = \"x\"\n"), 6, 1,
