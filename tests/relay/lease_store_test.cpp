@@ -162,7 +162,8 @@ TEST(LeaseFile, RejectsBadRecordsEvenWithAGoodChecksum) {
       {withCrc(v + "hold 203.0.113.7 x\n", 1), "bad hold record"},
       {withCrc("dynmx-leases 2\n", 0), "not a lease file of version 1"},
       {withCrc(v, 0) + "lease home 203.0.113.7 tunnel 1 2\n", "torn: no end line"},
-      {withCrc(v, 0) + withCrc(v, 0), "checksum mismatch"},
+      {withCrc(v, 0) + withCrc(v, 0), "unknown record"},
+      {v + "lease home 203.0.113.7 tunnel 1 2\nend 1 00000000\n", "checksum mismatch"},
   };
   for (const auto& c : cases) {
     auto p = parseLeaseFile(c.file);
