@@ -54,13 +54,13 @@ constexpr std::string_view kTunneldKeys[] = {
     "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
     "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
     "pid_file"};
-constexpr std::string_view kRelayKeys[] = {"socket",         "socket_mode", "socket_group",
-                                           "user",           "lease_grace", "lease_lifetime",
-                                           "revoke_hold",    "mx_addresses", "lease_file"};
+constexpr std::string_view kRelayKeys[] = {"socket",      "socket_mode",  "socket_group",
+                                           "user",        "lease_grace",  "lease_lifetime",
+                                           "revoke_hold", "mx_addresses", "lease_file"};
 constexpr std::string_view kClientKeys[] = {
-    "name",      "host",      "port",           "user",          "domains", "host_key",
-    "identity",  "concurrency", "retry_min",    "retry_max",     "queue_lifetime",
-    "delay_warning", "relay", "relay_networks"};
+    "name",           "host",          "port",        "user",          "domains",
+    "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
+    "queue_lifetime", "delay_warning", "relay",       "relay_networks"};
 
 struct SectionKeys {
   std::string_view header;  // how the section is written in the file
@@ -757,13 +757,8 @@ class Loader {
             } else if (k == "concurrency") {
               if (auto n = integer(v, key, 1, kMaxConcurrency))
                 c.concurrency = static_cast<uint32_t>(*n);
-            } else if (k == "relay") {
-              if (const auto* b = v.as_boolean())
-                c.relay = b->get();
-              else
-                typeError(v, key, "true or false");
-            } else if (k == "relay_networks") {
-              readRelayNetworks(v, key, c);
+            } else if (k == "relay" || k == "relay_networks") {
+              readClientRelayKey(k, v, key, c);
             } else {
               readRetryKey(k, v, key, c.retry);
             }
@@ -913,6 +908,15 @@ class Loader {
       out.push_back(*addr);
     }
     cfg_.relay.mx_addresses = std::move(out);
+  }
+
+  void readClientRelayKey(std::string_view k, const toml::node& v, const std::string& key,
+                          ClientConfig& c) {
+    if (k == "relay_networks") return readRelayNetworks(v, key, c);
+    if (const auto* b = v.as_boolean())
+      c.relay = b->get();
+    else
+      typeError(v, key, "true or false");
   }
 
   void readRelayNetworks(const toml::node& v, const std::string& key, ClientConfig& c) {

@@ -114,11 +114,11 @@ struct TunneldConfig {
 struct RelayConfig {
   std::string socket = "/run/dynmx/relay.sock";  // the socketmap server's Unix socket
   mode_t socket_mode = 0660;
-  std::string socket_group;  // empty: leave the group as created
-  std::string user;          // the socketmap process's user; empty: the daemon's own user
-  Seconds lease_grace{120};      // a tunnel lease outlives its connection this long
-  Seconds lease_lifetime{1200};  // a check-in lease lasts this long after the last check-in
-  Seconds revoke_hold{3600};     // dynmxctl revoke holds the address down this long
+  std::string socket_group;            // empty: leave the group as created
+  std::string user;                    // the socketmap process's user; empty: the daemon's own
+  Seconds lease_grace{120};            // a tunnel lease outlives its connection this long
+  Seconds lease_lifetime{1200};        // a check-in lease lasts this long after the last check-in
+  Seconds revoke_hold{3600};           // dynmxctl revoke holds the address down this long
   std::vector<InetAddr> mx_addresses;  // this MX's addresses as clients see them (behind NAT)
   std::string lease_file = "/var/lib/dynmx/leases";  // where leases survive a restart
 };

@@ -15,9 +15,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (p.kind == PeerLine::Kind::Peer) {
     if (in.size() > kMaxPeerLine + 2) __builtin_trap();
     const auto& c = p.conn;
-    std::string again = "dynmx-peer " + c.client_addr.str() + " " +
-                        std::to_string(c.client_port) + " " + c.server_addr.str() + " " +
-                        std::to_string(c.server_port);
+    std::string again = "dynmx-peer " + c.client_addr.str() + " " + std::to_string(c.client_port) +
+                        " " + c.server_addr.str() + " " + std::to_string(c.server_port);
     PeerLine q = parsePeerLine(again);
     if (q.kind != PeerLine::Kind::Peer || q.conn.client_addr != c.client_addr ||
         q.conn.server_addr != c.server_addr || q.conn.client_port != c.client_port ||
@@ -31,7 +30,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     r.clients["home"] = LeaseRules::Client{true, {}};
     return r;
   }();
-  auto refusal = decideTunnelLease(p, local, rules.mx_addresses);
+  static const dynmx::InetAddr client = *dynmx::InetAddr::parse("203.0.113.7");
+  auto refusal = decideTunnelLease(p, client, local, rules.mx_addresses);
   if (!refusal && p.kind != PeerLine::Kind::Peer) __builtin_trap();
 
   std::string env(in);  // as a C string: up to the first NUL, as getenv would give it

@@ -4,7 +4,6 @@
 #include "tunneld/relay/lease_store.hpp"
 
 #include <fcntl.h>
-#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <gtest/gtest.h>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -26,7 +26,9 @@ namespace fs = std::filesystem;
 
 constexpr int64_t kNow = 1'795'000'000;
 
-InetAddr addr(const char* text) { return *InetAddr::parse(text); }
+InetAddr addr(const char* text) {
+  return *InetAddr::parse(text);
+}
 
 class TempDir {
  public:
@@ -78,29 +80,31 @@ LeaseSnapshot other() {
 }
 
 TEST(LeaseFile, FormatIsTheDocumentedOne) {
-  EXPECT_EQ(formatLeaseFile(sample()),
-            "dynmx-leases 1\n"
-            "lease home 203.0.113.7 tunnel 1794999700 1795000120\n"
-            "lease home 2001:db8::7 checkin 1794999940 1795001140\n"
-            "lease office.lan 192.0.2.9 checkin 1794999990 1795001190\n"
-            "hold 198.51.100.1 1795003000\n"
-            "end 4 " +
-                [] {
-                  std::string body = formatLeaseFile(sample());
-                  return body.substr(body.rfind(' ') + 1, 8);
-                }() +
-                "\n");
+  EXPECT_EQ(
+      formatLeaseFile(sample()),
+      "dynmx-leases 1\n"
+      "lease home 203.0.113.7 tunnel 1794999700 1795000120\n"
+      "lease home 2001:db8::7 checkin 1794999940 1795001140\n"
+      "lease office.lan 192.0.2.9 checkin 1794999990 1795001190\n"
+      "hold 198.51.100.1 1795003000\n"
+      "end 4 " +
+          [] {
+            std::string body = formatLeaseFile(sample());
+            return body.substr(body.rfind(' ') + 1, 8);
+          }() +
+          "\n");
   std::string f = formatLeaseFile(sample());
   std::string body = f.substr(0, f.find("end "));
   char crc[9];
   std::snprintf(crc, sizeof crc, "%08x", crc32c(0, body.data(), body.size()));
   EXPECT_EQ(f.substr(f.size() - 9, 8), crc);
-  EXPECT_EQ(formatLeaseFile({}), "dynmx-leases 1\nend 0 " + [] {
-              std::string v = "dynmx-leases 1\n";
-              char b[9];
-              std::snprintf(b, sizeof b, "%08x", crc32c(0, v.data(), v.size()));
-              return std::string(b);
-            }() + "\n");
+  EXPECT_EQ(
+      formatLeaseFile({}), "dynmx-leases 1\nend 0 " + [] {
+        std::string v = "dynmx-leases 1\n";
+        char b[9];
+        std::snprintf(b, sizeof b, "%08x", crc32c(0, v.data(), v.size()));
+        return std::string(b);
+      }() + "\n");
 }
 
 TEST(LeaseFile, ParsesWhatItFormats) {
@@ -259,7 +263,9 @@ class FaultFs final : public FsOps {
   int calls() const { return calls_; }
   bool triggered() const { return triggered_; }
 
-  int open(const char* p, int f, mode_t m) override { return hit() ? fail<int>() : ::open(p, f, m); }
+  int open(const char* p, int f, mode_t m) override {
+    return hit() ? fail<int>() : ::open(p, f, m);
+  }
   ssize_t write(int fd, const void* b, size_t l) override {
     if (!hit()) return ::write(fd, b, l);
     if (mode_ == Mode::TornWrite && l > 1) (void)!::write(fd, b, l / 2);

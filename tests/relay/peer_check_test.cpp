@@ -3,14 +3,15 @@
 #include "tunneld/relay/peer_check.hpp"
 
 #include <gtest/gtest.h>
-
 #include <string>
 #include <vector>
 
 namespace dynmx::tunneld {
 namespace {
 
-InetAddr addr(const char* text) { return *InetAddr::parse(text); }
+InetAddr addr(const char* text) {
+  return *InetAddr::parse(text);
+}
 
 TEST(ParsePeerLine, ReadsWhatSshdPutsInSshConnection) {
   struct Case {
@@ -52,27 +53,59 @@ TEST(ParsePeerLine, AnythingButTheExactFormIsMalformed) {
            "dynmx-peer ",
            "dynmx-peer\n",
            "dynmx-peerx 192.0.2.25 1 192.0.2.7 22",
-           "dynmx-peer 192.0.2.25 1 192.0.2.7",               // three fields
-           "dynmx-peer 192.0.2.25 1 192.0.2.7 22 extra",      // five
-           "dynmx-peer 192.0.2.25  1 192.0.2.7 22",           // two spaces
-           "dynmx-peer 192.0.2.25 1 192.0.2.7 22 ",           // trailing space
+           "dynmx-peer 192.0.2.25 1 192.0.2.7",           // three fields
+           "dynmx-peer 192.0.2.25 1 192.0.2.7 22 extra",  // five
+           "dynmx-peer 192.0.2.25  1 192.0.2.7 22",       // two spaces
+           "dynmx-peer 192.0.2.25 1 192.0.2.7 22 ",       // trailing space
            "dynmx-peer\t192.0.2.25 1 192.0.2.7 22",
            "dynmx-peer 192.0.2.256 1 192.0.2.7 22",
-           "dynmx-peer home.example 1 192.0.2.7 22",          // names are not addresses
-           "dynmx-peer 192.0.2.25 0 192.0.2.7 22",            // port 0
+           "dynmx-peer home.example 1 192.0.2.7 22",  // names are not addresses
+           "dynmx-peer 192.0.2.25 0 192.0.2.7 22",    // port 0
            "dynmx-peer 192.0.2.25 65536 192.0.2.7 22",
-           "dynmx-peer 192.0.2.25 022 192.0.2.7 22",          // leading zero
+           "dynmx-peer 192.0.2.25 022 192.0.2.7 22",  // leading zero
            "dynmx-peer 192.0.2.25 +22 192.0.2.7 22",
            "dynmx-peer 192.0.2.25 22 192.0.2.7 -1",
-           "dynmx-peer [192.0.2.25] 22 192.0.2.7 22",         // MTA forms: sshd never writes them
+           "dynmx-peer [192.0.2.25] 22 192.0.2.7 22",  // MTA forms: sshd never writes them
            "dynmx-peer IPv6:2001:db8::25 22 192.0.2.7 22",
-           "dynmx-peer fe80::1%eth0 22 192.0.2.7 22",          // zone index
+           "dynmx-peer fe80::1%eth0 22 192.0.2.7 22",  // zone index
            "dynmx-peer 192.0.2.25 22 192.0.2.7 22\n\n",
            std::string("dynmx-peer 192.0.2.25 22 192.0.2.7 22\0", 38),
            "dynmx-peer 192.0.2.25 22 192.0.2.7 " + long_tail,
        }) {
     EXPECT_EQ(parsePeerLine(line).kind, PeerLine::Kind::Malformed) << line;
   }
+}
+
+// A client reached through a port forwarded to this host (ssh -R): the address dynmx-tunneld
+// connected to is this host's own, and leasing it would open relaying to this host's loopback.
+TEST(DecideTunnelLease, RefusesATunnelThroughThisHost) {
+  const std::vector<InetAddr> nat = {addr("198.51.100.25")};
+  struct Case {
+    const char* connected_to;
+    const char* local;
+    const char* line;
+    std::optional<RefusalKind> refusal;
+  } cases[] = {
+      {"127.0.0.1", "127.0.0.1", "dynmx-peer 127.0.0.1 40000 127.0.0.1 22",
+       RefusalKind::BadAddress},
+      {"198.51.100.25", "192.0.2.25", "dynmx-peer 192.0.2.25 40000 10.0.0.2 22",
+       RefusalKind::BadAddress},
+      // The integration tests' layout: the client on its own loopback address.
+      {"127.0.0.2", "127.0.0.1", "dynmx-peer 127.0.0.1 40000 127.0.0.2 22", std::nullopt},
+      // A forwarder stays a forwarder whatever the address.
+      {"127.0.0.1", "127.0.0.1", "dynmx-peer 127.0.0.3 40000 127.0.0.2 22", RefusalKind::NotThisMx},
+  };
+  for (const auto& c : cases) {
+    auto r = decideTunnelLease(parsePeerLine(c.line), addr(c.connected_to), addr(c.local), nat);
+    ASSERT_EQ(r.has_value(), c.refusal.has_value()) << c.line;
+    if (r) {
+      EXPECT_EQ(r->kind, *c.refusal) << c.line;
+    }
+  }
+  auto r = decideTunnelLease(parsePeerLine("dynmx-peer 127.0.0.1 1 127.0.0.1 22"),
+                             addr("127.0.0.1"), addr("127.0.0.1"), nat);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->reason, "this MX's own address (a tunnel through this host)");
 }
 
 TEST(DecideTunnelLease, GrantsOnlyWhenTheClientSawThisMx) {
@@ -89,7 +122,9 @@ TEST(DecideTunnelLease, GrantsOnlyWhenTheClientSawThisMx) {
       // Behind NAT the client sees the public address: granted only when it is configured.
       {"dynmx-peer 198.51.100.25 40000 203.0.113.7 22", nat, std::nullopt, ""},
       {"dynmx-peer 2001:db8::25 40000 2001:db8::7 22", nat, std::nullopt, ""},
-      {"dynmx-peer 198.51.100.25 40000 203.0.113.7 22", {}, RefusalKind::NotThisMx,
+      {"dynmx-peer 198.51.100.25 40000 203.0.113.7 22",
+       {},
+       RefusalKind::NotThisMx,
        "peer 198.51.100.25 is not this MX"},
       // A forwarder on the client's old address: the client saw the forwarder.
       {"dynmx-peer 198.51.100.9 40000 203.0.113.7 22", nat, RefusalKind::NotThisMx,
@@ -98,8 +133,9 @@ TEST(DecideTunnelLease, GrantsOnlyWhenTheClientSawThisMx) {
        "the client sent no dynmx-peer line; see dynmx-relay(7)"},
       {"dynmx-peer 192.0.2.25", nat, RefusalKind::NoConfirmation, "malformed dynmx-peer line"},
   };
+  const InetAddr client = addr("203.0.113.7");
   for (const auto& c : cases) {
-    auto r = decideTunnelLease(parsePeerLine(c.line), local, c.mx_addresses);
+    auto r = decideTunnelLease(parsePeerLine(c.line), client, local, c.mx_addresses);
     ASSERT_EQ(r.has_value(), c.refusal.has_value()) << c.line;
     if (!r) continue;
     EXPECT_EQ(r->kind, *c.refusal) << c.line;

@@ -594,7 +594,8 @@ TEST(RelayConfig, DefaultsAreOffAndDocumented) {
 }
 
 TEST(RelayConfig, EveryKeyIsRead) {
-  std::string text = R"([relay]
+  std::string text =
+      R"([relay]
 socket = "/var/spool/postfix/private/dynmx-relay"
 socket_mode = "0666"
 socket_group = "postfix"
@@ -604,10 +605,11 @@ lease_lifetime = "30m"
 revoke_hold = "0"
 mx_addresses = ["198.51.100.25", "2001:DB8::25", "::ffff:198.51.100.26"]
 lease_file = "/srv/dynmx/leases"
-)" + client("office", "[\"office.example\"]",
-                         "relay = true\nrelay_networks = [\"192.0.2.0/24\", \"2001:db8:1::/48\", "
-                         "\"203.0.113.7\"]\n") +
-                     client("home", "[\"home.example\"]", "relay = false\n");
+)" +
+      client("office", "[\"office.example\"]",
+             "relay = true\nrelay_networks = [\"192.0.2.0/24\", \"2001:db8:1::/48\", "
+             "\"203.0.113.7\"]\n") +
+      client("home", "[\"home.example\"]", "relay = false\n");
   auto r = parseConfig(text, kPath);
   ASSERT_TRUE(r.config) << allErrors(r);
   const RelayConfig& c = r.config->relay;
@@ -642,27 +644,27 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(
         BadCase{"RelayNotATable", "relay = true\n", 1, 9, "relay", "expected a table ([relay])"},
         BadCase{"RelayUnknownKeySuggests", "[relay]\nleasegrace = \"1m\"\n", 2, 1,
-                "relay.leasegrace", "unknown key \"leasegrace\" in [relay] (did you mean "
+                "relay.leasegrace",
+                "unknown key \"leasegrace\" in [relay] (did you mean "
                 "\"lease_grace\"?)"},
-        BadCase{"RelayNetworksBelongInClient", "[relay]\nrelay_networks = [\"192.0.2.0/24\"]\n",
-                2, 1, "relay.relay_networks", "\"relay_networks\" belongs in [[client]]"},
-        BadCase{"RelayGraceAsInteger", "[relay]\nlease_grace = 120\n", 2, 15,
-                "relay.lease_grace", "(write \"120s\")"},
+        BadCase{"RelayNetworksBelongInClient", "[relay]\nrelay_networks = [\"192.0.2.0/24\"]\n", 2,
+                1, "relay.relay_networks", "\"relay_networks\" belongs in [[client]]"},
+        BadCase{"RelayGraceAsInteger", "[relay]\nlease_grace = 120\n", 2, 15, "relay.lease_grace",
+                "(write \"120s\")"},
         BadCase{"RelayLifetimeZero", "[relay]\nlease_lifetime = \"0\"\n", 2, 18,
                 "relay.lease_lifetime", "expected a duration of more than zero"},
         BadCase{"RelayHoldMalformed", "[relay]\nrevoke_hold = \"1 hour\"\n", 2, 15,
                 "relay.revoke_hold", "expected a duration such as"},
-        BadCase{"RelaySocketRelative", "[relay]\nsocket = \"relay.sock\"\n", 2, 10,
-                "relay.socket", "expected an absolute path"},
-        BadCase{"RelaySocketTooLong",
-                "[relay]\nsocket = \"/" + std::string(120, 'x') + "\"\n", 2, 10, "relay.socket",
-                "the most a Unix socket allows"},
+        BadCase{"RelaySocketRelative", "[relay]\nsocket = \"relay.sock\"\n", 2, 10, "relay.socket",
+                "expected an absolute path"},
+        BadCase{"RelaySocketTooLong", "[relay]\nsocket = \"/" + std::string(120, 'x') + "\"\n", 2,
+                10, "relay.socket", "the most a Unix socket allows"},
         BadCase{"RelaySocketModeDecimal", "[relay]\nsocket_mode = 660\n", 2, 15,
                 "relay.socket_mode", "the decimal integer 660"},
         BadCase{"RelayUserWithSpace", "[relay]\nuser = \"a b\"\n", 2, 8, "relay.user",
                 "expected a user name"},
-        BadCase{"RelayLeaseFileEmpty", "[relay]\nlease_file = \"\"\n", 2, 14,
-                "relay.lease_file", "expected an absolute path"},
+        BadCase{"RelayLeaseFileEmpty", "[relay]\nlease_file = \"\"\n", 2, 14, "relay.lease_file",
+                "expected an absolute path"},
         BadCase{"MxAddressesNotAnArray", "[relay]\nmx_addresses = \"192.0.2.25\"\n", 2, 16,
                 "relay.mx_addresses", "expected an array of this host's IPv4 or IPv6 addresses"},
         BadCase{"MxAddressName", "[relay]\nmx_addresses = [\"192.0.2.25\", \"mx.example\"]\n", 2,
@@ -675,11 +677,11 @@ INSTANTIATE_TEST_SUITE_P(
                 "relay.mx_addresses[0]", "the unspecified address"},
         BadCase{"MxAddressNotAString", "[relay]\nmx_addresses = [25]\n", 2, 17,
                 "relay.mx_addresses[0]", "expected an IPv4 or IPv6 address, got the integer 25"},
-        BadCase{"ClientRelayNotABoolean", client("a", "[\"a.example\"]", "relay = \"yes\"\n"), 6,
-                9, "client[0].relay", "expected true or false, got \"yes\""},
-        BadCase{"ClientRelayNetworksEmpty",
-                client("a", "[\"a.example\"]", "relay_networks = []\n"), 6, 18,
-                "client[0].relay_networks", "(leave the key out to allow any address), got []"},
+        BadCase{"ClientRelayNotABoolean", client("a", "[\"a.example\"]", "relay = \"yes\"\n"), 6, 9,
+                "client[0].relay", "expected true or false, got \"yes\""},
+        BadCase{"ClientRelayNetworksEmpty", client("a", "[\"a.example\"]", "relay_networks = []\n"),
+                6, 18, "client[0].relay_networks",
+                "(leave the key out to allow any address), got []"},
         BadCase{"ClientRelayNetworksNotAnArray",
                 client("a", "[\"a.example\"]", "relay_networks = \"192.0.2.0/24\"\n"), 6, 18,
                 "client[0].relay_networks", "expected a non-empty array of networks"},
@@ -698,16 +700,16 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"ClientRelayNetworkName",
                 client("a", "[\"a.example\"]", "relay_networks = [\"office.example\"]\n"), 6, 19,
                 "client[0].relay_networks[0]", "got \"office.example\" (client \"a\")"},
-        BadCase{"KeepaliveNotShorterThanGrace",
-                "[tunneld]\nkeepalive = \"2m\"\n" +
-                    client("a", "[\"a.example\"]", "relay = true\n"),
-                2, 13, "tunneld.keepalive",
-                "lease_grace 2m is not longer than keepalive 2m; a tunnel lease is renewed by "
-                "keepalives, so expected lease_grace > keepalive"},
-        BadCase{"GraceNotLongerThanKeepalive",
-                "[relay]\nlease_grace = \"30s\"\n" +
-                    client("a", "[\"a.example\"]", "relay = true\n"),
-                2, 15, "relay.lease_grace", "lease_grace 30s is not longer than keepalive 30s"}),
+        BadCase{
+            "KeepaliveNotShorterThanGrace",
+            "[tunneld]\nkeepalive = \"2m\"\n" + client("a", "[\"a.example\"]", "relay = true\n"), 2,
+            13, "tunneld.keepalive",
+            "lease_grace 2m is not longer than keepalive 2m; a tunnel lease is renewed by "
+            "keepalives, so expected lease_grace > keepalive"},
+        BadCase{
+            "GraceNotLongerThanKeepalive",
+            "[relay]\nlease_grace = \"30s\"\n" + client("a", "[\"a.example\"]", "relay = true\n"),
+            2, 15, "relay.lease_grace", "lease_grace 30s is not longer than keepalive 30s"}),
     [](const testing::TestParamInfo<BadCase>& info) { return std::string(info.param.name); });
 
 TEST(RestartOnlyDifferences, RelaySocketUserAndLeaseFileNeedARestartLeaseSettingsDoNot) {
@@ -719,8 +721,7 @@ TEST(RestartOnlyDifferences, RelaySocketUserAndLeaseFileNeedARestartLeaseSetting
   } cases[] = {
       {"[relay]\nlease_grace = \"5m\"\nlease_lifetime = \"1h\"\nrevoke_hold = \"2h\"\n"
        "mx_addresses = [\"192.0.2.25\"]\n" +
-           client("a", "[\"a.example\"]",
-                  "relay = true\nrelay_networks = [\"192.0.2.0/24\"]\n"),
+           client("a", "[\"a.example\"]", "relay = true\nrelay_networks = [\"192.0.2.0/24\"]\n"),
        {}},
       {"[relay]\nsocket = \"/run/r.sock\"\nsocket_mode = \"0600\"\nsocket_group = \"mail\"\n"
        "user = \"nobody\"\nlease_file = \"/srv/leases\"\n" +

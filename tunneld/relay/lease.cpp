@@ -33,11 +33,10 @@ std::optional<Refusal> LeaseRules::mayLease(std::string_view client, const InetA
   auto it = clients.find(client);
   if (it == clients.end())
     return Refusal{RefusalKind::UnknownClient, "no client of that name is configured"};
-  if (!it->second.relay)
-    return Refusal{RefusalKind::RelayOff, "relay is off for this client"};
+  if (!it->second.relay) return Refusal{RefusalKind::RelayOff, "relay is off for this client"};
   const auto& nets = it->second.networks;
-  if (!nets.empty() &&
-      std::none_of(nets.begin(), nets.end(), [&](const InetNetwork& n) { return n.contains(addr); }))
+  if (!nets.empty() && std::none_of(nets.begin(), nets.end(),
+                                    [&](const InetNetwork& n) { return n.contains(addr); }))
     return Refusal{RefusalKind::OutsideNetworks, "address outside relay_networks"};
   return std::nullopt;
 }
@@ -81,7 +80,7 @@ std::string LeaseEvent::line() const {
 
 LogLevel LeaseEvent::level() const {
   return kind == LeaseEventKind::Revoked || kind == LeaseEventKind::Refused ? LogLevel::Notice
-                                                                             : LogLevel::Info;
+                                                                            : LogLevel::Info;
 }
 
 void logLeaseEvents(const std::vector<LeaseEvent>& events) {

@@ -74,10 +74,10 @@ struct Refusal {
 
 // The lease settings of [relay] and, per client, relay and relay_networks.
 struct LeaseRules {
-  std::chrono::seconds lease_grace{120};     // a tunnel lease outlives its connection this long
+  std::chrono::seconds lease_grace{120};      // a tunnel lease outlives its connection this long
   std::chrono::seconds lease_lifetime{1200};  // a check-in lease lasts this long after a check-in
-  std::chrono::seconds revoke_hold{3600};    // a revoked address is held down this long
-  std::vector<InetAddr> mx_addresses;        // this MX's addresses as clients may see them (NAT)
+  std::chrono::seconds revoke_hold{3600};     // a revoked address is held down this long
+  std::vector<InetAddr> mx_addresses;         // this MX's addresses as clients may see them (NAT)
 
   struct Client {
     bool relay = false;
@@ -99,7 +99,7 @@ enum class LeaseEventKind {
   ConnectionLost,  // a tunnel lease lost its connection: it ends at `expires` unless renewed
   Superseded,      // the client was verified at a newer address (`other`)
   Expired,
-  Revoked,         // host key mismatch, by hand, or the configuration no longer allows it
+  Revoked,  // host key mismatch, by hand, or the configuration no longer allows it
   Refused,
 };
 

@@ -71,8 +71,8 @@ std::optional<uint32_t> parseHex8(std::string_view s) {
 bool isClientName(std::string_view s) {
   if (s.empty() || s.size() > kMaxClientName || s[0] == '.') return false;
   return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
   });
 }
 
@@ -113,7 +113,8 @@ std::string formatLeaseFile(const LeaseSnapshot& s) {
   for (const auto& l : s.leases)
     out += "lease " + l.client + " " + l.addr.str() + " " + leaseSourceName(l.source) + " " +
            std::to_string(l.granted) + " " + std::to_string(l.expires) + "\n";
-  for (const auto& h : s.holds) out += "hold " + h.addr.str() + " " + std::to_string(h.until) + "\n";
+  for (const auto& h : s.holds)
+    out += "hold " + h.addr.str() + " " + std::to_string(h.until) + "\n";
   uint32_t crc = crc32c(0, out.data(), out.size());
   out += "end " + std::to_string(s.leases.size() + s.holds.size()) + " " + hex8(crc) + "\n";
   return out;
@@ -229,14 +230,16 @@ Result<LeaseStore::Loaded> LeaseStore::load(int64_t now) {
   if (!parsed) {
     out.set_aside = path_ + ".bad-" + std::to_string(now);
     if (fs_.rename(path_.c_str(), out.set_aside.c_str()) != 0) {
-      logf(LogLevel::Error, "lease file %s is damaged (%s) and cannot be moved aside: %s; "
-           "no lease from it is granted", path_.c_str(), parsed.error().message.c_str(),
-           errnoText(errno).c_str());
+      logf(LogLevel::Error,
+           "lease file %s is damaged (%s) and cannot be moved aside: %s; "
+           "no lease from it is granted",
+           path_.c_str(), parsed.error().message.c_str(), errnoText(errno).c_str());
       out.set_aside.clear();
       return out;
     }
-    logf(LogLevel::Warning, "lease file %s is damaged (%s); moved to %s; no lease from it is granted",
-         path_.c_str(), parsed.error().message.c_str(), out.set_aside.c_str());
+    logf(LogLevel::Warning,
+         "lease file %s is damaged (%s); moved to %s; no lease from it is granted", path_.c_str(),
+         parsed.error().message.c_str(), out.set_aside.c_str());
     return out;
   }
   for (auto& l : parsed->leases)

@@ -20,7 +20,9 @@ LeaseEvent eventFor(LeaseEventKind kind, const Lease& l) {
   return e;
 }
 
-int64_t plus(int64_t now, std::chrono::seconds d) { return now + d.count(); }
+int64_t plus(int64_t now, std::chrono::seconds d) {
+  return now + d.count();
+}
 
 }  // namespace
 
@@ -41,8 +43,8 @@ GrantResult LeaseTable::grant(std::string_view client, const InetAddr& addr, Lea
     return std::move(r);
   };
   auto allowed = rules_.mayLease(client, addr);
-  if (allowed && (allowed->kind == RefusalKind::UnknownClient ||
-                  allowed->kind == RefusalKind::RelayOff))
+  if (allowed &&
+      (allowed->kind == RefusalKind::UnknownClient || allowed->kind == RefusalKind::RelayOff))
     return refuse(*allowed);
   // The address is verified as the client's: its older addresses are not, whatever comes next.
   supersede(client, source, addr, r.events);

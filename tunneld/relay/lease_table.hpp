@@ -101,8 +101,7 @@ class LeaseTable {
  private:
   using Key = std::tuple<InetAddr, std::string, LeaseSource>;
 
-  GrantResult grant(std::string_view client, const InetAddr& addr, LeaseSource source,
-                    int64_t now);
+  GrantResult grant(std::string_view client, const InetAddr& addr, LeaseSource source, int64_t now);
   void supersede(std::string_view client, LeaseSource source, const InetAddr& addr,
                  std::vector<LeaseEvent>& events);
   // Ends the leases at `addr` that `which` selects, each with a Revoked event giving `reason`.

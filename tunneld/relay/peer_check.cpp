@@ -22,7 +22,8 @@ std::optional<uint16_t> parsePort(std::string_view s) {
   return static_cast<uint16_t>(v);
 }
 
-// Up to `n` fields separated by single spaces; nullopt when there are not exactly n or one is empty.
+// Up to `n` fields separated by single spaces; nullopt when there are not exactly n or one is
+// empty.
 template <size_t N>
 std::optional<std::array<std::string_view, N>> fields(std::string_view s) {
   std::array<std::string_view, N> out;
@@ -40,8 +41,8 @@ std::optional<std::array<std::string_view, N>> fields(std::string_view s) {
 bool isClientName(std::string_view s) {
   if (s.empty() || s.size() > kMaxClientName || s[0] == '.') return false;
   return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
   });
 }
 
@@ -78,8 +79,13 @@ PeerLine parsePeerLine(std::string_view line) {
   return r;
 }
 
-std::optional<Refusal> decideTunnelLease(const PeerLine& line, const InetAddr& local_addr,
+std::optional<Refusal> decideTunnelLease(const PeerLine& line, const InetAddr& connected_to,
+                                         const InetAddr& local_addr,
                                          std::span<const InetAddr> mx_addresses) {
+  auto isMx = [&](const InetAddr& a) {
+    return a == local_addr ||
+           std::find(mx_addresses.begin(), mx_addresses.end(), a) != mx_addresses.end();
+  };
   switch (line.kind) {
     case PeerLine::Kind::NotPeerLine:
       return Refusal{RefusalKind::NoConfirmation,
@@ -90,10 +96,10 @@ std::optional<Refusal> decideTunnelLease(const PeerLine& line, const InetAddr& l
       break;
   }
   const InetAddr& seen = line.conn.client_addr;
-  if (seen == local_addr ||
-      std::find(mx_addresses.begin(), mx_addresses.end(), seen) != mx_addresses.end())
-    return std::nullopt;
-  return Refusal{RefusalKind::NotThisMx, "peer " + seen.str() + " is not this MX"};
+  if (!isMx(seen)) return Refusal{RefusalKind::NotThisMx, "peer " + seen.str() + " is not this MX"};
+  if (isMx(connected_to))
+    return Refusal{RefusalKind::BadAddress, "this MX's own address (a tunnel through this host)"};
+  return std::nullopt;
 }
 
 int checkinExitCode(RefusalKind kind) {
@@ -109,11 +115,13 @@ CheckinDecision decideCheckin(std::string_view client, const char* ssh_connectio
     return d;
   };
   if (!isClientName(client))
-    return usage("dynmx-checkin: expected a client name (letters, digits, '.', '_', '-') as the "
-                 "argument in the authorized_keys command");
+    return usage(
+        "dynmx-checkin: expected a client name (letters, digits, '.', '_', '-') as the "
+        "argument in the authorized_keys command");
   if (ssh_connection == nullptr)
-    return usage("dynmx-checkin: SSH_CONNECTION is not set; run me as the forced command of a key "
-                 "in authorized_keys");
+    return usage(
+        "dynmx-checkin: SSH_CONNECTION is not set; run me as the forced command of a key "
+        "in authorized_keys");
   auto conn = parseSshConnection(ssh_connection);
   if (!conn) return usage("dynmx-checkin: cannot read SSH_CONNECTION as sshd sets it");
   d.addr = conn->client_addr;

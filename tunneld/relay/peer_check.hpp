@@ -54,9 +54,12 @@ struct PeerLine {
 // One line as read from the channel, with or without its "\n" or "\r\n".
 PeerLine parsePeerLine(std::string_view line);
 
-// nullopt: grant a tunnel lease for the address we connected to. `local_addr` is the local
-// address of our TCP connection to the client (getsockname).
-std::optional<Refusal> decideTunnelLease(const PeerLine& line, const InetAddr& local_addr,
+// nullopt: grant a tunnel lease for `connected_to`, the address we connected to (getpeername).
+// `local_addr` is the local address of that TCP connection (getsockname). A connection to this
+// host itself (a client reached through a port forwarded to this host, `ssh -R`) is refused: the
+// address is this MX's, not the client's.
+std::optional<Refusal> decideTunnelLease(const PeerLine& line, const InetAddr& connected_to,
+                                         const InetAddr& local_addr,
                                          std::span<const InetAddr> mx_addresses);
 
 struct CheckinDecision {
