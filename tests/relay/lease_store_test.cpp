@@ -180,6 +180,25 @@ TEST(LeaseFile, RejectsBadRecordsEvenWithAGoodChecksum) {
   }
 }
 
+// The example in dynmx-relay(7), "THE LEASE FILE", is a file the reader accepts, byte for byte.
+TEST(LeaseFile, TheManPageExampleIsAValidFile) {
+  std::string page = readFile(std::string(DYNMX_SOURCE_DIR) + "/man/dynmx-relay.7");
+  ASSERT_FALSE(page.empty());
+  size_t begin = page.find("\ndynmx\\-leases 1\n");
+  ASSERT_NE(begin, std::string::npos);
+  size_t end = page.find("\n.fi", begin);
+  std::string example;
+  for (size_t i = begin + 1; i <= end; ++i) {
+    if (page.compare(i, 2, "\\-") == 0) continue;  // roff's "\-" is a plain hyphen
+    example += page[i];
+  }
+  auto p = parseLeaseFile(example);
+  ASSERT_TRUE(p.ok()) << p.error().message << "\n" << example;
+  EXPECT_EQ(p->leases.size(), 2u);
+  EXPECT_EQ(p->holds.size(), 1u);
+  EXPECT_EQ(formatLeaseFile(*p), example);
+}
+
 TEST(LeaseStore, SavedLeasesComeBackAfterARestart) {
   TempDir d;
   LeaseStore store(d.path("leases"));
