@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "shared/clock.hpp"
+#include "shared/config.hpp"
 #include "shared/log.hpp"
 
 namespace dynmx::tunneld {
@@ -474,6 +475,55 @@ TEST(LeaseTable, RestoreDropsExpiredAndForbiddenLeasesAndNothingIsConnected) {
   EXPECT_FALSE(t.touchTunnel("home", addr("203.0.113.7"), now + 1));
   ASSERT_EQ(t.holds(now).size(), 1u);
   EXPECT_TRUE(t.checkIn("home", addr("198.51.100.1"), now).refusal);
+}
+
+TEST(LeaseRules, FromConfigTakesRelaySettingsAndEveryClientsRelayKeys) {
+  auto r = parseConfig(R"([relay]
+lease_grace = "3m"
+lease_lifetime = "30m"
+revoke_hold = "2h"
+mx_addresses = ["198.51.100.25"]
+
+[[client]]
+name = "home"
+host = "home.example"
+domains = ["home.example"]
+host_key = "SHA256:OAVr3k7KEr7rtB4zvmG8/y2H4AA6uge9uwDz+eJAZak"
+relay = true
+
+[[client]]
+name = "office"
+host = "office.example"
+domains = ["office.example"]
+host_key = "SHA256:OAVr3k7KEr7rtB4zvmG8/y2H4AA6uge9uwDz+eJAZak"
+relay = true
+relay_networks = ["192.0.2.0/24"]
+
+[[client]]
+name = "quiet"
+host = "quiet.example"
+domains = ["quiet.example"]
+host_key = "SHA256:OAVr3k7KEr7rtB4zvmG8/y2H4AA6uge9uwDz+eJAZak"
+)",
+                       "/etc/dynmx/dynmx.toml");
+  ASSERT_TRUE(r.config) << (r.errors.empty() ? "" : r.errors[0].str());
+  LeaseRules rules = LeaseRules::fromConfig(*r.config);
+  EXPECT_EQ(rules.lease_grace, seconds(180));
+  EXPECT_EQ(rules.lease_lifetime, seconds(1800));
+  EXPECT_EQ(rules.revoke_hold, seconds(7200));
+  EXPECT_TRUE(rules.isMxAddress(addr("198.51.100.25")));
+  EXPECT_FALSE(rules.isMxAddress(addr("198.51.100.26")));
+  EXPECT_FALSE(rules.mayLease("home", addr("203.0.113.7")));
+  EXPECT_FALSE(rules.mayLease("office", addr("192.0.2.7")));
+  auto why = rules.mayLease("office", addr("203.0.113.7"));
+  ASSERT_TRUE(why);
+  EXPECT_EQ(why->kind, RefusalKind::OutsideNetworks);
+  why = rules.mayLease("quiet", addr("203.0.113.7"));
+  ASSERT_TRUE(why);
+  EXPECT_EQ(why->kind, RefusalKind::RelayOff);
+  why = rules.mayLease("nobody", addr("203.0.113.7"));
+  ASSERT_TRUE(why);
+  EXPECT_EQ(why->kind, RefusalKind::UnknownClient);
 }
 
 std::mutex g_log_mu;
