@@ -526,6 +526,28 @@ host_key = "SHA256:OAVr3k7KEr7rtB4zvmG8/y2H4AA6uge9uwDz+eJAZak"
   EXPECT_EQ(why->kind, RefusalKind::UnknownClient);
 }
 
+// A wall clock set back an hour while the daemon runs: the lease clock goes on from the steady one.
+class SteppingTime final : public TimeSource {
+ public:
+  SteadyClock::time_point steady() const override { return SteadyClock::time_point{} + elapsed; }
+  int64_t unixSeconds() const override { return wall; }
+  SteadyClock::duration elapsed{0};
+  int64_t wall = 1'795'000'000;
+};
+
+TEST(LeaseClock, MovesWithTheSteadyClockNotTheWallClock) {
+  SteppingTime time;
+  LeaseClock clock(time);
+  EXPECT_EQ(clock.now(), 1'795'000'000);
+  time.elapsed = seconds(90);
+  time.wall -= 3600;
+  EXPECT_EQ(clock.now(), 1'795'000'090);
+  ManualTime manual;
+  LeaseClock follows(manual);
+  manual.advance(seconds(1200));
+  EXPECT_EQ(follows.now(), manual.unixSeconds());
+}
+
 std::mutex g_log_mu;
 std::vector<std::string> g_logged;
 void captureLog(LogLevel level, std::string_view line) {

@@ -24,6 +24,7 @@
 #include <string_view>
 #include <vector>
 
+#include "shared/clock.hpp"
 #include "shared/inet_addr.hpp"
 #include "shared/log.hpp"
 
@@ -117,6 +118,24 @@ struct LeaseEvent {
   std::string line() const;
   LogLevel level() const;  // Info for the ordinary, Notice for revocations and refusals
   bool operator==(const LeaseEvent&) const = default;
+};
+
+// The `now` to give a LeaseTable: the unix time read once at construction, moved on by the steady
+// clock, so that a wall clock set back (or forward) while the daemon runs neither stretches nor
+// cuts the leases.
+class LeaseClock {
+ public:
+  explicit LeaseClock(const TimeSource& time)
+      : time_(time), unix_start_(time.unixSeconds()), steady_start_(time.steady()) {}
+  int64_t now() const {
+    return unix_start_ +
+           std::chrono::duration_cast<std::chrono::seconds>(time_.steady() - steady_start_).count();
+  }
+
+ private:
+  const TimeSource& time_;
+  int64_t unix_start_;
+  SteadyClock::time_point steady_start_;
 };
 
 // Logs each event's line at its level (shared/log.hpp).

@@ -29,8 +29,8 @@
 // generation() changes with every change that the lease file should record (not with touchTunnel:
 // a lease restored from a file written before a later keepalive ends earlier, never later).
 // Times are unix seconds because leases outlive the process. A wall clock set back would stretch
-// every lease by as much: the caller should pass a `now` that cannot step back while it runs (the
-// unix time at start plus the steady time elapsed since). Not thread-safe: one owner (the daemon's
+// every lease by as much: the caller passes a `now` that cannot step back while it runs
+// (LeaseClock: the unix time at start plus the steady time elapsed since). Not thread-safe: one owner (the daemon's
 // event loop) calls it.
 #pragma once
 
