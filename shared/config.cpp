@@ -45,7 +45,7 @@ constexpr const char* kSizeExamples =
     "a size such as \"50M\", \"512K\", \"1G\" or a number of bytes";
 
 // The known keys of each section, in the order the documentation lists them.
-constexpr std::string_view kSections[] = {"spool", "milter", "tunneld", "client"};
+constexpr std::string_view kSections[] = {"spool", "milter", "tunneld", "relay", "client"};
 constexpr std::string_view kSpoolKeys[] = {"dir", "max_message_size"};
 constexpr std::string_view kMilterKeys[] = {"socket", "socket_mode", "socket_group", "user",
                                             "on_error"};
@@ -55,9 +55,13 @@ constexpr std::string_view kTunneldKeys[] = {
     "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
     "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
     "pid_file"};
+constexpr std::string_view kRelayKeys[] = {"socket",      "socket_mode",  "socket_group",
+                                           "user",        "lease_grace",  "lease_lifetime",
+                                           "revoke_hold", "mx_addresses", "lease_file"};
 constexpr std::string_view kClientKeys[] = {
-    "name",     "host",        "port",      "user",      "domains",        "host_key",
-    "identity", "concurrency", "retry_min", "retry_max", "queue_lifetime", "delay_warning"};
+    "name",           "host",          "port",        "user",          "domains",
+    "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
+    "queue_lifetime", "delay_warning", "relay",       "relay_networks"};
 
 struct SectionKeys {
   std::string_view header;  // how the section is written in the file
@@ -66,6 +70,7 @@ struct SectionKeys {
 constexpr SectionKeys kAllSections[] = {{"[spool]", kSpoolKeys},
                                         {"[milter]", kMilterKeys},
                                         {"[tunneld]", kTunneldKeys},
+                                        {"[relay]", kRelayKeys},
                                         {"[[client]]", kClientKeys}};
 
 size_t editDistance(std::string_view a, std::string_view b) {
@@ -501,7 +506,8 @@ class Loader {
       if (std::find(std::begin(kSections), std::end(kSections), k.str()) != std::end(kSections))
         continue;
       std::string hint = suggestion(k.str(), kSections, "");
-      if (hint.empty()) hint = " (known sections: [spool], [milter], [tunneld], [[client]])";
+      if (hint.empty())
+        hint = " (known sections: [spool], [milter], [tunneld], [relay], [[client]])";
       fail(at(k.source()), std::string(k.str()),
            "unknown section or key " + quoted(k.str()) + hint);
     }
@@ -509,7 +515,9 @@ class Loader {
     if (const auto* n = root.get("spool")) readSpool(*n);
     if (const auto* n = root.get("milter")) readMilter(*n);
     if (const auto* n = root.get("tunneld")) readTunneld(*n);
+    if (const auto* n = root.get("relay")) readRelay(*n);
     if (const auto* n = root.get("client")) readClients(*n);
+    relayChecks();
   }
 
   void readSpool(const toml::node& node) {
@@ -744,6 +752,8 @@ class Loader {
             } else if (k == "concurrency") {
               if (auto n = integer(v, key, 1, kMaxConcurrency))
                 c.concurrency = static_cast<uint32_t>(*n);
+            } else if (k == "relay" || k == "relay_networks") {
+              readClientRelayKey(k, v, key, c);
             } else {
               readRetryKey(k, v, key, c.retry);
             }
@@ -844,6 +854,120 @@ class Loader {
       if (!seen_.count(min_key) || !seen_.count(max_key)) return;
     }
     orderCheck(min_key, c.retry.retry_min, max_key, c.retry.retry_max);
+  }
+
+  // ---- [relay] and the relay keys of [[client]] ----
+
+  void readRelay(const toml::node& node) {
+    const auto* t = node.as_table();
+    if (!t) return typeError(node, "relay", "a table ([relay])");
+    auto& c = cfg_.relay;
+    forEachKey(*t, "relay", kRelayKeys, "[relay]",
+               [&](std::string_view k, const toml::node& v, const std::string& key) {
+                 if (k == "socket") {
+                   if (auto s = socketPath(v, key)) c.socket = *s;
+                 } else if (k == "socket_mode") {
+                   mode(v, key, c.socket_mode);
+                 } else if (k == "socket_group") {
+                   if (auto s = accountName(v, key, true, "a group name")) c.socket_group = *s;
+                 } else if (k == "user") {
+                   if (auto s = accountName(v, key, true, "a user name")) c.user = *s;
+                 } else if (k == "lease_grace") {
+                   duration(v, key, c.lease_grace);
+                 } else if (k == "lease_lifetime") {
+                   duration(v, key, c.lease_lifetime);
+                 } else if (k == "revoke_hold") {
+                   duration(v, key, c.revoke_hold, /*allow_zero=*/true);
+                 } else if (k == "mx_addresses") {
+                   readMxAddresses(v, key);
+                 } else if (k == "lease_file") {
+                   if (auto s = absolutePath(v, key)) c.lease_file = *s;
+                 }
+               });
+  }
+
+  void readMxAddresses(const toml::node& v, const std::string& key) {
+    constexpr const char* kExpected =
+        "an array of this host's IPv4 or IPv6 addresses as clients see them, such as "
+        "[\"192.0.2.25\", \"2001:db8::25\"]";
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    std::vector<InetAddr> out;
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      const auto& e = *a->get(i);
+      auto s = string(e, ekey, "an IPv4 or IPv6 address");
+      if (!s) continue;
+      auto addr = InetAddr::parse(*s);
+      if (!addr || addr->isUnspecified()) {
+        fail(e, ekey,
+             "expected an IPv4 or IPv6 address such as \"192.0.2.25\" or \"2001:db8::25\" (not "
+             "a network, a name or the unspecified address), got " +
+                 quoted(*s));
+        continue;
+      }
+      out.push_back(*addr);
+    }
+    cfg_.relay.mx_addresses = std::move(out);
+  }
+
+  void readClientRelayKey(std::string_view k, const toml::node& v, const std::string& key,
+                          ClientConfig& c) {
+    if (k == "relay_networks") return readRelayNetworks(v, key, c);
+    if (const auto* b = v.as_boolean())
+      c.relay = b->get();
+    else
+      typeError(v, key, "true or false");
+  }
+
+  void readRelayNetworks(const toml::node& v, const std::string& key, ClientConfig& c) {
+    constexpr const char* kExpected =
+        "a non-empty array of networks such as [\"192.0.2.0/24\", \"2001:db8::/32\"] (leave the "
+        "key out to allow any address)";
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    if (a->empty()) return fail(v, key, std::string("expected ") + kExpected + ", got []");
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      const auto& e = *a->get(i);
+      auto s = string(e, ekey, "a network such as \"192.0.2.0/24\"");
+      if (!s) continue;
+      auto net = InetNetwork::parse(*s);
+      if (!net) {
+        fail(e, ekey,
+             "expected a network in CIDR form such as \"192.0.2.0/24\" or \"2001:db8::/32\" (a "
+             "bare address is one host), got " +
+                 quoted(*s));
+        continue;
+      }
+      InetNetwork base = *net;
+      for (unsigned bit = base.prefix_len; bit < 128; ++bit)
+        base.addr.bytes[bit / 8] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
+      if (base.addr != net->addr) {
+        fail(e, ekey,
+             "network " + quoted(*s) + " has bits set after its prefix length; did you mean " +
+                 quoted(base.str()) + "?");
+        continue;
+      }
+      c.relay_networks.push_back(*net);
+    }
+  }
+
+  // A tunnel lease is renewed by traffic, keepalives included: a grace no longer than the
+  // keepalive interval would let the lease of a quiet, live connection lapse between two probes.
+  void relayChecks() {
+    bool any = std::any_of(cfg_.clients.begin(), cfg_.clients.end(),
+                           [](const ClientConfig& c) { return c.relay; });
+    const auto& r = cfg_.relay;
+    if (!any || bad_.count("relay.lease_grace") || bad_.count("tunneld.keepalive") ||
+        r.lease_grace > cfg_.tunneld.keepalive)
+      return;
+    std::string key = seen_.count("relay.lease_grace") ? "relay.lease_grace" : "tunneld.keepalive";
+    fail(where(key), key,
+         "lease_grace " + formatDuration(r.lease_grace) + " is not longer than keepalive " +
+             formatDuration(cfg_.tunneld.keepalive) +
+             "; a tunnel lease is renewed by keepalives, so expected lease_grace > keepalive "
+             "(the default lease_grace is 2m)");
   }
 
   // ---- checks of files on disk, which depend on the program loading the file ----
@@ -1201,13 +1325,33 @@ void diffPart(const TunneldReloadable& a, const TunneldReloadable& b, KeyDiff& o
   out.add("tunneld.hostname", hostname != hostname2);
 }
 
+void diffPart(const RelayStartup& a, const RelayStartup& b, KeyDiff& out) {
+  const auto& [socket, socket_mode, socket_group, user, lease_file] = a;
+  const auto& [socket2, socket_mode2, socket_group2, user2, lease_file2] = b;
+  out.add("relay.socket", socket != socket2);
+  out.add("relay.socket_mode", socket_mode != socket_mode2);
+  out.add("relay.socket_group", socket_group != socket_group2);
+  out.add("relay.user", user != user2);
+  out.add("relay.lease_file", lease_file != lease_file2);
+}
+
+void diffPart(const RelayReloadable& a, const RelayReloadable& b, KeyDiff& out) {
+  const auto& [lease_grace, lease_lifetime, revoke_hold, mx_addresses] = a;
+  const auto& [lease_grace2, lease_lifetime2, revoke_hold2, mx_addresses2] = b;
+  out.add("relay.lease_grace", lease_grace != lease_grace2);
+  out.add("relay.lease_lifetime", lease_lifetime != lease_lifetime2);
+  out.add("relay.revoke_hold", revoke_hold != revoke_hold2);
+  out.add("relay.mx_addresses", mx_addresses != mx_addresses2);
+}
+
 // The keys of one client that changed; only its domains when the program reads only the routing.
 std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig& b,
                                        bool routing_only) {
   // name: the clients are matched by it; loc: where it is written, not what it says.
-  const auto& [name, host, port, user, domains, host_key, identity, concurrency, retry, loc] = a;
+  const auto& [name, host, port, user, domains, host_key, identity, concurrency, retry, relay,
+               relay_networks, loc] = a;
   const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, concurrency2, retry2,
-               loc2] = b;
+               relay2, relay_networks2, loc2] = b;
   KeyDiff out;
   if (!routing_only) {
     out.add("host", host != host2);
@@ -1220,6 +1364,8 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
   out.add("identity", identity != identity2);
   out.add("concurrency", concurrency != concurrency2);
   diffRetry(retry, retry2, "", out);
+  out.add("relay", relay != relay2);
+  out.add("relay_networks", relay_networks != relay_networks2);
   return out.keys;
 }
 
@@ -1259,12 +1405,15 @@ ReloadPlan planReload(const Config& running, Config next, ConfigRole role) {
   if (tunneld) {
     diffPart(static_cast<const TunneldStartup&>(running.tunneld), next.tunneld, waiting);
     diffPart(static_cast<const TunneldReloadable&>(running.tunneld), next.tunneld, taken);
+    diffPart(static_cast<const RelayStartup&>(running.relay), next.relay, waiting);
+    diffPart(static_cast<const RelayReloadable&>(running.relay), next.relay, taken);
   }
   diffClients(running, next, role == ConfigRole::Milter, taken);
   // What needs a restart stays as it runs: the one place where keys are kept back.
   static_cast<SpoolStartup&>(next.spool) = running.spool;
   static_cast<MilterStartup&>(next.milter) = running.milter;
   static_cast<TunneldStartup&>(next.tunneld) = running.tunneld;
+  static_cast<RelayStartup&>(next.relay) = running.relay;
   return ReloadPlan{std::move(next), std::move(taken.keys), std::move(waiting.keys)};
 }
 

@@ -23,6 +23,8 @@
 #include <string_view>
 #include <vector>
 
+#include "shared/inet_addr.hpp"
+
 namespace dynmx {
 
 using Seconds = std::chrono::seconds;
@@ -121,6 +123,25 @@ struct TunneldReloadable {
 };
 struct TunneldConfig : TunneldStartup, TunneldReloadable {};
 
+// [relay]: leases that let the MTA on this host relay for a client's current address, and the
+// socketmap server the MTA asks (man/dynmx-relay.7). A reload applies the lease settings
+// (lease_grace, lease_lifetime, revoke_hold, mx_addresses) and every client's relay and
+// relay_networks; the socket, its mode and group, user and lease_file need a restart.
+struct RelayStartup {
+  std::string socket = "/run/dynmx/relay.sock";  // the socketmap server's Unix socket
+  mode_t socket_mode = 0660;
+  std::string socket_group;  // empty: leave the group as created
+  std::string user;          // the socketmap process's user; empty: the daemon's own
+  std::string lease_file = "/var/lib/dynmx/leases";  // where leases survive a restart
+};
+struct RelayReloadable {
+  Seconds lease_grace{120};            // a tunnel lease outlives its connection this long
+  Seconds lease_lifetime{1200};        // a check-in lease lasts this long after the last check-in
+  Seconds revoke_hold{3600};           // dynmxctl revoke holds the address down this long
+  std::vector<InetAddr> mx_addresses;  // this MX's addresses as clients see them (behind NAT)
+};
+struct RelayConfig : RelayStartup, RelayReloadable {};
+
 // ---- [[client]]: every key of a client is reloadable (a changed client reconnects).
 struct ClientConfig {
   std::string name;
@@ -132,6 +153,8 @@ struct ClientConfig {
   std::string identity;  // "" means [tunneld] identity
   uint32_t concurrency = 4;
   RetryPolicy retry;  // [tunneld] values unless overridden
+  bool relay = false;                       // may hold relay leases ([relay])
+  std::vector<InetNetwork> relay_networks;  // leases only inside these; empty: anywhere
   SourceLoc loc;      // where the [[client]] table starts
 
   // The private key this client logs in with: its own identity, else [tunneld] identity.
@@ -145,6 +168,7 @@ struct Config {
   SpoolConfig spool;
   MilterConfig milter;
   TunneldConfig tunneld;
+  RelayConfig relay;
   std::vector<ClientConfig> clients;
 
   const ClientConfig* findClient(std::string_view name) const;

@@ -415,7 +415,7 @@ INSTANTIATE_TEST_SUITE_P(
                 "unknown section or key \"tunnel\" (did you mean \"tunneld\"?)"},
         BadCase{"UnknownSectionListsKnown", "\n[queue]\n", 2, 2, "queue",
                 "unknown section or key \"queue\" (known sections: [spool], [milter], [tunneld], "
-                "[[client]])"},
+                "[relay], [[client]])"},
         BadCase{"TopLevelKey", "max_message_size = \"1M\"\n", 1, 1, "max_message_size",
                 "belongs in [spool]"},
         BadCase{"UnknownClientKey", client("a", "[\"a.example\"]", "hostkey = \"x\"\n"), 6, 1,
@@ -575,6 +575,168 @@ INSTANTIATE_TEST_SUITE_P(
             5, 12, "client[0].host_key", "expected \"SHA256:\""}),
     [](const testing::TestParamInfo<BadCase>& info) { return std::string(info.param.name); });
 
+// ---- [relay] and the relay keys of [[client]]
+
+TEST(RelayConfig, DefaultsAreOffAndDocumented) {
+  auto r = parseConfig(client("a", "[\"a.example\"]"), kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  const RelayConfig& c = r.config->relay;
+  EXPECT_EQ(c.socket, "/run/dynmx/relay.sock");
+  EXPECT_EQ(c.socket_mode, 0660u);
+  EXPECT_EQ(c.socket_group, "");
+  EXPECT_EQ(c.user, "");
+  EXPECT_EQ(c.lease_grace, Seconds(120));
+  EXPECT_EQ(c.lease_lifetime, Seconds(1200));
+  EXPECT_EQ(c.revoke_hold, Seconds(3600));
+  EXPECT_TRUE(c.mx_addresses.empty());
+  EXPECT_EQ(c.lease_file, "/var/lib/dynmx/leases");
+  EXPECT_FALSE(r.config->clients[0].relay);
+  EXPECT_TRUE(r.config->clients[0].relay_networks.empty());
+}
+
+TEST(RelayConfig, EveryKeyIsRead) {
+  std::string text =
+      R"([relay]
+socket = "/var/spool/postfix/private/dynmx-relay"
+socket_mode = "0666"
+socket_group = "postfix"
+user = "dynmx-relay"
+lease_grace = "5m"
+lease_lifetime = "30m"
+revoke_hold = "0"
+mx_addresses = ["198.51.100.25", "2001:DB8::25", "::ffff:198.51.100.26"]
+lease_file = "/srv/dynmx/leases"
+)" +
+      client("office", "[\"office.example\"]",
+             "relay = true\nrelay_networks = [\"192.0.2.0/24\", \"2001:db8:1::/48\", "
+             "\"203.0.113.7\"]\n") +
+      client("home", "[\"home.example\"]", "relay = false\n");
+  auto r = parseConfig(text, kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  const RelayConfig& c = r.config->relay;
+  EXPECT_EQ(c.socket, "/var/spool/postfix/private/dynmx-relay");
+  EXPECT_EQ(c.socket_mode, 0666u);
+  EXPECT_EQ(c.socket_group, "postfix");
+  EXPECT_EQ(c.user, "dynmx-relay");
+  EXPECT_EQ(c.lease_grace, Seconds(300));
+  EXPECT_EQ(c.lease_lifetime, Seconds(1800));
+  EXPECT_EQ(c.revoke_hold, Seconds(0));
+  ASSERT_EQ(c.mx_addresses.size(), 3u);
+  EXPECT_EQ(c.mx_addresses[0].str(), "198.51.100.25");
+  EXPECT_EQ(c.mx_addresses[1].str(), "2001:db8::25");
+  EXPECT_EQ(c.mx_addresses[2].str(), "198.51.100.26");
+  EXPECT_EQ(c.lease_file, "/srv/dynmx/leases");
+  const ClientConfig& office = r.config->clients[0];
+  EXPECT_TRUE(office.relay);
+  ASSERT_EQ(office.relay_networks.size(), 3u);
+  EXPECT_EQ(office.relay_networks[0].str(), "192.0.2.0/24");
+  EXPECT_EQ(office.relay_networks[1].str(), "2001:db8:1::/48");
+  EXPECT_EQ(office.relay_networks[2].str(), "203.0.113.7/32");
+  EXPECT_FALSE(r.config->clients[1].relay);
+}
+
+TEST(RelayConfig, KeepaliveLongerThanGraceIsFineWithoutARelayClient) {
+  auto r = parseConfig("[tunneld]\nkeepalive = \"5m\"\n" + client("a", "[\"a.example\"]"), kPath);
+  EXPECT_TRUE(r.config) << allErrors(r);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Relay, BadConfig,
+    testing::Values(
+        BadCase{"RelayNotATable", "relay = true\n", 1, 9, "relay", "expected a table ([relay])"},
+        BadCase{"RelayUnknownKeySuggests", "[relay]\nleasegrace = \"1m\"\n", 2, 1,
+                "relay.leasegrace",
+                "unknown key \"leasegrace\" in [relay] (did you mean "
+                "\"lease_grace\"?)"},
+        BadCase{"RelayNetworksBelongInClient", "[relay]\nrelay_networks = [\"192.0.2.0/24\"]\n", 2,
+                1, "relay.relay_networks", "\"relay_networks\" belongs in [[client]]"},
+        BadCase{"RelayGraceAsInteger", "[relay]\nlease_grace = 120\n", 2, 15, "relay.lease_grace",
+                "(write \"120s\")"},
+        BadCase{"RelayLifetimeZero", "[relay]\nlease_lifetime = \"0\"\n", 2, 18,
+                "relay.lease_lifetime", "expected a duration of more than zero"},
+        BadCase{"RelayHoldMalformed", "[relay]\nrevoke_hold = \"1 hour\"\n", 2, 15,
+                "relay.revoke_hold", "expected a duration such as"},
+        BadCase{"RelaySocketRelative", "[relay]\nsocket = \"relay.sock\"\n", 2, 10, "relay.socket",
+                "expected an absolute path"},
+        BadCase{"RelaySocketTooLong", "[relay]\nsocket = \"/" + std::string(120, 'x') + "\"\n", 2,
+                10, "relay.socket", "the most a Unix socket allows"},
+        BadCase{"RelaySocketModeDecimal", "[relay]\nsocket_mode = 660\n", 2, 15,
+                "relay.socket_mode", "the decimal integer 660"},
+        BadCase{"RelayUserWithSpace", "[relay]\nuser = \"a b\"\n", 2, 8, "relay.user",
+                "expected a user name"},
+        BadCase{"RelayLeaseFileEmpty", "[relay]\nlease_file = \"\"\n", 2, 14, "relay.lease_file",
+                "expected an absolute path"},
+        BadCase{"MxAddressesNotAnArray", "[relay]\nmx_addresses = \"192.0.2.25\"\n", 2, 16,
+                "relay.mx_addresses", "expected an array of this host's IPv4 or IPv6 addresses"},
+        BadCase{"MxAddressName", "[relay]\nmx_addresses = [\"192.0.2.25\", \"mx.example\"]\n", 2,
+                31, "relay.mx_addresses[1]",
+                "expected an IPv4 or IPv6 address such as \"192.0.2.25\" or \"2001:db8::25\" (not "
+                "a network, a name or the unspecified address), got \"mx.example\""},
+        BadCase{"MxAddressNetwork", "[relay]\nmx_addresses = [\"192.0.2.0/24\"]\n", 2, 17,
+                "relay.mx_addresses[0]", "got \"192.0.2.0/24\""},
+        BadCase{"MxAddressUnspecified", "[relay]\nmx_addresses = [\"::\"]\n", 2, 17,
+                "relay.mx_addresses[0]", "the unspecified address"},
+        BadCase{"MxAddressNotAString", "[relay]\nmx_addresses = [25]\n", 2, 17,
+                "relay.mx_addresses[0]", "expected an IPv4 or IPv6 address, got the integer 25"},
+        BadCase{"ClientRelayNotABoolean", client("a", "[\"a.example\"]", "relay = \"yes\"\n"), 6, 9,
+                "client[0].relay", "expected true or false, got \"yes\""},
+        BadCase{"ClientRelayNetworksEmpty", client("a", "[\"a.example\"]", "relay_networks = []\n"),
+                6, 18, "client[0].relay_networks",
+                "(leave the key out to allow any address), got []"},
+        BadCase{"ClientRelayNetworksNotAnArray",
+                client("a", "[\"a.example\"]", "relay_networks = \"192.0.2.0/24\"\n"), 6, 18,
+                "client[0].relay_networks", "expected a non-empty array of networks"},
+        BadCase{"ClientRelayNetworkHostBits",
+                client("a", "[\"a.example\"]", "relay_networks = [\"192.0.2.1/24\"]\n"), 6, 19,
+                "client[0].relay_networks[0]",
+                "network \"192.0.2.1/24\" has bits set after its prefix length; did you mean "
+                "\"192.0.2.0/24\"?"},
+        BadCase{"ClientRelayNetworkHostBitsV6",
+                client("a", "[\"a.example\"]",
+                       "relay_networks = [\"192.0.2.0/24\", \"2001:db8::1/64\"]\n"),
+                6, 35, "client[0].relay_networks[1]", "did you mean \"2001:db8::/64\"?"},
+        BadCase{"ClientRelayNetworkPrefixTooLong",
+                client("a", "[\"a.example\"]", "relay_networks = [\"192.0.2.0/33\"]\n"), 6, 19,
+                "client[0].relay_networks[0]", "expected a network in CIDR form"},
+        BadCase{"ClientRelayNetworkName",
+                client("a", "[\"a.example\"]", "relay_networks = [\"office.example\"]\n"), 6, 19,
+                "client[0].relay_networks[0]", "got \"office.example\" (client \"a\")"},
+        BadCase{
+            "KeepaliveNotShorterThanGrace",
+            "[tunneld]\nkeepalive = \"2m\"\n" + client("a", "[\"a.example\"]", "relay = true\n"), 2,
+            13, "tunneld.keepalive",
+            "lease_grace 2m is not longer than keepalive 2m; a tunnel lease is renewed by "
+            "keepalives, so expected lease_grace > keepalive"},
+        BadCase{
+            "GraceNotLongerThanKeepalive",
+            "[relay]\nlease_grace = \"30s\"\n" + client("a", "[\"a.example\"]", "relay = true\n"),
+            2, 15, "relay.lease_grace", "lease_grace 30s is not longer than keepalive 30s"}),
+    [](const testing::TestParamInfo<BadCase>& info) { return std::string(info.param.name); });
+
+TEST(RestartOnlyDifferences, RelaySocketUserAndLeaseFileNeedARestartLeaseSettingsDoNot) {
+  auto base = parseConfig(client("a", "[\"a.example\"]"), kPath);
+  ASSERT_TRUE(base.config) << allErrors(base);
+  struct Case {
+    std::string text;
+    std::vector<std::string> restart;
+  } cases[] = {
+      {"[relay]\nlease_grace = \"5m\"\nlease_lifetime = \"1h\"\nrevoke_hold = \"2h\"\n"
+       "mx_addresses = [\"192.0.2.25\"]\n" +
+           client("a", "[\"a.example\"]", "relay = true\nrelay_networks = [\"192.0.2.0/24\"]\n"),
+       {}},
+      {"[relay]\nsocket = \"/run/r.sock\"\nsocket_mode = \"0600\"\nsocket_group = \"mail\"\n"
+       "user = \"nobody\"\nlease_file = \"/srv/leases\"\n" +
+           client("a", "[\"a.example\"]"),
+       {"relay.socket", "relay.socket_mode", "relay.socket_group", "relay.user",
+        "relay.lease_file"}},
+  };
+  for (const auto& c : cases) {
+    auto next = parseConfig(c.text, kPath);
+    ASSERT_TRUE(next.config) << allErrors(next);
+    EXPECT_EQ(restartOnlyDifferences(*base.config, *next.config), c.restart) << c.text;
+  }
+}
+
 TEST(LoadConfig, MissingClientKeysAreEachReportedAtTheTable) {
   auto r = parseConfig("[spool]\n\n[[client]]\nport = 22\n", kPath);
   ASSERT_EQ(r.errors.size(), 3u) << allErrors(r);
@@ -724,6 +886,16 @@ void expectDefaults(const Config& c) {
   EXPECT_EQ(t.hostname, u.hostname);
   EXPECT_EQ(t.user, u.user);
   EXPECT_EQ(t.pid_file, u.pid_file);
+  const auto &r = c.relay, &q = d.relay;
+  EXPECT_EQ(r.socket, q.socket);
+  EXPECT_EQ(r.socket_mode, q.socket_mode);
+  EXPECT_EQ(r.socket_group, q.socket_group);
+  EXPECT_EQ(r.user, q.user);
+  EXPECT_EQ(r.lease_grace, q.lease_grace);
+  EXPECT_EQ(r.lease_lifetime, q.lease_lifetime);
+  EXPECT_EQ(r.revoke_hold, q.revoke_hold);
+  EXPECT_EQ(r.mx_addresses, q.mx_addresses);
+  EXPECT_EQ(r.lease_file, q.lease_file);
 }
 
 TEST(SampleConfig, IsValidAsShipped) {
@@ -751,6 +923,9 @@ TEST(SampleConfig, ShowsEveryKeyWithItsDefault) {
   EXPECT_EQ(c.retry.retry_max, r.config->tunneld.retry.retry_max);
   EXPECT_EQ(c.retry.queue_lifetime, r.config->tunneld.retry.queue_lifetime);
   EXPECT_EQ(c.retry.delay_warning, r.config->tunneld.retry.delay_warning);
+  EXPECT_EQ(c.relay, d.relay);
+  ASSERT_EQ(c.relay_networks.size(), 2u);  // the sample shows an example, not the default (none)
+  EXPECT_EQ(c.relay_networks[0].str(), "192.0.2.0/24");
 
   struct Section {
     const char* header;
@@ -764,9 +939,12 @@ TEST(SampleConfig, ShowsEveryKeyWithItsDefault) {
         "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
         "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
         "pid_file"}},
+      {"[relay]",
+       {"socket", "socket_mode", "socket_group", "user", "lease_grace", "lease_lifetime",
+        "revoke_hold", "mx_addresses", "lease_file"}},
       {"[[client]]",
        {"name", "host", "port", "user", "domains", "host_key", "identity", "concurrency",
-        "retry_min", "retry_max", "queue_lifetime", "delay_warning"}},
+        "retry_min", "retry_max", "queue_lifetime", "delay_warning", "relay", "relay_networks"}},
   };
   for (const auto& s : sections) {
     size_t begin = text.find(std::string("\n") + s.header + "\n");
