@@ -44,6 +44,7 @@ struct InetNetwork {
   unsigned prefix_len = 0;
   static std::optional<InetNetwork> parse(std::string_view text);
   bool contains(const InetAddr& a) const { return a.inNetwork(addr, prefix_len); }
+  bool operator==(const InetNetwork&) const = default;
   std::string str() const;
 };
 
