@@ -16,9 +16,11 @@
 // Internal to tunneld/queue/: nothing outside the queue includes this header.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
