@@ -410,7 +410,7 @@ std::vector<std::string> Daemon::statusLines() {
   }
   for (auto& [name, q] : qs) {
     if (name.empty()) continue;
-    if (name == kBounceClient) {
+    if (q.notifications) {
       if (q.active + q.deferred + q.hold)
         lines.push_back("notifications waiting for the local sendmail: " +
                         std::to_string(q.active + q.deferred));

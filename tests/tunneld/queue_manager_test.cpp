@@ -517,6 +517,42 @@ TEST_F(QueueTest, PendingNotificationSurvivesRestart) {
   EXPECT_EQ(total(), 0u);
 }
 
+// The spool format of a notification (dynmx-spool(5)): client field "<bounce>", sender <>. A file
+// written so (by any version) is a notification: handed to sendmail, never to a client.
+TEST_F(QueueTest, SpooledNotificationIsHandedToSendmailNotToAClient) {
+  std::string nid = commit({"alice@a.example"}, "", kT0, "<bounce>");
+  qm_->start(kT0);
+  ASSERT_EQ(bounces_.sent.size(), 1u);
+  EXPECT_EQ(bounces_.sent[0].rcpt, "alice@a.example");
+  EXPECT_NE(bounces_.sent[0].text.find("hello"), std::string::npos);
+  EXPECT_TRUE(logged(nid + ": to=<alice@a.example>, client=<bounce>, relay=local"));
+  EXPECT_EQ(total(), 0u);
+}
+
+TEST_F(QueueTest, NotificationsHaveAStatusLineOfTheirOwnAndNoClientSchedule) {
+  bounces_.fail = true;
+  commit({"bob@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
+  ASSERT_EQ(count(QueueState::Deferred), 1u);
+  size_t lines = 0;
+  for (const auto& st : qm_->status()) {
+    if (!st.notifications) continue;
+    ++lines;
+    EXPECT_EQ(st.client, kBounceClient);
+    EXPECT_EQ(st.deferred, 1u);
+  }
+  EXPECT_EQ(lines, 1u);
+  // The label is no client: naming it schedules nothing and hands nothing out.
+  qm_->clientUp(kBounceClient, kT0 + 1);
+  qm_->flush("c1", kT0 + 1);
+  EXPECT_FALSE(qm_->nextJob(kBounceClient, kT0 + 300));
+  EXPECT_EQ(qm_->nextWakeup(), kT0 + 300);
+  EXPECT_EQ(bounces_.calls, 1);
+}
+
 TEST_F(QueueTest, NotificationThatNeverGetsOutIsDroppedAtExpiry) {
   bounces_.fail = true;
   commit({"bob@b.example"});

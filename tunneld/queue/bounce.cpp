@@ -101,142 +101,176 @@ std::string recipientLine(const SpoolRecipient& r, const std::string& remote) {
 
 }  // namespace
 
+namespace {
+
+// What buildDsn() decided once, for the parts that follow.
+struct DsnShape {
+  bool failure = true;  // a failure report (else a delay warning)
+  bool full = false;    // the whole original goes back (else its headers)
+  bool eight = false;   // ... and it is 8BITMIME
+  std::string host;     // the reporting host, cleaned
+  std::string boundary;
+};
+
+void line(std::string& m, std::string_view l) {
+  m.append(l);
+  m.append("\r\n");
+}
+
+void writeHeaders(std::string& m, const DsnInput& in, const DsnShape& d, const std::string& mid) {
+  line(m, "From: Mail Delivery System <" + clean(in.from_header) + ">");
+  line(m, "To: <" + clean(in.msg->env.sender) + ">");
+  line(m, d.failure ? "Subject: Undelivered Mail Returned to Sender"
+                    : "Subject: Delayed Mail (still being retried)");
+  line(m, "Date: " + rfc5322Date(in.now));
+  line(m, "Message-ID: <" + clean(mid) + ">");
+  line(m, "Auto-Submitted: auto-replied");
+  line(m, "MIME-Version: 1.0");
+  line(m, "Content-Type: multipart/report; report-type=delivery-status;");
+  line(m, "\tboundary=\"" + d.boundary + "\"");
+  if (d.eight) line(m, "Content-Transfer-Encoding: 8bit");
+  line(m, "");
+  line(m, "This is a MIME-encapsulated message.");
+  line(m, "");
+}
+
+// The human-readable part.
+void writeNotification(std::string& m, const DsnInput& in, const DsnShape& d) {
+  const Envelope& env = in.msg->env;
+  line(m, "--" + d.boundary);
+  line(m, "Content-Description: Notification");
+  line(m, "Content-Type: text/plain; charset=us-ascii");
+  line(m, "");
+  line(m, "This is the mail system at host " + d.host + ".");
+  line(m, "");
+  if (d.failure) {
+    line(m, "I'm sorry to have to inform you that your message could not");
+    line(m, "be delivered to one or more recipients. It's attached below.");
+    line(m, "");
+    line(m, "For further assistance, please send mail to postmaster.");
+    line(m, "");
+    line(m, "If you do so, please include this problem report. You can");
+    line(m, "delete your own text from the attached returned message.");
+  } else {
+    line(m, "####################################################################");
+    line(m, "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #");
+    line(m, "####################################################################");
+    line(m, "");
+    int64_t hours = env.arrival > 0 ? (in.now - env.arrival) / 3600 : 0;
+    line(m, "Your message could not be delivered for more than " + std::to_string(hours) +
+                " hour(s).");
+    if (in.will_retry_until > 0) {
+      int64_t days = (in.will_retry_until - env.arrival + 86399) / 86400;
+      line(m, "It will be retried until it is " + std::to_string(days) + " day(s) old.");
+    }
+  }
+  line(m, "");
+  line(m, "                   The mail system");
+  line(m, "");
+  for (size_t idx : in.rcpt_indexes) {
+    if (idx >= env.rcpts.size()) continue;
+    line(m, recipientLine(env.rcpts[idx], clean(in.remote_mta)).substr(0, 990));
+  }
+  line(m, "");
+}
+
+// The per-recipient fields of the machine-readable part.
+void writeRecipientStatus(std::string& m, const DsnInput& in, const DsnShape& d,
+                          const SpoolRecipient& r) {
+  line(m, "");
+  line(m, "Final-Recipient: rfc822; " + clean(r.address));
+  if (!r.orcpt.empty()) {
+    size_t semi = r.orcpt.find(';');
+    std::string type = semi == std::string::npos ? "rfc822" : r.orcpt.substr(0, semi);
+    std::string addr = semi == std::string::npos ? r.orcpt : r.orcpt.substr(semi + 1);
+    line(m, "Original-Recipient: " + clean(type) + "; " + clean(xtextDecode(addr)));
+  }
+  line(m, d.failure ? "Action: failed" : "Action: delayed");
+  line(m, "Status: " + dsnStatus(r.reply, d.failure ? "4.4.7" : "4.0.0"));
+  bool remote_reply = replyCode(r.reply) != 0;
+  if (remote_reply && !in.remote_mta.empty()) line(m, "Remote-MTA: dns; " + clean(in.remote_mta));
+  if (remote_reply) {
+    line(m, "Diagnostic-Code: smtp; " + clean(r.reply).substr(0, 900));
+  } else if (!r.reply.empty()) {
+    line(m, "Diagnostic-Code: X-dynmx; " + clean(r.reply).substr(0, 900));
+  }
+  if (r.updated > 0) line(m, "Last-Attempt-Date: " + rfc5322Date(r.updated));
+  if (!d.failure && in.will_retry_until > 0) {
+    line(m, "Will-Retry-Until: " + rfc5322Date(in.will_retry_until));
+  }
+}
+
+// The machine-readable part (message/delivery-status).
+void writeDeliveryStatus(std::string& m, const DsnInput& in, const DsnShape& d) {
+  const SpoolMessage& msg = *in.msg;
+  const Envelope& env = msg.env;
+  line(m, "--" + d.boundary);
+  line(m, "Content-Description: Delivery report");
+  line(m, "Content-Type: message/delivery-status");
+  line(m, "");
+  line(m, "Reporting-MTA: dns; " + d.host);
+  line(m, "X-Dynmx-Queue-ID: " + msg.id);
+  line(m, "X-Dynmx-Sender: rfc822; " + clean(env.sender));
+  // RFC 3461 6.3: ENVID and ORCPT appear in the report decoded from xtext.
+  if (!env.envid.empty()) line(m, "Original-Envelope-Id: " + clean(xtextDecode(env.envid)));
+  if (env.arrival > 0) line(m, "Arrival-Date: " + rfc5322Date(env.arrival));
+  for (size_t idx : in.rcpt_indexes) {
+    if (idx >= env.rcpts.size()) continue;
+    writeRecipientStatus(m, in, d, env.rcpts[idx]);
+  }
+  line(m, "");
+}
+
+// The original, whole or its headers, and the closing boundary.
+void writeOriginal(std::string& m, const DsnShape& d, const std::string& original) {
+  line(m, "--" + d.boundary);
+  if (d.full) {
+    line(m, "Content-Description: Undelivered Message");
+    line(m, "Content-Type: message/rfc822");
+    if (d.eight) line(m, "Content-Transfer-Encoding: 8bit");
+  } else {
+    line(m, d.failure ? "Content-Description: Undelivered Message Headers"
+                      : "Content-Description: Delayed Message Headers");
+    line(m, "Content-Type: text/rfc822-headers");
+  }
+  line(m, "");
+  m += original;
+  if (!original.empty() && original.back() != '\n') line(m, "");
+  line(m, "");
+  line(m, "--" + d.boundary + "--");
+}
+
+}  // namespace
 
 Result<std::string> buildDsn(const DsnInput& in, const Spool& spool) {
   static std::atomic<unsigned> counter{0};
   const SpoolMessage& msg = *in.msg;
   const Envelope& env = msg.env;
-  const bool failure = in.kind == DsnKind::Failure;
-  const std::string host = clean(in.reporting_host);
-
-  bool full =
-      failure && env.ret != "HDRS" && env.ret != "hdrs" && msg.content_size <= kDsnFullLimit;
-  auto original = readOriginal(spool, msg, !full, kDsnFullLimit);
+  DsnShape d;
+  d.failure = in.kind == DsnKind::Failure;
+  d.host = clean(in.reporting_host);
+  d.full = d.failure && env.ret != "HDRS" && env.ret != "hdrs" && msg.content_size <= kDsnFullLimit;
+  auto original = readOriginal(spool, msg, !d.full, kDsnFullLimit);
   if (!original.ok()) return original.error();
 
-  std::string boundary = in.boundary;
-  if (boundary.empty()) {
-    boundary = msg.id + "." + std::to_string(in.now) + "." + std::to_string(counter++) + "/" + host;
+  d.boundary = in.boundary;
+  if (d.boundary.empty()) {
+    d.boundary =
+        msg.id + "." + std::to_string(in.now) + "." + std::to_string(counter++) + "/" + d.host;
   }
   std::string mid = in.message_id;
   if (mid.empty()) {
-    mid = stamp(in.now) + "." + msg.id + (failure ? ".F" : ".D") + std::to_string(counter++) + "@" +
-          host;
+    mid = stamp(in.now) + "." + msg.id + (d.failure ? ".F" : ".D") + std::to_string(counter++) +
+          "@" + d.host;
   }
-  bool eight = full && env.body == "8BITMIME";
+  d.eight = d.full && env.body == "8BITMIME";
 
   std::string m;
   m.reserve(original->size() + 4096);
-  auto line = [&m](std::string_view l) {
-    m.append(l);
-    m.append("\r\n");
-  };
-  line("From: Mail Delivery System <" + clean(in.from_header) + ">");
-  line("To: <" + clean(env.sender) + ">");
-  line(failure ? "Subject: Undelivered Mail Returned to Sender"
-               : "Subject: Delayed Mail (still being retried)");
-  line("Date: " + rfc5322Date(in.now));
-  line("Message-ID: <" + clean(mid) + ">");
-  line("Auto-Submitted: auto-replied");
-  line("MIME-Version: 1.0");
-  line("Content-Type: multipart/report; report-type=delivery-status;");
-  line("\tboundary=\"" + boundary + "\"");
-  if (eight) line("Content-Transfer-Encoding: 8bit");
-  line("");
-  line("This is a MIME-encapsulated message.");
-  line("");
-
-  // Human-readable part.
-  line("--" + boundary);
-  line("Content-Description: Notification");
-  line("Content-Type: text/plain; charset=us-ascii");
-  line("");
-  line("This is the mail system at host " + host + ".");
-  line("");
-  if (failure) {
-    line("I'm sorry to have to inform you that your message could not");
-    line("be delivered to one or more recipients. It's attached below.");
-    line("");
-    line("For further assistance, please send mail to postmaster.");
-    line("");
-    line("If you do so, please include this problem report. You can");
-    line("delete your own text from the attached returned message.");
-  } else {
-    line("####################################################################");
-    line("# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #");
-    line("####################################################################");
-    line("");
-    int64_t hours = env.arrival > 0 ? (in.now - env.arrival) / 3600 : 0;
-    line("Your message could not be delivered for more than " + std::to_string(hours) +
-         " hour(s).");
-    if (in.will_retry_until > 0) {
-      int64_t days = (in.will_retry_until - env.arrival + 86399) / 86400;
-      line("It will be retried until it is " + std::to_string(days) + " day(s) old.");
-    }
-  }
-  line("");
-  line("                   The mail system");
-  line("");
-  for (size_t idx : in.rcpt_indexes) {
-    if (idx >= env.rcpts.size()) continue;
-    line(recipientLine(env.rcpts[idx], clean(in.remote_mta)).substr(0, 990));
-  }
-  line("");
-
-  // Machine-readable part.
-  line("--" + boundary);
-  line("Content-Description: Delivery report");
-  line("Content-Type: message/delivery-status");
-  line("");
-  line("Reporting-MTA: dns; " + host);
-  line("X-Dynmx-Queue-ID: " + msg.id);
-  line("X-Dynmx-Sender: rfc822; " + clean(env.sender));
-  // RFC 3461 6.3: ENVID and ORCPT appear in the report decoded from xtext.
-  if (!env.envid.empty()) line("Original-Envelope-Id: " + clean(xtextDecode(env.envid)));
-  if (env.arrival > 0) line("Arrival-Date: " + rfc5322Date(env.arrival));
-  for (size_t idx : in.rcpt_indexes) {
-    if (idx >= env.rcpts.size()) continue;
-    const SpoolRecipient& r = env.rcpts[idx];
-    line("");
-    line("Final-Recipient: rfc822; " + clean(r.address));
-    if (!r.orcpt.empty()) {
-      size_t semi = r.orcpt.find(';');
-      std::string type = semi == std::string::npos ? "rfc822" : r.orcpt.substr(0, semi);
-      std::string addr = semi == std::string::npos ? r.orcpt : r.orcpt.substr(semi + 1);
-      line("Original-Recipient: " + clean(type) + "; " + clean(xtextDecode(addr)));
-    }
-    line(failure ? "Action: failed" : "Action: delayed");
-    line("Status: " + dsnStatus(r.reply, failure ? "4.4.7" : "4.0.0"));
-    bool remote_reply = replyCode(r.reply) != 0;
-    if (remote_reply && !in.remote_mta.empty()) line("Remote-MTA: dns; " + clean(in.remote_mta));
-    if (remote_reply) {
-      line("Diagnostic-Code: smtp; " + clean(r.reply).substr(0, 900));
-    } else if (!r.reply.empty()) {
-      line("Diagnostic-Code: X-dynmx; " + clean(r.reply).substr(0, 900));
-    }
-    if (r.updated > 0) line("Last-Attempt-Date: " + rfc5322Date(r.updated));
-    if (!failure && in.will_retry_until > 0) {
-      line("Will-Retry-Until: " + rfc5322Date(in.will_retry_until));
-    }
-  }
-  line("");
-
-  // The original.
-  line("--" + boundary);
-  if (full) {
-    line("Content-Description: Undelivered Message");
-    line("Content-Type: message/rfc822");
-    if (eight) line("Content-Transfer-Encoding: 8bit");
-  } else {
-    line(failure ? "Content-Description: Undelivered Message Headers"
-                 : "Content-Description: Delayed Message Headers");
-    line("Content-Type: text/rfc822-headers");
-  }
-  line("");
-  m += *original;
-  if (!original->empty() && original->back() != '\n') line("");
-  line("");
-  line("--" + boundary + "--");
+  writeHeaders(m, in, d, mid);
+  writeNotification(m, in, d);
+  writeDeliveryStatus(m, in, d);
+  writeOriginal(m, d, *original);
   return m;
 }
 
@@ -244,10 +278,12 @@ Result<std::string> buildDsn(const DsnInput& in, const Spool& spool) {
 // Hand-off to sendmail.
 
 SendmailBounceSender::SendmailBounceSender(std::vector<std::string> argv_prefix,
-                                           std::chrono::seconds timeout)
-    : argv_(std::move(argv_prefix)), timeout_(timeout) {}
+                                           std::chrono::seconds timeout, const TimeSource& time)
+    : argv_(std::move(argv_prefix)), timeout_(timeout), time_(time) {}
 
 namespace {
+
+namespace bp = boost::process;
 
 // Blocks SIGPIPE for this thread while we write into a child that may be gone, and swallows a
 // SIGPIPE our own writes raised, so that neither the default action nor the daemon sees it.
@@ -285,10 +321,154 @@ std::string toLf(const std::string& s) {
   return r;
 }
 
+// One run of sendmail for one notification: spawn(), feed() the message while collecting its
+// stderr, waitExit(). Every step ends by the deadline; a child that outlives it (or a cancel) is
+// killed and reaped. Each step's Error is final: the caller returns it.
+class SendmailRun {
+ public:
+  SendmailRun(const std::string& prog, const std::string& recipient, std::chrono::seconds timeout,
+              const TimeSource& time, const std::atomic<bool>& cancelled)
+      : prog_(prog),
+        recipient_(recipient),
+        timeout_(timeout),
+        time_(time),
+        cancelled_(cancelled),
+        deadline_(time.steady() + timeout) {}
+
+  Status spawn(const std::vector<std::string>& args) {
+    std::error_code ec;
+    child_ = bp::child(bp::exe = prog_, bp::args = args, bp::std_in<in_, bp::std_out> bp::null,
+                       bp::std_err > err_, ec);
+    if (ec) return Error{ec.value(), "bounce: cannot run " + prog_ + ": " + ec.message()};
+    wfd_ = in_.native_sink();
+    rfd_ = err_.native_source();
+    ::fcntl(wfd_, F_SETFL, ::fcntl(wfd_, F_GETFL) | O_NONBLOCK);
+    ::fcntl(rfd_, F_SETFL, ::fcntl(rfd_, F_GETFL) | O_NONBLOCK);
+    return {};
+  }
+
+  // Writes `data` to the child's stdin and closes it, and reads its stderr until EOF.
+  Status feed(const std::string& data) {
+    data_ = &data;
+    while (writing_ || reading_) {
+      if (writing_ && off_ == data.size()) {
+        in_.close();  // EOF for the child; closes our write end only
+        writing_ = false;
+        continue;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - time_.steady());
+      if (left.count() <= 0)
+        return kill("timed out after " + std::to_string(timeout_.count()) + "s");
+      if (cancelled_) {
+        Status st = kill("given up on: dynmx-tunneld is stopping");
+        logf(LogLevel::Warning, "%s (the notification stays spooled)", st.error().message.c_str());
+        return st;
+      }
+      if (Status st = pollOnce(left); !st) return st;
+    }
+    return {};
+  }
+
+  // Both pipes are done: waits for the exit and reports it, with the child's stderr.
+  Status waitExit() {
+    for (;;) {
+      std::error_code rec;
+      if (!child_.running(rec)) break;
+      if (time_.steady() >= deadline_) {
+        return kill("did not exit within " + std::to_string(timeout_.count()) + "s");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    int status = child_.native_exit_code();
+    std::string detail = printable(errtext_, 500);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return Status{};
+    std::string how = WIFEXITED(status)     ? "exit status " + std::to_string(WEXITSTATUS(status))
+                      : WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
+                                            : "status " + std::to_string(status);
+    return Error{0, "bounce: " + prog_ + " for <" + recipient_ + "> failed with " + how +
+                        (detail.empty() ? "" : ": " + detail)};
+  }
+
+ private:
+  Status kill(const std::string& why) {
+    // Boost 1.74's terminate() reaps with WNOHANG and so may leave a zombie: kill and reap here.
+    pid_t pid = child_.id();
+    ::kill(pid, SIGKILL);
+    int st = 0;
+    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    child_.detach();
+    return Error{ETIMEDOUT,
+                 "bounce: " + prog_ + " for <" + recipient_ + "> " + why + "; killed it"};
+  }
+
+  // One poll() over the pipes still open, at most a second (so that a cancel is seen).
+  Status pollOnce(std::chrono::milliseconds left) {
+    pollfd fds[2];
+    int n = 0;
+    if (writing_) fds[n++] = pollfd{wfd_, POLLOUT, 0};
+    if (reading_) fds[n++] = pollfd{rfd_, POLLIN, 0};
+    int pr = ::poll(fds, static_cast<nfds_t>(n),
+                    static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    if (pr < 0 && errno != EINTR) {
+      int e = errno;
+      (void)kill("poll failed");
+      return sysError(e, "bounce: poll on the pipes of " + prog_);
+    }
+    if (pr <= 0) return {};
+    for (int i = 0; i < n; ++i) {
+      if (fds[i].fd == wfd_ && (fds[i].revents & (POLLOUT | POLLERR | POLLHUP))) {
+        if (Status st = writeSome(); !st) return st;
+      }
+      if (fds[i].fd == rfd_ && (fds[i].revents & (POLLIN | POLLERR | POLLHUP))) readSome();
+    }
+    return {};
+  }
+
+  Status writeSome() {
+    ssize_t w = ::write(wfd_, data_->data() + off_, data_->size() - off_);
+    if (w > 0) {
+      off_ += static_cast<size_t>(w);
+    } else if (w < 0 && errno == EPIPE) {
+      // The child closed its stdin; its exit status says whether it took the message.
+      in_.close();
+      writing_ = false;
+    } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+      int e = errno;
+      (void)kill("could not be written to");
+      return sysError(e, "bounce: write to " + prog_);
+    }
+    return {};
+  }
+
+  void readSome() {
+    char buf[4096];
+    ssize_t r = ::read(rfd_, buf, sizeof buf);
+    if (r > 0) {
+      if (errtext_.size() < 2000) errtext_.append(buf, static_cast<size_t>(r));
+    } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+      reading_ = false;
+    }
+  }
+
+  const std::string& prog_;
+  const std::string& recipient_;
+  std::chrono::seconds timeout_;
+  const TimeSource& time_;
+  const std::atomic<bool>& cancelled_;
+  SteadyClock::time_point deadline_;
+  bp::pipe in_, err_;
+  bp::child child_;
+  int wfd_ = -1, rfd_ = -1;
+  const std::string* data_ = nullptr;
+  size_t off_ = 0;
+  bool writing_ = true, reading_ = true;
+  std::string errtext_;
+};
+
 }  // namespace
 
 Status SendmailBounceSender::send(const std::string& recipient, const std::string& message) {
-  namespace bp = boost::process;
   if (argv_.empty() || argv_[0].empty()) return Error{0, "bounce: no sendmail program configured"};
   if (recipient.empty()) return Error{0, "bounce: refusing to send a notification to <>"};
   if (cancelled_) return Error{ECANCELED, "bounce: not handed to sendmail: stopping"};
@@ -298,104 +478,10 @@ Status SendmailBounceSender::send(const std::string& recipient, const std::strin
   args.push_back(recipient);
 
   SigpipeGuard guard;
-  bp::pipe in, err;
-  std::error_code ec;
-  bp::child child(bp::exe = prog, bp::args = args, bp::std_in<in, bp::std_out> bp::null,
-                  bp::std_err > err, ec);
-  if (ec) return Error{ec.value(), "bounce: cannot run " + prog + ": " + ec.message()};
-
-  int wfd = in.native_sink();
-  int rfd = err.native_source();
-  ::fcntl(wfd, F_SETFL, ::fcntl(wfd, F_GETFL) | O_NONBLOCK);
-  ::fcntl(rfd, F_SETFL, ::fcntl(rfd, F_GETFL) | O_NONBLOCK);
-  const std::string data = toLf(message);
-  size_t off = 0;
-  bool writing = true, reading = true;
-  std::string errtext;
-  const auto deadline = std::chrono::steady_clock::now() + timeout_;
-  std::string failure;
-
-  auto kill = [&](const std::string& why) -> Status {
-    // Boost 1.74's terminate() reaps with WNOHANG and so may leave a zombie: kill and reap here.
-    pid_t pid = child.id();
-    ::kill(pid, SIGKILL);
-    int st = 0;
-    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-    }
-    child.detach();
-    return Error{ETIMEDOUT, "bounce: " + prog + " for <" + recipient + "> " + why + "; killed it"};
-  };
-
-  while (writing || reading) {
-    if (writing && off == data.size()) {
-      in.close();  // EOF for the child; closes our write end only
-      writing = false;
-      continue;
-    }
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return kill("timed out after " + std::to_string(timeout_.count()) + "s");
-    if (cancelled_) {
-      Status st = kill("given up on: dynmx-tunneld is stopping");
-      logf(LogLevel::Warning, "%s (the notification stays spooled)", st.error().message.c_str());
-      return st;
-    }
-    pollfd fds[2];
-    int n = 0;
-    if (writing) fds[n++] = pollfd{wfd, POLLOUT, 0};
-    if (reading) fds[n++] = pollfd{rfd, POLLIN, 0};
-    int pr = ::poll(fds, static_cast<nfds_t>(n),
-                    static_cast<int>(std::min<int64_t>(left.count(), 1000)));
-    if (pr < 0 && errno != EINTR) {
-      int e = errno;
-      (void)kill("poll failed");
-      return sysError(e, "bounce: poll on the pipes of " + prog);
-    }
-    if (pr <= 0) continue;
-    for (int i = 0; i < n; ++i) {
-      if (fds[i].fd == wfd && (fds[i].revents & (POLLOUT | POLLERR | POLLHUP))) {
-        ssize_t w = ::write(wfd, data.data() + off, data.size() - off);
-        if (w > 0) {
-          off += static_cast<size_t>(w);
-        } else if (w < 0 && errno == EPIPE) {
-          // The child closed its stdin; its exit status says whether it took the message.
-          in.close();
-          writing = false;
-        } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
-          int e = errno;
-          (void)kill("could not be written to");
-          return sysError(e, "bounce: write to " + prog);
-        }
-      }
-      if (fds[i].fd == rfd && (fds[i].revents & (POLLIN | POLLERR | POLLHUP))) {
-        char buf[4096];
-        ssize_t r = ::read(rfd, buf, sizeof buf);
-        if (r > 0) {
-          if (errtext.size() < 2000) errtext.append(buf, static_cast<size_t>(r));
-        } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
-          reading = false;
-        }
-      }
-    }
-  }
-
-  // Both pipes are done; wait for the exit.
-  for (;;) {
-    std::error_code rec;
-    if (!child.running(rec)) break;
-    if (std::chrono::steady_clock::now() >= deadline) {
-      return kill("did not exit within " + std::to_string(timeout_.count()) + "s");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  int status = child.native_exit_code();
-  std::string detail = printable(errtext, 500);
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return Status{};
-  std::string how = WIFEXITED(status)     ? "exit status " + std::to_string(WEXITSTATUS(status))
-                    : WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
-                                          : "status " + std::to_string(status);
-  return Error{0, "bounce: " + prog + " for <" + recipient + "> failed with " + how +
-                      (detail.empty() ? "" : ": " + detail)};
+  SendmailRun run(prog, recipient, timeout_, time_, cancelled_);
+  if (Status st = run.spawn(args); !st) return st;
+  if (Status st = run.feed(toLf(message)); !st) return st;
+  return run.waitExit();
 }
 
 }  // namespace dynmx::tunneld

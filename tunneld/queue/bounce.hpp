@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "shared/clock.hpp"
 #include "shared/config.hpp"
 #include "shared/date.hpp"
 #include "shared/result.hpp"
@@ -60,7 +61,9 @@ class BounceSender {
 // closes the stderr pipe too; descriptors of the daemon must be O_CLOEXEC instead.)
 class SendmailBounceSender : public BounceSender {
  public:
-  SendmailBounceSender(std::vector<std::string> argv_prefix, std::chrono::seconds timeout);
+  // `time` measures the timeout (the poll() waits in between are real time).
+  SendmailBounceSender(std::vector<std::string> argv_prefix, std::chrono::seconds timeout,
+                       const TimeSource& time = systemTime());
   Status send(const std::string& recipient, const std::string& message) override;
   // For a daemon that stops: a send under way (on another thread) kills its sendmail within a
   // second and fails, as does every later one. The notification stays spooled.
@@ -69,6 +72,7 @@ class SendmailBounceSender : public BounceSender {
  private:
   std::vector<std::string> argv_;
   std::chrono::seconds timeout_;
+  const TimeSource& time_;
   std::atomic<bool> cancelled_{false};
 };
 

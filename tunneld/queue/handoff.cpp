@@ -1,4 +1,13 @@
-// handoff.cpp: see handoff.hpp.
+// handoff.cpp: the two runners of notification hand-offs: inline, and on a thread of its own.
+//
+// Contract (handoff.hpp): start() queues a hand-off (the inline runner runs it at once); each one
+// ends with a Done {id, Status} that takeDone() hands out in the order they ended. The thread
+// runs one hand-off at a time, outside its lock, and calls on_done after each one so that the
+// owner's event loop wakes up and collects it.
+//
+// Failure behaviour: a hand-off's failure is its Status, passed on untouched. At destruction the
+// hand-offs not started are dropped (their notifications stay spooled, handed off after the
+// restart) and the one running is waited for (bounded by the sender's own timeout).
 #include "tunneld/queue/handoff.hpp"
 
 namespace dynmx::tunneld {

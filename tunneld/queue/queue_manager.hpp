@@ -7,7 +7,8 @@
 // warnings when NOTIFY allows, and removes a message once every recipient is final.
 // It does no network I/O: the daemon's event loop calls it, passing the time, so that tests can
 // drive it with a clock of their own. Its one thread is its SpoolRemover's, which deletes the
-// files of finished messages off the event loop.
+// files of finished messages off the event loop. How the work is split between the files of
+// tunneld/queue/ (scheduler, results, notify, intake and removal) is told in queue_impl.hpp.
 //
 // Failure handling: a spool file that cannot be read goes to corrupt/ (logged); a journal write
 // that fails leaves the message in active/ for a retry after restart (duplicates over loss); a
@@ -26,17 +27,21 @@
 
 #include "shared/config.hpp"
 #include "shared/spool.hpp"
+#include "tunneld/delivery/delivery.hpp"
 #include "tunneld/queue/bounce.hpp"
 #include "tunneld/queue/handoff.hpp"
-#include "tunneld/delivery/delivery.hpp"
 #include "tunneld/queue/spool_remover.hpp"
 
 namespace dynmx::tunneld {
 
-// Notifications (bounces, delay warnings) wait in the spool as messages of this pseudo-client
-// (never a valid client name: config names are letters, digits, '.', '_' and '-'), from <> to the
-// original sender, until the local sendmail has taken them; tick() retries a failed hand-off with
-// the [tunneld] retry policy and drops one that outlives queue_lifetime (it is from <>).
+// Notifications (bounces, delay warnings) are entries of their own kind (queue_impl.hpp): they wait
+// for the local sendmail, never for a client. tick() hands them off and retries a failed hand-off
+// with the [tunneld] retry policy, and drops one that outlives queue_lifetime (it is from <>).
+// In the spool a notification is a message whose client field is kBounceClient (never a valid
+// client name: config names are letters, digits, '.', '_' and '-'); that is how spools written by
+// every version mark them (dynmx-spool(5)). Logs, `dynmxctl queue` and status() show the same
+// label for them (status() also marks their line `notifications`); inside the queue no code
+// compares a client name with it but the spool reader's kind test (queue_impl.hpp).
 inline constexpr const char* kBounceClient = "<bounce>";
 
 // Pure policy: the delay before the next attempt of a message that has been queued for `age` and
@@ -49,6 +54,7 @@ struct ClientQueueStatus {
   std::string client;
   size_t active = 0, deferred = 0, hold = 0, in_flight = 0;
   int64_t oldest_arrival = 0;  // 0 when empty
+  bool notifications = false;  // the line of the notifications (client is kBounceClient)
 };
 
 class QueueManager {

@@ -1,7 +1,18 @@
-// spool_remover.cpp: see spool_remover.hpp.
+// spool_remover.cpp: the remover's thread: unlinks finished spool files in batches and makes the
+// removals durable with one fsync per state directory.
+//
+// Contract (spool_remover.hpp): removals are unlinked in the order queued; their directories (and
+// those given to syncLater()) are fsynced when a flush() waits, at stop, or once `sync_interval`
+// has passed since the last sync. While removals keep coming the thread lingers (kRemovalLinger)
+// instead of sleeping, so the event loop rarely has to wake it. The thread reads the steady
+// clock itself rather than a TimeSource: it times real condition-variable waits, which only
+// the clock they wait on can end.
+//
+// Failure behaviour: an unlink or fsync that fails is logged naming the file or directory; the
+// file stays, and is delivered again after a restart (a duplicate, never a loss).
 #include "tunneld/queue/spool_remover.hpp"
-#include "shared/clock.hpp"
 
+#include "shared/clock.hpp"
 #include "shared/log.hpp"
 #include "shared/result.hpp"
 

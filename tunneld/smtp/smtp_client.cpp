@@ -7,6 +7,10 @@
 // than a third of the free room, so the buffer never exceeds Options::max_output whatever the
 // content (the body encoder grows its input by at most 3x + 4).
 //
+// All of the session's state lives in SmtpClient::Impl (the facade only forwards), and a complete
+// reply goes to the one step that awaits it: onGreeting, onEhlo, onHelo, onRset, onMail, onRcpt,
+// onData, onDot (QUIT's reply just closes).
+//
 // Failure behaviour: a reply that does not parse, a reply nobody waits for, a reply code that
 // makes no sense at that point, a lost stream or an overdue reply ends the session (Failed);
 // recipients of the transaction that are not final yet are then Deferred with our reason, and
@@ -19,8 +23,8 @@
 #include <map>
 
 #include "shared/log.hpp"
-#include "tunneld/smtp/smtp_body.hpp"
 #include "shared/smtp_reply.hpp"
+#include "tunneld/smtp/smtp_body.hpp"
 
 namespace dynmx::tunneld {
 
@@ -32,62 +36,6 @@ SmtpJob smtpJobFor(Job& job) {
   j.size_hint = job.msg.content_size;
   return j;
 }
-
-// ---------------------------------------------------------------------------------------------
-// Body encoding.
-
-void SmtpBodyEncoder::feed(std::string_view in, std::string& out) {
-  size_t i = 0;
-  while (i < in.size()) {
-    char c = in[i];
-    if (pending_cr_) {
-      pending_cr_ = false;
-      endLine(out);
-      if (c == '\n') {
-        ++i;
-        continue;
-      }
-    }
-    if (c == '\r') {
-      pending_cr_ = true;
-      ++i;
-      continue;
-    }
-    if (c == '\n') {
-      endLine(out);
-      ++i;
-      continue;
-    }
-    size_t j = in.find_first_of("\r\n", i);
-    if (j == std::string_view::npos) j = in.size();
-    while (i < j) {
-      if (line_len_ == 0 && in[i] == '.') {
-        out += '.';
-        line_len_ = 1;
-      }
-      if (line_len_ >= kMaxLine) {
-        out += "\r\n ";
-        line_len_ = 1;
-      }
-      size_t n = std::min(j - i, kMaxLine - line_len_);
-      out.append(in.data() + i, n);
-      line_len_ += n;
-      i += n;
-    }
-  }
-}
-
-void SmtpBodyEncoder::finish(std::string& out) {
-  if (pending_cr_) {
-    pending_cr_ = false;
-    endLine(out);
-  } else if (line_len_ > 0) {
-    endLine(out);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The engine.
 
 namespace {
 
@@ -159,8 +107,11 @@ std::string orcptParam(std::string_view orcpt) {
 }  // namespace
 
 struct SmtpClient::Impl {
-  SmtpClient* self;
   Options opts;
+  // The session as the caller sees it (state(), failure(), greeting()).
+  State state = State::Greeting;
+  std::string failure;
+  std::string greeting;
 
   // One transaction. With Options::overlap two may be open: one waiting for its final dot's
   // reply, the next one already sent behind it.
@@ -179,8 +130,8 @@ struct SmtpClient::Impl {
 
   struct Expect {
     Cmd cmd;
-    Tx* tx;                      // Rset/Mail/Rcpt/Data/Dot
-    size_t pos;                  // Rcpt: position in job.rcpt_indexes
+    Tx* tx;                            // Rset/Mail/Rcpt/Data/Dot
+    size_t pos;                        // Rcpt: position in job.rcpt_indexes
     SteadyClock::time_point deadline;  // max(): the final dot has not gone out yet
   };
 
@@ -212,7 +163,7 @@ struct SmtpClient::Impl {
   SmtpBodyEncoder enc;
   SteadyClock::time_point last_progress;
 
-  Impl(SmtpClient* s, Options o) : self(s), opts(std::move(o)) {
+  explicit Impl(Options o) : opts(std::move(o)) {
     if (opts.max_output < kMinOutput) opts.max_output = kMinOutput;
   }
 
@@ -247,14 +198,16 @@ struct SmtpClient::Impl {
     expect.push_back(Expect{c, tx, pos, now + timeoutFor(c)});
   }
 
-  bool alive() const { return self->state_ != State::Failed && self->state_ != State::Closed; }
+  bool offers(std::string_view keyword) const { return caps.count(upper(keyword)) > 0; }
+
+  bool alive() const { return state != State::Failed && state != State::Closed; }
 
   // --- session end
 
   void fail(const std::string& why) {
     if (!alive()) return;
-    self->failure_ = why;
-    self->state_ = State::Failed;
+    failure = why;
+    state = State::Failed;
     out.clear();
     out_pos = 0;
     until_dot = 0;
@@ -277,7 +230,7 @@ struct SmtpClient::Impl {
   }
 
   void close() {
-    self->state_ = State::Closed;
+    state = State::Closed;
     expect.clear();
   }
 
@@ -322,10 +275,10 @@ struct SmtpClient::Impl {
   // Busy while a transaction needs the channel to itself; Ready when a new one may start (with
   // Options::overlap, already while the last one's final dot waits for its reply).
   void updateState(SteadyClock::time_point now) {
-    if (!alive() || self->state_ == State::Quitting || self->state_ == State::Greeting) return;
+    if (!alive() || state == State::Quitting || state == State::Greeting) return;
     for (const auto& t : txs) {
       if (!t->done && !(opts.overlap && pipelining && t->body_done)) {
-        self->state_ = State::Busy;
+        state = State::Busy;
         return;
       }
     }
@@ -333,26 +286,26 @@ struct SmtpClient::Impl {
   }
 
   void goReady(SteadyClock::time_point now) {
-    self->state_ = State::Ready;
+    state = State::Ready;
     if (quit_after) sendQuit(now);
   }
 
   void sendQuit(SteadyClock::time_point now) {
     quit_after = false;
     send(Cmd::Quit, "QUIT", now);
-    self->state_ = State::Quitting;
+    state = State::Quitting;
   }
 
   std::string mailCommand(const Tx& t) const {
     const Envelope& env = *t.job.env;
     std::string cmd = "MAIL FROM:<" + env.sender + ">";
-    if (self->offers("SIZE") && t.job.size_hint > 0) {
+    if (offers("SIZE") && t.job.size_hint > 0) {
       cmd += " SIZE=" + std::to_string(t.job.size_hint);
     }
     std::string body = upper(env.body);
-    if (self->offers("8BITMIME") && (body == "8BITMIME" || body == "7BIT")) cmd += " BODY=" + body;
-    if (self->offers("SMTPUTF8") && env.smtputf8) cmd += " SMTPUTF8";
-    if (self->offers("DSN")) {
+    if (offers("8BITMIME") && (body == "8BITMIME" || body == "7BIT")) cmd += " BODY=" + body;
+    if (offers("SMTPUTF8") && env.smtputf8) cmd += " SMTPUTF8";
+    if (offers("DSN")) {
       if (safeParam(env.ret)) cmd += " RET=" + upper(env.ret);
       if (!env.envid.empty()) cmd += " ENVID=" + xtext(env.envid);
     }
@@ -362,7 +315,7 @@ struct SmtpClient::Impl {
   std::string rcptCommand(const Tx& t, size_t pos) const {
     const SpoolRecipient& r = t.job.env->rcpts[t.job.rcpt_indexes[pos]];
     std::string cmd = "RCPT TO:<" + r.address + ">";
-    if (self->offers("DSN")) {
+    if (offers("DSN")) {
       if (safeParam(r.notify)) cmd += " NOTIFY=" + upper(r.notify);
       if (!r.orcpt.empty()) cmd += " ORCPT=" + orcptParam(r.orcpt);
     }
@@ -370,14 +323,14 @@ struct SmtpClient::Impl {
   }
 
   void start(SmtpJob j, SteadyClock::time_point now) {
-    if (self->state_ != State::Ready || j.env == nullptr || j.content == nullptr) {
+    if (state != State::Ready || j.env == nullptr || j.content == nullptr) {
       logf(LogLevel::Critical, "SmtpClient::start called in the wrong state or without a job");
       std::abort();
     }
     txs.push_back(std::make_unique<Tx>());
     Tx& t = *txs.back();
     t.job = std::move(j);
-    self->state_ = State::Busy;
+    state = State::Busy;
     t.rstate.assign(t.job.rcpt_indexes.size(), RcptState::Waiting);
     for (size_t i = 0; i < t.job.rcpt_indexes.size(); ++i) {
       if (t.job.rcpt_indexes[i] >= t.job.env->rcpts.size()) {
@@ -495,139 +448,164 @@ struct SmtpClient::Impl {
     handleReply(reply_code, now);
   }
 
+  // A complete reply: its code, class (2..5) and one-line form for results and logs.
+  struct Reply {
+    int code;
+    int cls;
+    std::string flat;
+  };
+
+  // Takes the expectation a reply answers and hands it to the step that awaits it.
   void handleReply(int code, SteadyClock::time_point now) {
-    std::string flat = flatten(code, reply_lines);
+    Reply r{code, code / 100, flatten(code, reply_lines)};
     if (expect.empty()) {
-      fail("unexpected reply from the far end: " + flat);
+      fail("unexpected reply from the far end: " + r.flat);
       return;
     }
     Expect e = expect.front();
     if (e.cmd == Cmd::Dot && !e.tx->dot_sent) {
       // A reply to a final dot that has not gone out yet: the far end is out of step.
-      fail("unexpected reply from the far end before the end of data: " + flat);
+      fail("unexpected reply from the far end before the end of data: " + r.flat);
       return;
     }
     expect.pop_front();
-    int cls = code / 100;
     switch (e.cmd) {
       case Cmd::Greeting:
-        greeted = true;
-        if (code != 220) {
-          fail("far end refused the session: " + flat);
-          return;
-        }
-        self->greeting_ = flat;
-        send(Cmd::Ehlo, "EHLO " + opts.helo_name, now);
-        return;
+        return onGreeting(r, now);
       case Cmd::Ehlo:
-        if (cls == 2) {
-          caps.clear();
-          for (size_t i = 1; i < reply_lines.size(); ++i) {
-            std::string_view l = reply_lines[i];
-            size_t sp = l.find(' ');
-            std::string kw = upper(l.substr(0, sp));
-            std::string params = sp == std::string_view::npos ? "" : std::string(l.substr(sp + 1));
-            if (!kw.empty()) caps[kw] = params;
-          }
-          pipelining = caps.count("PIPELINING") > 0;
-          goReady(now);
-        } else if (cls == 5) {
-          notes.push_back("EHLO rejected (" + flat + "), trying HELO");
-          send(Cmd::Helo, "HELO " + opts.helo_name, now);
-        } else {
-          fail("far end rejected EHLO: " + flat);
-        }
-        return;
+        return onEhlo(r, now);
       case Cmd::Helo:
-        if (cls != 2) {
-          fail("far end rejected HELO: " + flat);
-          return;
-        }
-        caps.clear();
-        pipelining = false;
-        goReady(now);
-        return;
+        return onHelo(r, now);
       case Cmd::Quit:
-        close();
-        return;
-      default:
-        break;
-    }
-    Tx& t = *e.tx;
-    switch (e.cmd) {
+        return close();
       case Cmd::Rset:
-        if (cls != 2) {
-          fail("far end rejected RSET: " + flat);
-          return;
-        }
-        if (!pipelining) send(Cmd::Mail, mailCommand(t), now, &t);
-        return;
+        return onRset(*e.tx, r, now);
       case Cmd::Mail:
-        if (cls == 2) {
-          if (!pipelining) sendNextRcptOrData(t, now);
-        } else if (cls == 4 || cls == 5) {
-          t.mail_failed = true;
-          applyToOpen(t, code, flat);
-          if (!pipelining) endTransaction(t, now);
-        } else {
-          fail("unexpected reply to MAIL FROM: " + flat);
-        }
-        return;
+        return onMail(*e.tx, r, now);
       case Cmd::Rcpt:
-        if (cls != 2 && cls != 4 && cls != 5) {
-          fail("unexpected reply to RCPT TO: " + flat);
-          return;
-        }
-        if (!t.mail_failed && t.rstate[e.pos] == RcptState::Waiting) {
-          if (cls == 2) {
-            t.rstate[e.pos] = RcptState::Accepted;
-            t.result.rcpts[e.pos].reply = flat;
-            ++t.accepted;
-          } else {
-            setRcpt(t, e.pos, cls == 5 ? Outcome::Failed : Outcome::Deferred, flat);
-          }
-        }
-        if (!pipelining) sendNextRcptOrData(t, now);
-        return;
+        return onRcpt(*e.tx, e.pos, r, now);
       case Cmd::Data:
-        if (t.mail_failed || t.accepted == 0) {
-          // Pipelined DATA after a refused MAIL or with no accepted recipient: the far end must
-          // refuse it (503/554). Anything else would make it wait for content nobody asked for.
-          if (cls == 4 || cls == 5) {
-            endTransaction(t, now);
-          } else {
-            fail("far end accepted DATA without a valid recipient: " + flat);
-          }
-          return;
-        }
-        if (code == 354) {
-          body_tx = &t;
-          enc = SmtpBodyEncoder{};
-          last_progress = now;
-          return;
-        }
-        if (cls == 4 || cls == 5) {
-          applyToOpen(t, code, flat);
-          endTransaction(t, now);
-        } else {
-          fail("unexpected reply to DATA: " + flat);
-        }
-        return;
+        return onData(*e.tx, r, now);
       case Cmd::Dot:
-        if (cls == 2) {
-          for (size_t i = 0; i < t.rstate.size(); ++i) {
-            if (t.rstate[i] == RcptState::Accepted) setRcpt(t, i, Outcome::Delivered, flat);
-          }
-          endTransaction(t, now);
-        } else if (cls == 4 || cls == 5) {
-          applyToOpen(t, code, flat);
-          endTransaction(t, now);
-        } else {
-          fail("unexpected reply to end of data: " + flat);
-        }
-        return;
-      default:
-        return;
+        return onDot(*e.tx, r, now);
+    }
+  }
+
+  void onGreeting(const Reply& r, SteadyClock::time_point now) {
+    greeted = true;
+    if (r.code != 220) {
+      fail("far end refused the session: " + r.flat);
+      return;
+    }
+    greeting = r.flat;
+    send(Cmd::Ehlo, "EHLO " + opts.helo_name, now);
+  }
+
+  // 2xx: the capabilities (one keyword per line after the first); 5xx: HELO instead.
+  void onEhlo(const Reply& r, SteadyClock::time_point now) {
+    if (r.cls == 2) {
+      caps.clear();
+      for (size_t i = 1; i < reply_lines.size(); ++i) {
+        std::string_view l = reply_lines[i];
+        size_t sp = l.find(' ');
+        std::string kw = upper(l.substr(0, sp));
+        std::string params = sp == std::string_view::npos ? "" : std::string(l.substr(sp + 1));
+        if (!kw.empty()) caps[kw] = params;
+      }
+      pipelining = caps.count("PIPELINING") > 0;
+      goReady(now);
+    } else if (r.cls == 5) {
+      notes.push_back("EHLO rejected (" + r.flat + "), trying HELO");
+      send(Cmd::Helo, "HELO " + opts.helo_name, now);
+    } else {
+      fail("far end rejected EHLO: " + r.flat);
+    }
+  }
+
+  void onHelo(const Reply& r, SteadyClock::time_point now) {
+    if (r.cls != 2) {
+      fail("far end rejected HELO: " + r.flat);
+      return;
+    }
+    caps.clear();
+    pipelining = false;
+    goReady(now);
+  }
+
+  void onRset(Tx& t, const Reply& r, SteadyClock::time_point now) {
+    if (r.cls != 2) {
+      fail("far end rejected RSET: " + r.flat);
+      return;
+    }
+    if (!pipelining) send(Cmd::Mail, mailCommand(t), now, &t);
+  }
+
+  void onMail(Tx& t, const Reply& r, SteadyClock::time_point now) {
+    if (r.cls == 2) {
+      if (!pipelining) sendNextRcptOrData(t, now);
+    } else if (r.cls == 4 || r.cls == 5) {
+      t.mail_failed = true;
+      applyToOpen(t, r.code, r.flat);
+      if (!pipelining) endTransaction(t, now);
+    } else {
+      fail("unexpected reply to MAIL FROM: " + r.flat);
+    }
+  }
+
+  // The reply to the RCPT of t.job.rcpt_indexes[pos].
+  void onRcpt(Tx& t, size_t pos, const Reply& r, SteadyClock::time_point now) {
+    if (r.cls != 2 && r.cls != 4 && r.cls != 5) {
+      fail("unexpected reply to RCPT TO: " + r.flat);
+      return;
+    }
+    if (!t.mail_failed && t.rstate[pos] == RcptState::Waiting) {
+      if (r.cls == 2) {
+        t.rstate[pos] = RcptState::Accepted;
+        t.result.rcpts[pos].reply = r.flat;
+        ++t.accepted;
+      } else {
+        setRcpt(t, pos, r.cls == 5 ? Outcome::Failed : Outcome::Deferred, r.flat);
+      }
+    }
+    if (!pipelining) sendNextRcptOrData(t, now);
+  }
+
+  void onData(Tx& t, const Reply& r, SteadyClock::time_point now) {
+    if (t.mail_failed || t.accepted == 0) {
+      // Pipelined DATA after a refused MAIL or with no accepted recipient: the far end must
+      // refuse it (503/554). Anything else would make it wait for content nobody asked for.
+      if (r.cls == 4 || r.cls == 5) {
+        endTransaction(t, now);
+      } else {
+        fail("far end accepted DATA without a valid recipient: " + r.flat);
+      }
+      return;
+    }
+    if (r.code == 354) {
+      body_tx = &t;
+      enc = SmtpBodyEncoder{};
+      last_progress = now;
+      return;
+    }
+    if (r.cls == 4 || r.cls == 5) {
+      applyToOpen(t, r.code, r.flat);
+      endTransaction(t, now);
+    } else {
+      fail("unexpected reply to DATA: " + r.flat);
+    }
+  }
+
+  void onDot(Tx& t, const Reply& r, SteadyClock::time_point now) {
+    if (r.cls == 2) {
+      for (size_t i = 0; i < t.rstate.size(); ++i) {
+        if (t.rstate[i] == RcptState::Accepted) setRcpt(t, i, Outcome::Delivered, r.flat);
+      }
+      endTransaction(t, now);
+    } else if (r.cls == 4 || r.cls == 5) {
+      applyToOpen(t, r.code, r.flat);
+      endTransaction(t, now);
+    } else {
+      fail("unexpected reply to end of data: " + r.flat);
     }
   }
 
@@ -684,120 +662,169 @@ struct SmtpClient::Impl {
     }
     dot_tx = nullptr;
   }
+  // --- the calls of the facade
+
+  void onInput(std::string_view bytes, SteadyClock::time_point now) {
+    if (!alive()) return;
+    in.append(bytes);
+    size_t start = 0;
+    for (;;) {
+      size_t nl = in.find('\n', start);
+      if (nl == std::string::npos) break;
+      std::string_view line(in.data() + start, nl - start);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      start = nl + 1;
+      handleLine(line, now);
+      if (!alive()) {
+        in.clear();
+        return;
+      }
+    }
+    in.erase(0, start);
+    if (in.size() > kMaxInputLine) {
+      fail("reply line too long from the far end");
+      in.clear();
+    }
+  }
+
+  void onEof(SteadyClock::time_point /*now*/) {
+    if (state == State::Quitting && !pendingTransactions()) {
+      close();
+      return;
+    }
+    if (!alive()) return;
+    fail("lost connection with the far end while " + where());
+  }
+
+  std::string_view output() {
+    if (body_tx != nullptr && alive()) fillBody(last_progress);
+    return std::string_view(out).substr(out_pos);
+  }
+
+  void consumed(size_t n, SteadyClock::time_point now) {
+    if (n > out.size() - out_pos) {
+      logf(LogLevel::Critical, "SmtpClient::consumed(%zu) beyond the %zu bytes handed out", n,
+           out.size() - out_pos);
+      std::abort();
+    }
+    out_pos += n;
+    if (n > 0) last_progress = now;
+    if (until_dot > 0) {
+      until_dot -= std::min(n, until_dot);
+      if (until_dot == 0 && dot_tx != nullptr) dotSent(now);
+    }
+    if (out_pos == out.size()) {
+      out.clear();
+      out_pos = 0;
+    }
+  }
+
+  bool wantsToWrite() const {
+    if (out_pos < out.size()) return true;
+    return alive() && body_tx != nullptr;
+  }
+
+  std::optional<SteadyClock::time_point> deadline() const {
+    if (!alive()) return std::nullopt;
+    // While content (or its final dot) is still going out, the channel must keep taking it.
+    if (body_tx != nullptr || dot_tx != nullptr) return last_progress + opts.timeouts.block;
+    if (!expect.empty()) return expect.front().deadline;
+    return std::nullopt;
+  }
+
+  void onTimeout(SteadyClock::time_point now) {
+    auto d = deadline();
+    if (!d || now < *d) return;
+    if (state == State::Quitting && !pendingTransactions()) {
+      close();
+      return;
+    }
+    fail("conversation with the far end timed out while " + where());
+  }
+
+  std::optional<TransactionResult> takeResult() {
+    if (ready.empty()) return std::nullopt;
+    std::optional<TransactionResult> r = std::move(ready.front());
+    ready.pop_front();
+    return r;
+  }
+
+  void quit(SteadyClock::time_point now) {
+    switch (state) {
+      case State::Ready:
+        sendQuit(now);
+        break;
+      case State::Busy:
+        quit_after = true;
+        break;
+      case State::Greeting:
+        if (greeted) {
+          quit_after = true;
+        } else {
+          close();  // nothing was said yet, and nothing may be said before the greeting
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  std::vector<std::string> takeNotes() {
+    std::vector<std::string> n;
+    n.swap(notes);
+    return n;
+  }
 };
 
 SmtpClient::SmtpClient(Options opts, SteadyClock::time_point now)
-    : impl_(std::make_unique<Impl>(this, std::move(opts))) {
+    : impl_(std::make_unique<Impl>(std::move(opts))) {
   impl_->expect.push_back(
       Impl::Expect{Cmd::Greeting, nullptr, 0, now + impl_->opts.timeouts.greeting});
 }
 
 SmtpClient::~SmtpClient() = default;
+SmtpClient::SmtpClient(SmtpClient&& other) noexcept = default;
+SmtpClient& SmtpClient::operator=(SmtpClient&& other) noexcept = default;
 
-SmtpClient::SmtpClient(SmtpClient&& other) noexcept
-    : impl_(std::move(other.impl_)),
-      state_(other.state_),
-      failure_(std::move(other.failure_)),
-      greeting_(std::move(other.greeting_)) {
-  if (impl_) impl_->self = this;
+SmtpClient::State SmtpClient::state() const {
+  return impl_->state;
 }
-
-SmtpClient& SmtpClient::operator=(SmtpClient&& other) noexcept {
-  impl_ = std::move(other.impl_);
-  state_ = other.state_;
-  failure_ = std::move(other.failure_);
-  greeting_ = std::move(other.greeting_);
-  if (impl_) impl_->self = this;
-  return *this;
+const std::string& SmtpClient::failure() const {
+  return impl_->failure;
 }
-
+const std::string& SmtpClient::greeting() const {
+  return impl_->greeting;
+}
 bool SmtpClient::offers(std::string_view keyword) const {
-  return impl_->caps.count(upper(keyword)) > 0;
+  return impl_->offers(keyword);
 }
 
 void SmtpClient::onInput(std::string_view bytes, SteadyClock::time_point now) {
-  Impl& m = *impl_;
-  if (!m.alive()) return;
-  m.in.append(bytes);
-  size_t start = 0;
-  for (;;) {
-    size_t nl = m.in.find('\n', start);
-    if (nl == std::string::npos) break;
-    std::string_view line(m.in.data() + start, nl - start);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    start = nl + 1;
-    m.handleLine(line, now);
-    if (!m.alive()) {
-      m.in.clear();
-      return;
-    }
-  }
-  m.in.erase(0, start);
-  if (m.in.size() > kMaxInputLine) {
-    m.fail("reply line too long from the far end");
-    m.in.clear();
-  }
+  impl_->onInput(bytes, now);
 }
 
-void SmtpClient::onEof(SteadyClock::time_point /*now*/) {
-  Impl& m = *impl_;
-  if (state_ == State::Quitting && !m.pendingTransactions()) {
-    m.close();
-    return;
-  }
-  if (!m.alive()) return;
-  m.fail("lost connection with the far end while " + m.where());
+void SmtpClient::onEof(SteadyClock::time_point now) {
+  impl_->onEof(now);
 }
 
 std::string_view SmtpClient::output() {
-  Impl& m = *impl_;
-  if (m.body_tx != nullptr && m.alive()) m.fillBody(m.last_progress);
-  return std::string_view(m.out).substr(m.out_pos);
+  return impl_->output();
 }
 
 void SmtpClient::consumed(size_t n, SteadyClock::time_point now) {
-  Impl& m = *impl_;
-  if (n > m.out.size() - m.out_pos) {
-    logf(LogLevel::Critical, "SmtpClient::consumed(%zu) beyond the %zu bytes handed out", n,
-         m.out.size() - m.out_pos);
-    std::abort();
-  }
-  m.out_pos += n;
-  if (n > 0) m.last_progress = now;
-  if (m.until_dot > 0) {
-    m.until_dot -= std::min(n, m.until_dot);
-    if (m.until_dot == 0 && m.dot_tx != nullptr) m.dotSent(now);
-  }
-  if (m.out_pos == m.out.size()) {
-    m.out.clear();
-    m.out_pos = 0;
-  }
+  impl_->consumed(n, now);
 }
 
 bool SmtpClient::wantsToWrite() const {
-  const Impl& m = *impl_;
-  if (m.out_pos < m.out.size()) return true;
-  return m.alive() && m.body_tx != nullptr;
+  return impl_->wantsToWrite();
 }
 
 std::optional<SteadyClock::time_point> SmtpClient::deadline() const {
-  const Impl& m = *impl_;
-  if (!m.alive()) return std::nullopt;
-  // While content (or its final dot) is still going out, the channel must keep taking it.
-  if (m.body_tx != nullptr || m.dot_tx != nullptr) return m.last_progress + m.opts.timeouts.block;
-  if (!m.expect.empty()) return m.expect.front().deadline;
-  return std::nullopt;
+  return impl_->deadline();
 }
 
 void SmtpClient::onTimeout(SteadyClock::time_point now) {
-  Impl& m = *impl_;
-  auto d = deadline();
-  if (!d || now < *d) return;
-  if (state_ == State::Quitting && !m.pendingTransactions()) {
-    m.close();
-    return;
-  }
-  m.fail("conversation with the far end timed out while " + m.where());
+  impl_->onTimeout(now);
 }
 
 void SmtpClient::start(SmtpJob job, SteadyClock::time_point now) {
@@ -805,38 +832,15 @@ void SmtpClient::start(SmtpJob job, SteadyClock::time_point now) {
 }
 
 std::optional<TransactionResult> SmtpClient::takeResult() {
-  Impl& m = *impl_;
-  if (m.ready.empty()) return std::nullopt;
-  std::optional<TransactionResult> r = std::move(m.ready.front());
-  m.ready.pop_front();
-  return r;
+  return impl_->takeResult();
 }
 
 void SmtpClient::quit(SteadyClock::time_point now) {
-  Impl& m = *impl_;
-  switch (state_) {
-    case State::Ready:
-      m.sendQuit(now);
-      break;
-    case State::Busy:
-      m.quit_after = true;
-      break;
-    case State::Greeting:
-      if (m.greeted) {
-        m.quit_after = true;
-      } else {
-        m.close();  // nothing was said yet, and nothing may be said before the greeting
-      }
-      break;
-    default:
-      break;
-  }
+  impl_->quit(now);
 }
 
 std::vector<std::string> SmtpClient::takeNotes() {
-  std::vector<std::string> n;
-  n.swap(impl_->notes);
-  return n;
+  return impl_->takeNotes();
 }
 
 }  // namespace dynmx::tunneld

@@ -42,7 +42,6 @@
 
 namespace dynmx::tunneld {
 
-
 struct SmtpTimeouts {
   std::chrono::seconds greeting{300}, ehlo{300}, mail{300}, rcpt{300}, data{120}, block{180},
       final_dot{600}, rset{120}, quit{60};
@@ -89,10 +88,10 @@ class SmtpClient {
   SmtpClient(const SmtpClient&) = delete;
   SmtpClient& operator=(const SmtpClient&) = delete;
 
-  State state() const { return state_; }
-  const std::string& failure() const { return failure_; }
+  State state() const;
+  const std::string& failure() const;
   // The server's greeting and EHLO capabilities, once known (for status and logs).
-  const std::string& greeting() const { return greeting_; }
+  const std::string& greeting() const;
   bool offers(std::string_view keyword) const;
 
   // Bytes that arrived from the far end.
@@ -120,10 +119,7 @@ class SmtpClient {
 
  private:
   struct Impl;
-  std::unique_ptr<Impl> impl_;
-  State state_ = State::Greeting;
-  std::string failure_;
-  std::string greeting_;
+  std::unique_ptr<Impl> impl_;  // all of the session's state
 };
 
 }  // namespace dynmx::tunneld
