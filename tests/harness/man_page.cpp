@@ -12,7 +12,8 @@ namespace {
 
 std::string unroff(const std::string& line) {
   static const std::pair<const char*, const char*> kEscapes[] = {
-      {"\\-", "-"}, {"\\(aq", "'"}, {"\\(lq", "\""}, {"\\(rq", "\""}, {"\\e", "\\"}, {"\\&", ""}};
+      {"\\-", "-"},    {"\\(aq", "'"}, {"\\(ga", "`"}, {"\\(lq", "\""},
+      {"\\(rq", "\""}, {"\\e", "\\"},  {"\\&", ""}};
   std::string out;
   for (size_t i = 0; i < line.size();) {
     bool done = false;

@@ -224,6 +224,11 @@ TestPostfix::TestPostfix(std::string dir, PostfixPackage pkg, TestPostfixOptions
     if (ec) throw std::runtime_error("mkdir " + d + ": " + ec.message());
     chmod(d.c_str(), 0755);
   }
+  // Ready for postmap and friends before start().
+  port_ = freePort();
+  copyCommands();
+  writeFile(confDir() + "/main.cf", mainCf());
+  writeFile(confDir() + "/master.cf", masterCf());
 }
 
 TestPostfix::~TestPostfix() {
@@ -265,9 +270,13 @@ std::string TestPostfix::mainCf() const {
     << "alias_maps =\nalias_database =\nbiff = no\n"
     << "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\n"
     << "smtp_host_lookup = native\nsmtp_dns_support_level = disabled\n"
-    << "relay_domains =";
-  for (const std::string& d : opts_.relay_domains) o << " " << d;
-  o << "\n" << opts_.main_cf;
+    << "smtpd_banner = $myhostname ESMTP (dynmx test instance)\n";
+  if (!opts_.relay_domains.empty()) {
+    o << "relay_domains =";
+    for (const std::string& d : opts_.relay_domains) o << " " << d;
+    o << "\n";
+  }
+  o << opts_.main_cf;
   return o.str();
 }
 
@@ -301,10 +310,6 @@ std::string TestPostfix::masterCf() const {
 }
 
 void TestPostfix::start() {
-  port_ = freePort();
-  writeFile(confDir() + "/main.cf", mainCf());
-  writeFile(confDir() + "/master.cf", masterCf());
-  copyCommands();
   std::string out;
   if (run({"postfix", "-c", confDir(), "set-permissions"}, &out) != 0) {
     throw std::runtime_error("postfix set-permissions failed: " + out + "\nlog:\n" + log());

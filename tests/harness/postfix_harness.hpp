@@ -65,13 +65,14 @@ struct PostfixQueued {
 
 class TestPostfix {
  public:
-  // Everything lives under `dir` (created): conf/, queue/, data/, maillog.
+  // Everything lives under `dir` (created): conf/, queue/, data/, sbin/, maillog. The port is
+  // chosen and main.cf and master.cf are written here, so that postmap can run before start().
   TestPostfix(std::string dir, PostfixPackage pkg, TestPostfixOptions opts = {});
   ~TestPostfix();
   TestPostfix(const TestPostfix&) = delete;
   TestPostfix& operator=(const TestPostfix&) = delete;
 
-  // Writes main.cf and master.cf (picking the port), sets permissions, starts the master and
+  // Sets permissions, starts the master and
   // waits until the smtpd accepts connections (or, without an smtpd, until the master logged
   // that it started).
   void start();
