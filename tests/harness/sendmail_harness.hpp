@@ -93,8 +93,9 @@ struct TestSendmailOptions {
   std::string milter_flags = "F=T";  // as in INPUT_MAIL_FILTER
   std::string milter_timeouts = "S:10s;R:10s;E:1m";
   std::vector<std::string> relay_domains;  // RELAY_DOMAIN(...): the client domains
-  std::string extra_mc;                    // more .mc lines
-  std::string delivery_mode = "-odq";      // "-odq": queue only; "-odb": deliver in background
+  std::string extra_mc;                    // more .mc lines, before the MAILER lines
+  std::string tail_mc;                 // .mc lines after MAILER(`smtp'), e.g. MAILER_DEFINITIONS
+  std::string delivery_mode = "-odq";  // "-odq": queue only; "-odb": deliver in background
 };
 
 struct QueuedMessage {
