@@ -193,7 +193,12 @@ int runWithEnv(const std::vector<std::string>& argv, const std::vector<std::stri
 
 std::optional<PostfixPackage> postfixPackage(std::string* why) {
   static std::mutex mu;
+  static std::optional<std::string> failed;  // one failed download per process is enough
   std::lock_guard<std::mutex> guard(mu);
+  if (failed) {
+    if (why) *why = *failed;
+    return std::nullopt;
+  }
   const std::string cache = cacheDir();
   try {
     std::error_code ec;
@@ -209,7 +214,8 @@ std::optional<PostfixPackage> postfixPackage(std::string* why) {
     }
     return pkg;
   } catch (const std::exception& e) {
-    if (why) *why = "Debian's postfix package cannot be had in " + cache + ": " + e.what();
+    failed = "Debian's postfix package cannot be had in " + cache + ": " + e.what();
+    if (why) *why = *failed;
     return std::nullopt;
   }
 }
