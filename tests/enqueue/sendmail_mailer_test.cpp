@@ -111,9 +111,10 @@ class SendmailMailerTest : public ::testing::Test {
     if (HasFailure()) std::fprintf(stderr, "--- last queue run:\n%s\n", queue_run_.c_str());
   }
 
-  void send(const std::vector<std::string>& rcpts, const std::string& content = kContent) {
+  void send(const std::vector<std::string>& rcpts, const std::string& content = kContent,
+            const std::string& from = "sender@x.example") {
     SmtpSession smtp(sendmail_->port());
-    SmtpReply r = smtp.sendMail("sender@x.example", rcpts, content);
+    SmtpReply r = smtp.sendMail(from, rcpts, content);
     ASSERT_EQ(r.code, 250) << r.text;
     smtp.quit();
   }
@@ -225,6 +226,31 @@ TEST_F(SendmailMailerTest, RecipientOfNoClientBouncesToTheSender) {
       EXPECT_FALSE(contains(r, "unclaimed.example")) << "67 does not keep the message queued";
     }
   }
+}
+
+TEST_F(SendmailMailerTest, OversizeMessageBouncesToTheSender) {
+  dynmx_->options().max_message_size = "200";
+  dynmx_->writeConfig();
+  send({"bob@home.example.org"}, kContent + std::string(1000, 'x') + "\r\n");
+  runQueue();
+  EXPECT_TRUE(spool().list(QueueState::Incoming).empty());
+  EXPECT_TRUE(contains(queue_run_, "\nData format error")) << queue_run_;
+  EXPECT_TRUE(contains(queue_run_, "<sender@x.example>... ")) << "65: a bounce\n" << queue_run_;
+  for (const QueuedMessage& q : sendmail_->queue()) {
+    for (const std::string& r : q.recipients) {
+      EXPECT_FALSE(contains(r, "bob@home.example.org")) << "65 does not keep the message queued";
+    }
+  }
+}
+
+TEST_F(SendmailMailerTest, NullSenderArrivesAsTheNullSender) {
+  send({"bob@home.example.org"}, kContent, "");
+  runQueue();
+  auto ids = spool().list(QueueState::Incoming);
+  ASSERT_EQ(ids.size(), 1u) << queue_run_;
+  auto m = spool().load(QueueState::Incoming, ids[0]);
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_EQ(m->env.sender, "") << "$g of a bounce is the null sender, not MAILER-DAEMON";
 }
 
 }  // namespace
