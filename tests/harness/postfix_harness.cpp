@@ -287,29 +287,32 @@ std::string TestPostfix::mainCf() const {
 }
 
 std::string TestPostfix::masterCf() const {
+  // Columns: service type private unpriv chroot wakeup maxproc command. The chroot column is
+  // Debian's (y for all but proxymap, local and postlog) when opts_.chroot is set.
+  const std::string y = opts_.chroot ? "y" : "n";
   std::ostringstream o;
-  o << "# written by the dynmx test harness: no chroot, private instance\n";
-  if (opts_.smtpd) o << "127.0.0.1:" << port_ << " inet n - n - - smtpd\n";
-  o << "pickup    unix  n - n 60 1 pickup\n"
-    << "cleanup   unix  n - n - 0 cleanup\n"
-    << "rewrite   unix  - - n - - trivial-rewrite\n"
-    << "bounce    unix  - - n - 0 bounce\n"
-    << "defer     unix  - - n - 0 bounce\n"
-    << "trace     unix  - - n - 0 bounce\n"
-    << "verify    unix  - - n - 1 verify\n"
-    << "flush     unix  n - n 1000? 0 flush\n"
+  o << "# written by the dynmx test harness: private instance\n";
+  if (opts_.smtpd) o << "127.0.0.1:" << port_ << " inet n - " << y << " - - smtpd\n";
+  o << "pickup    unix  n - " << y << " 60 1 pickup\n"
+    << "cleanup   unix  n - " << y << " - 0 cleanup\n"
+    << "rewrite   unix  - - " << y << " - - trivial-rewrite\n"
+    << "bounce    unix  - - " << y << " - 0 bounce\n"
+    << "defer     unix  - - " << y << " - 0 bounce\n"
+    << "trace     unix  - - " << y << " - 0 bounce\n"
+    << "verify    unix  - - " << y << " - 1 verify\n"
+    << "flush     unix  n - " << y << " 1000? 0 flush\n"
     << "proxymap  unix  - - n - - proxymap\n"
-    << "showq     unix  n - n - - showq\n"
-    << "error     unix  - - n - - error\n"
-    << "retry     unix  - - n - - error\n"
-    << "discard   unix  - - n - - discard\n"
-    << "anvil     unix  - - n - 1 anvil\n"
-    << "scache    unix  - - n - 1 scache\n"
+    << "showq     unix  n - " << y << " - - showq\n"
+    << "error     unix  - - " << y << " - - error\n"
+    << "retry     unix  - - " << y << " - - error\n"
+    << "discard   unix  - - " << y << " - - discard\n"
+    << "anvil     unix  - - " << y << " - 1 anvil\n"
+    << "scache    unix  - - " << y << " - 1 scache\n"
     << "postlog   unix-dgram n - n - 1 postlogd\n";
   if (opts_.deliver) {
-    o << "qmgr      unix  n - n 300 1 qmgr\n"
-      << "smtp      unix  - - n - - smtp\n"
-      << "relay     unix  - - n - - smtp\n";
+    o << "qmgr      unix  n - " << y << " 300 1 qmgr\n"
+      << "smtp      unix  - - " << y << " - - smtp\n"
+      << "relay     unix  - - " << y << " - - smtp\n";
   }
   o << opts_.master_cf;
   return o.str();

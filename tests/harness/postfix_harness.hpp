@@ -49,7 +49,10 @@ struct TestPostfixOptions {
   // Start the queue manager and delivery agents. Without it, accepted mail stays in incoming/,
   // where queue() reads it: what the MTA kept is visible and nothing leaves.
   bool deliver = false;
-  bool smtpd = true;      // an smtpd on 127.0.0.1:port()
+  bool smtpd = true;  // an smtpd on 127.0.0.1:port()
+  // Run the services Debian's master.cf runs chrooted (smtpd, cleanup, pickup, qmgr...) chrooted
+  // in the queue directory, as Debian does.
+  bool chroot = false;
   std::string main_cf;    // more main.cf lines (after ours: a later line wins)
   std::string master_cf;  // more master.cf lines
 };

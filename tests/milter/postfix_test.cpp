@@ -223,5 +223,92 @@ TEST_F(PostfixMilterTest, LocalSubmissionIsCapturedThroughNonSmtpdMilters) {
   EXPECT_EQ(queued[0].recipients, std::vector<std::string>{"carol@other.example"});
 }
 
+// Debian's default master.cf: smtpd and cleanup chrooted in the queue directory. The page's
+// second set of main.cf lines names the socket relative to the queue directory, with the socket
+// inside it (dynmx/milter.sock), as its dynmx.toml lines say.
+class PostfixChrootMilterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    auto pkg = postfixPackage(&why);
+    if (!pkg) GTEST_SKIP() << why;
+    TestPostfixOptions po;
+    po.chroot = true;
+    po.relay_domains = {"alpha.example", "other.example"};
+    po.main_cf = joinReplacing(manPageExample("dynmx-milter.8", ".SS Postfix", 2));
+    postfix_ = std::make_unique<TestPostfix>(tmp_.path() + "/postfix", *pkg, po);
+    std::string toml = joinReplacing(manPageExample("dynmx-milter.8", ".SS Postfix", 1));
+    ASSERT_NE(toml.find("socket = \"unix:/var/spool/postfix/dynmx/milter.sock\""),
+              std::string::npos)
+        << toml;
+    const std::string sockdir = postfix_->queueDir() + "/dynmx";
+    ASSERT_EQ(mkdir(sockdir.c_str(), 0755), 0);
+    TestMilterOptions mo;
+    mo.socket_path = sockdir + "/milter.sock";  // /var/spool/postfix/dynmx/milter.sock here
+    mo.socket_group = "mail";                   // "postfix" in a real install
+    milter_ = std::make_unique<TestMilter>(tmp_.path() + "/milter", mo);
+    milter_->start();
+    postfix_->start();
+  }
+  void TearDown() override {
+    if (postfix_) postfix_->stop();
+    if (milter_) milter_->stop();
+    if (HasFailure() && milter_ && postfix_) {
+      std::fprintf(stderr, "--- dynmx-milter log:\n%s\n--- Postfix log:\n%s\n",
+                   milter_->log().c_str(), postfix_->log().c_str());
+    }
+  }
+
+  TempDir tmp_{"dynmx-postfix-chroot"};
+  std::unique_ptr<TestMilter> milter_;
+  std::unique_ptr<TestPostfix> postfix_;
+};
+
+TEST_F(PostfixChrootMilterTest, ChrootedSmtpdAndCleanupReachTheMilterInsideTheQueueDirectory) {
+  std::string master_cf = readFile(postfix_->confDir() + "/master.cf");
+  ASSERT_NE(master_cf.find(" inet n - y - - smtpd\n"), std::string::npos) << master_cf;
+  ASSERT_NE(master_cf.find("cleanup   unix  n - y - 0 cleanup\n"), std::string::npos);
+
+  SmtpSession smtp(postfix_->port());
+  SmtpReply r =
+      smtp.sendMail("sender@x.example", {"bob@alpha.example", "carol@other.example"}, kContent);
+  ASSERT_EQ(r.code, 250) << r.text;
+  smtp.quit();
+  Spool spool(milter_->spoolDir());
+  ASSERT_EQ(spool.list(QueueState::Incoming).size(), 1u);
+  auto queued = postfix_->queue();
+  ASSERT_EQ(queued.size(), 1u);
+  EXPECT_EQ(queued[0].recipients, std::vector<std::string>{"carol@other.example"});
+  // The smtpd that took it (idle now, waiting for the next connection) is chrooted.
+  bool seen = false;
+  for (pid_t p : descendants(postfix_->pid())) {
+    std::string proc = "/proc/" + std::to_string(p);
+    if (readFile(proc + "/comm") != "smtpd\n") continue;
+    char root[4096] = {};
+    ASSERT_GT(readlink((proc + "/root").c_str(), root, sizeof root - 1), 0);
+    EXPECT_EQ(std::string(root), postfix_->queueDir());
+    seen = true;
+  }
+  EXPECT_TRUE(seen) << "no smtpd process";
+
+  // A local submission goes through the chrooted cleanup and non_smtpd_milters.
+  std::string out;
+  ASSERT_EQ(postfix_->run({"sendmail", "-f", "sender@x.example", "--", "alice@alpha.example"}, &out,
+                          "Subject: local, chrooted\n\nhello\n"),
+            0)
+      << out;
+  EXPECT_TRUE(waitFor([&] { return spool.list(QueueState::Incoming).size() == 2; }))
+      << postfix_->log();
+}
+
+TEST_F(PostfixChrootMilterTest, MilterDownMeansPostfixTempfails) {
+  milter_->stop();
+  SmtpSession smtp(postfix_->port());
+  SmtpReply r = smtp.sendMail("sender@x.example", {"bob@alpha.example"}, kContent);
+  EXPECT_EQ(r.code, 451) << r.text;
+  smtp.quit();
+  EXPECT_TRUE(postfix_->queue().empty());
+}
+
 }  // namespace
 }  // namespace dynmx::test
