@@ -40,3 +40,9 @@ if ((${#missing[@]})); then
 fi
 # sshd wants its privilege-separation directory; sendmail warns without host_status.
 mkdir -p /run/sshd /var/lib/sendmail/host_status 2>/dev/null || true
+# The Postfix tests run Debian's postfix package unpacked (it conflicts with sendmail-bin, so it
+# is never installed): they download it with `apt-get download postfix` into
+# /var/cache/dynmx-tests/postfix on first use. Make sure apt knows where to find it.
+if [ "$(id -u)" -eq 0 ] && ! apt-cache show postfix >/dev/null 2>&1; then
+  apt-get update -q
+fi

@@ -199,7 +199,7 @@ void TestSendmail::start() {
     if (!opts_.milter_timeouts.empty()) mc << ", T=" << opts_.milter_timeouts;
     mc << "')dnl\n";
   }
-  mc << opts_.extra_mc << "MAILER(`local')dnl\nMAILER(`smtp')dnl\n";
+  mc << opts_.extra_mc << "MAILER(`local')dnl\nMAILER(`smtp')dnl\n" << opts_.tail_mc;
   writeFile(dir_ + "/sendmail.mc", mc.str());
   std::string cf;
   if (runCommand({"/usr/bin/m4", dir_ + "/sendmail.mc"}, &cf) != 0 || cf.empty()) {

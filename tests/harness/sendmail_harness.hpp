@@ -42,6 +42,7 @@ struct TestMilterOptions {
   std::string socket_group;      // milter.socket_group; empty: not written
   std::string user;              // milter.user; empty: not written
   std::string program;           // empty: <bin>/dynmx-milter
+  std::string socket_path;       // empty: milter.sock in a private directory under /run
   std::string extra_toml;        // appended before the clients, e.g. a [tunneld] table, so that
                                  // one file serves the milter and dynmx-tunneld in a test
 };
@@ -67,7 +68,9 @@ class TestMilter {
   const std::string& dir() const { return dir_; }
   std::string configPath() const { return dir_ + "/dynmx.toml"; }
   std::string spoolDir() const { return dir_ + "/spool"; }
-  std::string socketPath() const { return sockdir_ + "/milter.sock"; }
+  std::string socketPath() const {
+    return opts_.socket_path.empty() ? sockdir_ + "/milter.sock" : opts_.socket_path;
+  }
   std::string socketSpec() const { return "unix:" + socketPath(); }
   std::string logPath() const { return dir_ + "/milter.log"; }
   std::string log() const;
@@ -93,8 +96,9 @@ struct TestSendmailOptions {
   std::string milter_flags = "F=T";  // as in INPUT_MAIL_FILTER
   std::string milter_timeouts = "S:10s;R:10s;E:1m";
   std::vector<std::string> relay_domains;  // RELAY_DOMAIN(...): the client domains
-  std::string extra_mc;                    // more .mc lines
-  std::string delivery_mode = "-odq";      // "-odq": queue only; "-odb": deliver in background
+  std::string extra_mc;                    // more .mc lines, before the MAILER lines
+  std::string tail_mc;                 // .mc lines after MAILER(`smtp'), e.g. MAILER_DEFINITIONS
+  std::string delivery_mode = "-odq";  // "-odq": queue only; "-odb": deliver in background
 };
 
 struct QueuedMessage {
