@@ -681,8 +681,10 @@ Status Spool::prepareExisting() {
   if (::stat(dir_.c_str(), &sb) != 0) {
     Error e = sysError(errno, "spool directory " + dir_);
     if (e.code == ENOENT)
-      e.message += "; create it, owned by the user the dynmx programs run as: install -d -o dynmx"
-                   " -g dynmx -m 0700 " + dir_ + " (the Debian package does this)";
+      e.message +=
+          "; create it, owned by the user the dynmx programs run as: install -d -o dynmx"
+          " -g dynmx -m 0700 " +
+          dir_ + " (the Debian package does this)";
     return e;
   }
   if (!S_ISDIR(sb.st_mode)) return Error{ENOTDIR, "spool directory " + dir_ + ": not a directory"};
@@ -696,8 +698,9 @@ Status Spool::prepareExisting() {
       dirs += " " + stateDir(s);
     Error e = st.error();
     e.message += "; running as " + userName(::geteuid()) + ", but the spool belongs to " + owner +
-                 ": run this program as " + owner + ", or create the state directories as root:" +
-                 " install -d -o " + owner + " -g " + group + " -m 0700" + dirs;
+                 ": run this program as " + owner +
+                 ", or create the state directories as root:" + " install -d -o " + owner + " -g " +
+                 group + " -m 0700" + dirs;
     return e;
   }
   return st;
