@@ -152,7 +152,8 @@ EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int i
   if (auto failed = routeRecipients(cfg, req, by_client)) return std::move(*failed);
 
   Spool spool(cfg.spool.dir);
-  if (auto st = spool.checkWritable(); !st) return fail(kExitTempFail, st.error().message);
+  // Creates missing state directories (the MTA may run us before any daemon ever ran).
+  if (auto st = spool.prepareExisting(); !st) return fail(kExitTempFail, st.error().message);
 
   const int64_t now = static_cast<int64_t>(std::time(nullptr));
   std::vector<Target> targets;

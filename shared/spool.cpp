@@ -18,6 +18,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -660,11 +662,48 @@ Status Spool::prepare() {
   return checkWritable();
 }
 
+namespace {
+
+std::string userName(uid_t uid) {
+  if (const passwd* pw = ::getpwuid(uid)) return pw->pw_name;
+  return std::to_string(uid);
+}
+
+std::string groupName(gid_t gid) {
+  if (const group* gr = ::getgrgid(gid)) return gr->gr_name;
+  return std::to_string(gid);
+}
+
+}  // namespace
+
 Status Spool::prepareExisting() {
   struct stat sb;
-  if (::stat(dir_.c_str(), &sb) != 0) return sysError(errno, "spool directory " + dir_);
+  if (::stat(dir_.c_str(), &sb) != 0) {
+    Error e = sysError(errno, "spool directory " + dir_);
+    if (e.code == ENOENT)
+      e.message +=
+          "; create it, owned by the user the dynmx programs run as: install -d -o dynmx"
+          " -g dynmx -m 0700 " +
+          dir_ + " (the Debian package does this)";
+    return e;
+  }
   if (!S_ISDIR(sb.st_mode)) return Error{ENOTDIR, "spool directory " + dir_ + ": not a directory"};
-  return prepare();
+  Status st = prepare();
+  if (!st && (st.error().code == EACCES || st.error().code == EPERM)) {
+    // Not the spool's owner (an MTA's mailer run as another user): say who may, and what to run.
+    std::string owner = userName(sb.st_uid), group = groupName(sb.st_gid);
+    std::string dirs;
+    for (auto s : {QueueState::Tmp, QueueState::Incoming, QueueState::Active, QueueState::Deferred,
+                   QueueState::Hold, QueueState::Corrupt})
+      dirs += " " + stateDir(s);
+    Error e = st.error();
+    e.message += "; running as " + userName(::geteuid()) + ", but the spool belongs to " + owner +
+                 ": run this program as " + owner +
+                 ", or create the state directories as root:" + " install -d -o " + owner + " -g " +
+                 group + " -m 0700" + dirs;
+    return e;
+  }
+  return st;
 }
 
 Status Spool::checkWritable() const {

@@ -185,7 +185,9 @@ class Spool {
   // Creates the state directories that are missing (mode 0700). Fails naming the directory.
   Status prepare();
   // The same, but the spool directory itself must already exist (the installer makes it, with its
-  // owner): for programs that may start before dynmx-tunneld has ever run.
+  // owner): for programs that may start before dynmx-tunneld has ever run (dynmx-milter,
+  // dynmx-enqueue). A failure says what to run: how to create a missing spool directory, or, when
+  // this user may not create the state directories, who owns the spool and the install command.
   Status prepareExisting();
   // Checks that the spool is there and writable without creating anything (for writers).
   Status checkWritable() const;

@@ -10,6 +10,8 @@ packages=(
   googletest libgtest-dev libgmock-dev
   # fuzzing and sanitizers
   clang libclang-rt-14-dev
+  # the Debian package (tests/package)
+  debhelper lintian
   # real parts for the tests and the demo
   openssh-server openssh-client sendmail-bin sendmail-cf m4 miltertest swaks
   procps iproute2 ca-certificates

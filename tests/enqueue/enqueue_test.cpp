@@ -161,11 +161,34 @@ TEST_F(Enqueue, OversizeIsDataErrorAndNothingIsWritten) {
   expectSpoolEmpty();
 }
 
-TEST_F(Enqueue, MissingSpoolIsTempfailNamingTheDirectory) {
+// The spool directory's owner decides who may write, so dynmx-enqueue never creates it; it says
+// how to (issue 12).
+TEST_F(Enqueue, MissingSpoolIsTempfailNamingTheDirectoryAndHowToCreateIt) {
   std::filesystem::remove_all(spool_dir_);
   RunResult r = enqueue({"-f", "a@example.net", "--", "bob@home.example.org"}, "x\n");
   EXPECT_EQ(r.exit, EX_TEMPFAIL);
-  EXPECT_NE(r.err.find(spool_dir_ + "/tmp"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("spool directory " + spool_dir_ + ": No such file or directory"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("install -d -o dynmx -g dynmx -m 0700 " + spool_dir_), std::string::npos)
+      << r.err;
+  EXPECT_FALSE(std::filesystem::exists(spool_dir_));
+}
+
+// Before any daemon ran, only the spool directory exists (issue 12: this used to tempfail with
+// "spool directory .../tmp: No such file or directory").
+TEST_F(Enqueue, CreatesMissingStateDirectoriesAndCommits) {
+  std::filesystem::remove_all(spool_dir_);
+  ASSERT_EQ(::mkdir(spool_dir_.c_str(), 0700), 0);
+  RunResult r = enqueue({"-f", "a@example.net", "--", "bob@home.example.org"}, "hello\n");
+  EXPECT_EQ(r.exit, 0) << r.err;
+  for (const char* state : {"tmp", "incoming", "active", "deferred", "hold", "corrupt"}) {
+    struct stat sb {};
+    ASSERT_EQ(::stat((spool_dir_ + "/" + state).c_str(), &sb), 0) << state;
+    EXPECT_TRUE(S_ISDIR(sb.st_mode)) << state;
+    EXPECT_EQ(sb.st_mode & 07777, 0700u) << state;
+  }
+  EXPECT_EQ(incoming().size(), 1u);
 }
 
 TEST_F(Enqueue, SpoolStateThatIsNotADirectoryIsTempfail) {
