@@ -197,54 +197,37 @@ TEST(Spool, UnwritableSpoolIsReportedNamingTheDirectory) {
 
 // A writer that may not create the state directories (another user than the spool's owner):
 // the error names the owner and the command that creates them.
-class DenyMkdirFs final : public FsOps {
- public:
-  int open(const char* p, int f, mode_t m) override { return realFs().open(p, f, m); }
-  ssize_t write(int fd, const void* b, size_t n) override { return realFs().write(fd, b, n); }
-  ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override {
-    return realFs().pwrite(fd, b, n, o);
-  }
-  int fsync(int fd) override { return realFs().fsync(fd); }
-  int close(int fd) override { return realFs().close(fd); }
-  int rename(const char* a, const char* b) override { return realFs().rename(a, b); }
-  int unlink(const char* p) override { return realFs().unlink(p); }
-  int ftruncate(int fd, off_t n) override { return realFs().ftruncate(fd, n); }
-  int mkdir(const char*, mode_t) override {
-    errno = EACCES;
-    return -1;
-  }
-};
-
 TEST(Spool, PrepareExistingSaysWhoOwnsTheSpoolWhenItMayNotCreateStateDirectories) {
   TempDir t;
-  DenyMkdirFs fs;
-  Spool spool(t.path, fs);
+  FakeFs fs;
+  fs.failNth(FakeFs::Op::Mkdir, 0, EACCES);  // the spool's owner is someone else
+  Spool spool(t.path(), fs);
   auto st = spool.prepareExisting();
   ASSERT_FALSE(st.ok());
   const std::string& m = st.error().message;
   struct stat sb {};
-  ASSERT_EQ(::stat(t.path.c_str(), &sb), 0);
+  ASSERT_EQ(::stat(t.path().c_str(), &sb), 0);
   const passwd* pw = ::getpwuid(sb.st_uid);
   ASSERT_NE(pw, nullptr);
   const std::string owner = pw->pw_name;
   EXPECT_NE(m.find("Permission denied"), std::string::npos) << m;
   EXPECT_NE(m.find("the spool belongs to " + owner), std::string::npos) << m;
   EXPECT_NE(m.find("install -d -o " + owner + " -g "), std::string::npos) << m;
-  EXPECT_NE(m.find(t.path + "/tmp " + t.path + "/incoming"), std::string::npos) << m;
-  EXPECT_NE(m.find(t.path + "/corrupt"), std::string::npos) << m;
+  EXPECT_NE(m.find(t.path() + "/tmp " + t.path() + "/incoming"), std::string::npos) << m;
+  EXPECT_NE(m.find(t.path() + "/corrupt"), std::string::npos) << m;
 }
 
 TEST(Spool, PrepareExistingNeverCreatesTheSpoolDirectory) {
   TempDir t;
-  Spool spool(t.path + "/spool");
+  Spool spool(t.path() + "/spool");
   auto st = spool.prepareExisting();
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ENOENT);
-  EXPECT_NE(st.error().message.find("install -d -o dynmx -g dynmx -m 0700 " + t.path + "/spool"),
+  EXPECT_NE(st.error().message.find("install -d -o dynmx -g dynmx -m 0700 " + t.path() + "/spool"),
             std::string::npos)
       << st.error().message;
   struct stat sb {};
-  EXPECT_NE(::stat((t.path + "/spool").c_str(), &sb), 0);
+  EXPECT_NE(::stat((t.path() + "/spool").c_str(), &sb), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
