@@ -10,6 +10,8 @@ packages=(
   googletest libgtest-dev libgmock-dev
   # fuzzing and sanitizers
   clang libclang-rt-14-dev
+  # tests/tools/long_functions
+  clang-tidy python3
   # the Debian package (tests/package)
   debhelper lintian
   # real parts for the tests and the demo
