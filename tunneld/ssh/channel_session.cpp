@@ -178,13 +178,20 @@ bool ChannelSession::readInput(const ChannelContext& ctx, SteadyClock::time_poin
   for (;;) {
     ssize_t n = ch_.read(buf, sizeof buf);
     if (n > 0) {
-      smtp_->onInput(std::string_view(buf, static_cast<size_t>(n)), now);
+      input(std::string_view(buf, static_cast<size_t>(n)), now, out);
       out.progress = true;
       continue;
     }
     if (n == 0 || (n < 0 && ch_.eof())) {
       if (!eof_seen_ && ch_.eof()) {
         eof_seen_ = true;
+        if (!peer_done_) {
+          // Ended before a whole first line: whatever came is the engine's.
+          peer_done_ = true;
+          out.peer = PeerLine{};
+          if (!peer_buf_.empty()) smtp_->onInput(peer_buf_, now);
+          peer_buf_.clear();
+        }
         smtp_->onEof(now);
         out.progress = true;
       }
@@ -195,6 +202,39 @@ bool ChannelSession::readInput(const ChannelContext& ctx, SteadyClock::time_poin
     out.connection_failure = "reading from " + ctx.relay + ": " + ctx.ssh.lastError();
     return false;
   }
+}
+
+void ChannelSession::input(std::string_view bytes, SteadyClock::time_point now, ChannelStep& out) {
+  if (peer_done_) {
+    smtp_->onInput(bytes, now);
+    return;
+  }
+  constexpr std::string_view kTag = "dynmx-peer";
+  peer_buf_.append(bytes);
+  std::string_view head(peer_buf_);
+  size_t nl = head.find('\n');
+  bool tagged = head.substr(0, std::min(head.size(), kTag.size())) ==
+                kTag.substr(0, std::min(head.size(), kTag.size()));
+  if (tagged && nl == std::string_view::npos && head.size() <= kMaxPeerLine) return;  // more
+  peer_done_ = true;
+  std::string rest;
+  if (tagged && head.size() >= kTag.size() && nl != std::string_view::npos) {
+    PeerLine line = parsePeerLine(head.substr(0, nl + 1));
+    // "dynmx-peerX": not ours after all, the engine's (it notes it before the greeting).
+    if (line.kind != PeerLine::Kind::NotPeerLine) {
+      out.peer = line;
+      rest = peer_buf_.substr(nl + 1);
+    } else {
+      out.peer = line;
+      rest = std::move(peer_buf_);
+    }
+  } else {
+    // The greeting came first (a client without the echo), or an overlong line: not ours.
+    out.peer = PeerLine{tagged ? PeerLine::Kind::Malformed : PeerLine::Kind::NotPeerLine, {}};
+    rest = std::move(peer_buf_);
+  }
+  peer_buf_.clear();
+  if (!rest.empty()) smtp_->onInput(rest, now);
 }
 
 // The far end's stderr, logged line by line.
