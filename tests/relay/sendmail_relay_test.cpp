@@ -6,7 +6,8 @@
 //
 // main() moves the process into a private UTS namespace with a qualified host name (sendmail
 // otherwise waits for its own name) and, when it can, a private network namespace with lo up and
-// the two IPv6 addresses; every process started is stopped by pid.
+// the two IPv6 addresses (and 192.0.2.1, for AI_ADDRCONFIG); every process started is stopped by
+// pid. daemon_relay_test.cpp runs in the same namespaces.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -246,6 +247,9 @@ void isolate() {
     std::exit(1);
   }
   if (runCommand({"/usr/sbin/ip", "link", "set", "lo", "up"}) != 0) return;
+  // A global IPv4 address (documentation prefix), so that getaddrinfo's AI_ADDRCONFIG, which
+  // dynmx-tunneld uses, still returns IPv4 addresses in a namespace that has only loopback ones.
+  runCommand({"/usr/sbin/ip", "addr", "add", "192.0.2.1/32", "dev", "lo"});
   bool ok = true;
   for (const char* a : {"2001:db8::2/128", "2001:db8::3/128"}) {
     ok = ok && runCommand({"/usr/sbin/ip", "-6", "addr", "add", a, "dev", "lo", "nodad"}) == 0;
