@@ -185,12 +185,12 @@ bool ChannelSession::readInput(const ChannelContext& ctx, SteadyClock::time_poin
     if (n == 0 || (n < 0 && ch_.eof())) {
       if (!eof_seen_ && ch_.eof()) {
         eof_seen_ = true;
-        if (!peer_done_) {
+        if (!peer_.decided()) {
           // Ended before a whole first line: whatever came is the engine's.
-          peer_done_ = true;
-          out.peer = PeerLine{};
-          if (!peer_buf_.empty()) smtp_->onInput(peer_buf_, now);
-          peer_buf_.clear();
+          std::string held = peer_.finish();
+          peer_reported_ = true;
+          out.peer = peer_.line();
+          if (!held.empty()) smtp_->onInput(held, now);
         }
         smtp_->onEof(now);
         out.progress = true;
@@ -205,36 +205,12 @@ bool ChannelSession::readInput(const ChannelContext& ctx, SteadyClock::time_poin
 }
 
 void ChannelSession::input(std::string_view bytes, SteadyClock::time_point now, ChannelStep& out) {
-  if (peer_done_) {
-    smtp_->onInput(bytes, now);
-    return;
+  std::string engine = peer_.feed(bytes);
+  if (peer_.decided() && !peer_reported_) {
+    peer_reported_ = true;
+    out.peer = peer_.line();
   }
-  constexpr std::string_view kTag = "dynmx-peer";
-  peer_buf_.append(bytes);
-  std::string_view head(peer_buf_);
-  size_t nl = head.find('\n');
-  bool tagged = head.substr(0, std::min(head.size(), kTag.size())) ==
-                kTag.substr(0, std::min(head.size(), kTag.size()));
-  if (tagged && nl == std::string_view::npos && head.size() <= kMaxPeerLine) return;  // more
-  peer_done_ = true;
-  std::string rest;
-  if (tagged && head.size() >= kTag.size() && nl != std::string_view::npos) {
-    PeerLine line = parsePeerLine(head.substr(0, nl + 1));
-    // "dynmx-peerX": not ours after all, the engine's (it notes it before the greeting).
-    if (line.kind != PeerLine::Kind::NotPeerLine) {
-      out.peer = line;
-      rest = peer_buf_.substr(nl + 1);
-    } else {
-      out.peer = line;
-      rest = std::move(peer_buf_);
-    }
-  } else {
-    // The greeting came first (a client without the echo), or an overlong line: not ours.
-    out.peer = PeerLine{tagged ? PeerLine::Kind::Malformed : PeerLine::Kind::NotPeerLine, {}};
-    rest = std::move(peer_buf_);
-  }
-  peer_buf_.clear();
-  if (!rest.empty()) smtp_->onInput(rest, now);
+  if (!engine.empty()) smtp_->onInput(engine, now);
 }
 
 // The far end's stderr, logged line by line.

@@ -34,6 +34,7 @@
 #include "tunneld/relay/peer_check.hpp"
 #include "tunneld/smtp/smtp_client.hpp"
 #include "tunneld/ssh/channel.hpp"
+#include "tunneld/ssh/peer_line_reader.hpp"
 #include "tunneld/ssh/session.hpp"
 
 namespace dynmx::tunneld {
@@ -130,8 +131,8 @@ class ChannelSession {
   std::string stderr_buf_;
   std::string wbuf_;  // a copy of what libssh2 was last asked to write (retried until done)
   bool eof_seen_ = false;
-  bool peer_done_ = false;   // the first line was looked at (and reported)
-  std::string peer_buf_;     // the start of stdout while it may still be a dynmx-peer line
+  PeerLineReader peer_;         // the first line of stdout: the client's dynmx-peer line?
+  bool peer_reported_ = false;  // ChannelStep::peer was set
   bool quit_by_us_ = false;  // we ended it (idle, cap, stopping): not a failure of the far end
 };
 
