@@ -6,7 +6,8 @@
 // (dynmx-linkemu whose outgoing side is bound to 127.0.0.4, in front of the client's sshd).
 // Cases: a lease from the confirmed tunnel, a client without the echo, a forwarder, a stranger's
 // host key, lease_grace after the connection is lost, dynmxctl revoke with its hold-down, leases
-// across a restart, dynmx-tunneld killed.
+// across a restart, dynmx-tunneld killed, dynmx-relaymap killed (SIGCHLD, restart), a reload
+// that turns relaying off.
 // Runs in the private UTS and network namespaces main() (sendmail_relay_test.cpp) sets up. Waiting
 // is always for an event with a generous deadline; nothing asserts on elapsed time.
 #include <signal.h>
@@ -346,6 +347,46 @@ TEST_F(DaemonRelayTest, KilledDaemonGivesRelaysATempfailAndLocalMailStillFlows) 
   EXPECT_EQ(rcptFrom("127.0.0.3", kOutside).substr(0, 1), "4");
   EXPECT_EQ(rcptFrom("127.0.0.2", kLocal).substr(0, 3), "250");
   EXPECT_EQ(rcptFrom("127.0.0.3", kLocal).substr(0, 3), "250");
+}
+
+TEST_F(DaemonRelayTest, DeadRelaymapIsRestartedAndServesTheLeasesAgain) {
+  startSshd(withEcho(smtpd()));
+  writeConfig("lease_grace = \"1h\"\n");
+  startDaemon();
+  startSendmail();
+  ASSERT_TRUE(waitFor([&] { return leased(); }, kLong)) << log();
+  std::string l = log();
+  size_t at = l.find("dynmx-relaymap, pid ");
+  ASSERT_NE(at, std::string::npos) << l;
+  pid_t first = static_cast<pid_t>(std::atoi(l.c_str() + at + 20));
+  ASSERT_GT(first, 1);
+  ASSERT_EQ(kill(first, SIGKILL), 0);
+  // SIGCHLD: reaped, logged, restarted after its delay, fed the table again.
+  ASSERT_TRUE(
+      waitFor([&] { return logged("relaymap: pid " + std::to_string(first) + " "); }, kLong));
+  EXPECT_TRUE(
+      waitFor([&] { return rcptFrom("127.0.0.2", kOutside).substr(0, 3) == "250"; }, kLong));
+  EXPECT_THAT(rcptFrom("127.0.0.3", kOutside), StartsWith(kDenied));
+}
+
+TEST_F(DaemonRelayTest, ReloadWithRelayOffEndsTheLease) {
+  startSshd(withEcho(smtpd()));
+  writeConfig("lease_grace = \"1h\"\n");
+  startDaemon();
+  startSendmail();
+  ASSERT_TRUE(waitFor([&] { return leased(); }, kLong)) << log();
+  std::string c = readFile(dir_ / "dynmx.toml");
+  size_t at = c.find("relay = true");
+  ASSERT_NE(at, std::string::npos);
+  c.replace(at, 12, "relay = false");
+  writeFile(dir_ / "dynmx.toml", c, 0644);
+  auto [rc, out] = ctl({"reload"});
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_TRUE(logged(
+      "lease: client=home addr=127.0.0.2 source=tunnel revoked (relay is off for this client)"))
+      << log();
+  EXPECT_FALSE(leased()) << leases();
+  EXPECT_THAT(rcptFrom("127.0.0.2", kOutside), StartsWith(kDenied));
 }
 
 }  // namespace
