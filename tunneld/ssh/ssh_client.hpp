@@ -16,7 +16,10 @@
 // running an SmtpClient. Results go back to the JobSource (finish/abandon); a transaction that
 // cannot end cleanly is abandoned, never counted as delivered. libssh2 is driven per its
 // non-blocking rules (the output gate of SshSession, session.hpp); the handles are owned by
-// SshSession and SshChannel, the socket by a UniqueFd. "Now" comes from step()'s caller and from
+// SshSession and SshChannel, the socket by a UniqueFd. For a client with relay = true it also
+// opens one SMTP session at once after connecting, to read the client's dynmx-peer line, and
+// reports that line, the traffic, the loss of a confirmed connection and host-key mismatches to
+// its TunnelObserver (the daemon, which owns the relay leases). "Now" comes from step()'s caller and from
 // the TimeSource given to the constructor (unix time of results and status), never from the system.
 #pragma once
 
