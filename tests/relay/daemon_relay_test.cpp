@@ -6,8 +6,8 @@
 // (dynmx-linkemu whose outgoing side is bound to 127.0.0.4, in front of the client's sshd).
 // Cases: a lease from the confirmed tunnel, a client without the echo, a forwarder, a stranger's
 // host key, lease_grace after the connection is lost, dynmxctl revoke with its hold-down, leases
-// across a restart, dynmx-tunneld killed, dynmx-relaymap killed (SIGCHLD, restart), a reload
-// that turns relaying off.
+// across a restart, dynmx-tunneld killed (and its lease file whole after kill -9), dynmx-relaymap
+// killed (SIGCHLD, restart), a reload that turns relaying off.
 // Runs in the private UTS and network namespaces main() (sendmail_relay_test.cpp) sets up. Waiting
 // is always for an event with a generous deadline; nothing asserts on elapsed time.
 #include <signal.h>
@@ -347,6 +347,13 @@ TEST_F(DaemonRelayTest, KilledDaemonGivesRelaysATempfailAndLocalMailStillFlows) 
   EXPECT_EQ(rcptFrom("127.0.0.3", kOutside).substr(0, 1), "4");
   EXPECT_EQ(rcptFrom("127.0.0.2", kLocal).substr(0, 3), "250");
   EXPECT_EQ(rcptFrom("127.0.0.3", kLocal).substr(0, 3), "250");
+  // kill -9 left a whole lease file: the next start reads the lease back.
+  stopOrphanedRelaymaps();
+  sshd_->stop();
+  startDaemon();
+  EXPECT_TRUE(waitFor([&] { return leased(); }, kLong)) << log();
+  EXPECT_FALSE(logged("set aside")) << log();
+  EXPECT_TRUE(waitFor([&] { return rcptFrom("127.0.0.2", kOutside).substr(0, 3) == "250"; }));
 }
 
 TEST_F(DaemonRelayTest, DeadRelaymapIsRestartedAndServesTheLeasesAgain) {
