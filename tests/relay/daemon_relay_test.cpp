@@ -272,12 +272,21 @@ TEST_F(DaemonRelayTest, StrangersHostKeyAtTheAddressEndsTheLease) {
   EXPECT_THAT(rcptFrom("127.0.0.2", kOutside), StartsWith(kDenied));
 }
 
-TEST_F(DaemonRelayTest, LeaseEndsLeaseGraceAfterTheConnectionIsLost) {
+TEST_F(DaemonRelayTest, TrafficRenewsTheLeaseAndItEndsLeaseGraceAfterTheConnectionIsLost) {
   startSshd(withEcho(smtpd()));
   writeConfig("lease_grace = \"3s\"\n");
   startDaemon();
   startSendmail();
   ASSERT_TRUE(waitFor([&] { return leased(); }, kLong)) << log();
+  // While the connection lives, its traffic (keepalive replies) moves the expiry on.
+  auto expires = [&] {
+    std::string j = ctl({"leases", "--json"}).second;
+    size_t at = j.find("\"expires_unix\": ");
+    return at == std::string::npos ? int64_t{0} : std::atoll(j.c_str() + at + 16);
+  };
+  int64_t first = expires();
+  ASSERT_GT(first, 0);
+  EXPECT_TRUE(waitFor([&] { return expires() > first; }, kLong));
   ASSERT_EQ(rcptFrom("127.0.0.2", kOutside).substr(0, 3), "250");
   sshd_->stop();
   ASSERT_TRUE(waitFor(
