@@ -55,6 +55,7 @@ Daemon::Daemon(Config cfg, const TimeSource& time)
 Daemon::~Daemon() {
   clients_.clear();
   retiring_.clear();
+  stopRelay();
   // The hand-off thread wakes us through wake_fd_: it ends before that is closed.
   jobs_.reset();
   queue_.reset();
@@ -77,6 +78,7 @@ Status Daemon::blockSignals() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGCHLD);  // dynmx-relaymap's end, read from the signalfd
   if (sigprocmask(SIG_BLOCK, &set, nullptr) != 0) return sysError(errno, "sigprocmask");
   signal(SIGPIPE, SIG_IGN);
   return {};
@@ -95,6 +97,7 @@ Status Daemon::init() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGCHLD);
   signal_fd_ = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
   if (signal_fd_ < 0) return sysError(errno, "signalfd");
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -121,6 +124,7 @@ Status Daemon::init() {
   if (!fd) return fd.error();
   control_fd_ = fd->release();
   control_owned_ = true;
+  if (auto st = initRelay(); !st) return st;
 
   loop_.watch(signal_fd_, POLLIN, [this](short) { onSignal(); });
   loop_.watch(wake_fd_, POLLIN, [this](short) {
@@ -161,7 +165,9 @@ void Daemon::applyClients() {
     auto it = clients_.find(c.name);
     if (it == clients_.end()) {
       ClientEntry e;
-      e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime());
+      e.client =
+          std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
+                                      leases_ ? static_cast<TunnelObserver*>(this) : nullptr);
       auto [pos, ok] = clients_.emplace(c.name, std::move(e));
       (void)ok;
       service(pos->second);
@@ -256,6 +262,11 @@ void Daemon::onSignal() {
     if (si.ssi_signo == SIGHUP) {
       logf(LogLevel::Info, "SIGHUP: reloading %s", cfg_.path.c_str());
       (void)reload();
+    } else if (si.ssi_signo == SIGCHLD) {
+      if (relaymap_) {
+        relaymap_->check();
+        syncRelaymap();
+      }
     } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
       if (stopping_) {
         logf(LogLevel::Warning, "second %s: abandoning every session now",
@@ -298,6 +309,7 @@ Status Daemon::reload() {
   ReloadPlan plan = planReload(cfg_, std::move(*lr.config), ConfigRole::Tunneld);
   cfg_ = std::move(plan.config);
   queue_->reconfigure(cfg_);
+  reloadRelay();
   applyClients();
   logf(LogLevel::Info, "reload: %zu client(s) configured", cfg_.clients.size());
   logf(LogLevel::Info, "reload: taken: %s",
@@ -406,6 +418,7 @@ std::vector<std::string> Daemon::statusLines() {
                     std::to_string(s.channels) +
                     (q.oldest_arrival ? ", oldest " + isoTime(q.oldest_arrival) : ""));
     if (!s.last_error.empty()) lines.push_back("  last error: " + s.last_error);
+    for (auto& l : leaseStatusLines(name)) lines.push_back(std::move(l));
     qs.erase(name);
   }
   for (auto& [name, q] : qs) {
@@ -471,6 +484,12 @@ ControlReply Daemon::handleRequest(const ControlRequest& req) {
       }
       break;
     }
+    case ControlRequest::Command::Leases:
+      r = leasesReply();
+      break;
+    case ControlRequest::Command::Revoke:
+      r = revokeReply(req.arg);
+      break;
     case ControlRequest::Command::Reload: {
       auto st = reload();
       if (!st) {
@@ -537,6 +556,7 @@ int Daemon::run() {
   // spooled and goes out after the restart.
   bounces_->cancel();
   queue_->flushRemovals();
+  stopRelay();
   logf(LogLevel::Info, "stopped");
   return kExitOk;
 }
@@ -679,6 +699,7 @@ int serve(const Config& cfg, bool foreground, ReadyPipe& ready) {
   int code;
   {
     Daemon d(cfg, systemTime());
+    d.setForeground(foreground);
     if (auto st = d.init(); !st) {
       logf(LogLevel::Critical, "cannot start: %s", st.error().message.c_str());
       if (foreground)

@@ -8,6 +8,13 @@
 // close, exit 0. SIGHUP (or "reload" on the admin socket) reloads the configuration: a bad file
 // keeps the running one (the reason is logged); otherwise the log names the keys taken and those
 // that wait for a restart (planReload keeps them as running).
+// Relay leases (man/dynmx-relay.7), when a client has relay = true at start: init() opens the
+// relay socket and starts dynmx-relaymap (before privileges are dropped, so that it can switch to
+// [relay] user), reads the lease file back, and the daemon owns the LeaseTable from then on: the
+// SSH clients report peer lines, traffic, losses and host-key mismatches (TunnelObserver), every
+// change is logged, saved to the lease file and fed to the relaymap; a timer ends leases at their
+// time; SIGCHLD (and a timer for restarts) lets RelayMapProcess reap and restart its child; the
+// child is stopped by its pid when the daemon exits.
 // Mail committed to incoming/ while its client is connected starts at once (inotify IN_MOVED_TO).
 #pragma once
 
@@ -21,11 +28,14 @@
 #include "shared/config.hpp"
 #include "shared/result.hpp"
 #include "shared/spool.hpp"
-#include "tunneld/queue/bounce.hpp"
 #include "tunneld/control/control.hpp"
 #include "tunneld/event_loop.hpp"
+#include "tunneld/queue/bounce.hpp"
 #include "tunneld/queue/handoff.hpp"
 #include "tunneld/queue/queue_manager.hpp"
+#include "tunneld/relay/lease_store.hpp"
+#include "tunneld/relay/lease_table.hpp"
+#include "tunneld/relay/relaymap_process.hpp"
 #include "tunneld/ssh/ssh_client.hpp"
 
 namespace dynmx::tunneld {
@@ -36,12 +46,14 @@ inline constexpr std::chrono::seconds kIncomingRescan{30};
 // backlog (a restart after an outage) does not hold up connecting and delivering.
 inline constexpr size_t kScanSlice = 256;
 
-class Daemon : public Waker {
+class Daemon : public Waker, public TunnelObserver {
  public:
   // `time` is where every reading of "now" comes from (dynmx::systemTime() in production).
   explicit Daemon(Config cfg, const TimeSource& time = systemTime());
   ~Daemon() override;
 
+  // The daemon runs in the foreground (logs on stderr): so does dynmx-relaymap.
+  void setForeground(bool on) { foreground_ = on; }
   Status init();
   // Blocks SIGTERM/SIGINT/SIGHUP into a signalfd; call before any thread starts.
   static Status blockSignals();
@@ -51,6 +63,13 @@ class Daemon : public Waker {
   // The text of a control reply, for the admin socket (and tests).
   ControlReply handleRequest(const ControlRequest& req);
   Status reload();
+
+  // TunnelObserver: what the SSH clients saw, for the relay leases.
+  void tunnelPeer(const std::string& client, const InetAddr& connected_to, const InetAddr& local,
+                  const PeerLine& line) override;
+  void tunnelTraffic(const std::string& client, const InetAddr& connected_to) override;
+  void tunnelLost(const std::string& client, const InetAddr& connected_to) override;
+  void hostKeyMismatch(const std::string& client, const InetAddr& addr) override;
 
  private:
   struct ClientEntry {
@@ -77,6 +96,18 @@ class Daemon : public Waker {
   void closeControl(int fd);
   void beginShutdown();
   std::vector<std::string> statusLines();
+  // Relay leases (daemon_relay.cpp).
+  Status initRelay();
+  void leaseEvents(const std::vector<LeaseEvent>& events);
+  void leasesChanged();
+  void armLeaseTimer();
+  void syncRelaymap();
+  void stopRelay();
+  int64_t leaseNow() const { return lease_clock_->now(); }
+  void reloadRelay();
+  std::vector<std::string> leaseStatusLines(const std::string& client);
+  ControlReply leasesReply();
+  ControlReply revokeReply(const std::string& address);
 
   Config cfg_;
   const TimeSource& time_;
@@ -102,6 +133,18 @@ class Daemon : public Waker {
   // QueueManager::nextWakeup() walks every message: asked at most once per second.
   int64_t wake_checked_at_ = -1;
   int64_t next_wake_ = 0;
+  bool foreground_ = false;
+
+  // Relay leases: all null/zero when no client had relay = true at start.
+  std::optional<LeaseClock> lease_clock_;
+  std::unique_ptr<LeaseTable> leases_;
+  std::unique_ptr<LeaseStore> lease_store_;
+  std::unique_ptr<relay::RelayMapProcess> relaymap_;
+  uint64_t saved_generation_ = 0;
+  uint64_t lease_timer_ = 0;
+  std::optional<int64_t> lease_timer_at_;
+  uint64_t relaymap_timer_ = 0;
+  int relaymap_fd_ = -1;  // the feed descriptor being watched
 };
 
 // dynmx-tunneld's command line and life: parses argv, loads the config, daemonizes (unless -f),

@@ -1,14 +1,18 @@
 // dynmxctl.cpp: the administrator's client of dynmx-tunneld's admin socket.
 //
 // dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]: sends one request (see control.hpp), prints the
-// reply's body on stdout (an error reply on stderr). Exit status: 0 done; 1 the daemon refused
-// (ERR reply); 64 usage; 69 the daemon is not reachable; 76 the reply did not parse; 78 the
-// configuration named with -c cannot be loaded.
+// reply's body on stdout (an error reply on stderr). `leases` is shown as a table, or with
+// `leases --json` as one JSON object {"leases": [...], "holds": [...]}; the daemon's reply is
+// machine-readable either way (control.hpp), and dynmxctl only formats it. Exit status: 0 done; 1
+// the daemon refused (ERR reply); 64 usage; 69 the daemon is not reachable; 76 the reply did not
+// parse; 78 the configuration named with -c cannot be loaded.
 #include <sys/stat.h>
 #include <sysexits.h>
 
 #include <cstdio>
+#include <ctime>
 #include <string>
+#include <vector>
 
 #include "shared/config.hpp"
 #include "tunneld/control/control.hpp"
@@ -19,8 +23,78 @@ static int usage() {
   std::fprintf(stderr,
                "usage: dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]\n"
                "       dynmxctl [-c FILE] --check-config\n"
-               "commands: status | queue | flush [CLIENT] | hold ID | release ID | reload\n");
+               "commands: status | queue | flush [CLIENT] | hold ID | release ID | reload |\n"
+               "          leases [--json] | revoke ADDRESS\n");
   return EX_USAGE;
+}
+
+static std::string iso(int64_t t) {
+  char buf[32];
+  time_t tt = static_cast<time_t>(t);
+  tm tmv;
+  gmtime_r(&tt, &tmv);
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+  return buf;
+}
+
+static std::string jsonString(const std::string& s) {
+  std::string o = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      o += b;
+    } else {
+      o += static_cast<char>(c);
+    }
+  }
+  return o + "\"";
+}
+
+// The `leases` reply as a table or as JSON; EX_PROTOCOL when a line does not parse.
+static int printLeases(const std::vector<std::string>& lines, bool json) {
+  std::vector<tunneld::LeaseLine> leases, holds;
+  for (auto& l : lines) {
+    auto p = tunneld::parseLeaseLine(l);
+    if (!p) {
+      std::fprintf(stderr, "dynmxctl: %s\n", p.error().message.c_str());
+      return EX_PROTOCOL;
+    }
+    (p->hold ? holds : leases).push_back(*p);
+  }
+  if (json) {
+    std::string o = "{\"leases\": [";
+    for (size_t i = 0; i < leases.size(); ++i) {
+      auto& l = leases[i];
+      o += std::string(i ? ", " : "") + "{\"address\": " + jsonString(l.address) +
+           ", \"client\": " + jsonString(l.client) + ", \"source\": " + jsonString(l.source) +
+           ", \"granted\": " + jsonString(iso(l.granted)) +
+           ", \"expires\": " + jsonString(iso(l.expires)) +
+           ", \"granted_unix\": " + std::to_string(l.granted) +
+           ", \"expires_unix\": " + std::to_string(l.expires) + "}";
+    }
+    o += "], \"holds\": [";
+    for (size_t i = 0; i < holds.size(); ++i)
+      o += std::string(i ? ", " : "") + "{\"address\": " + jsonString(holds[i].address) +
+           ", \"until\": " + jsonString(iso(holds[i].expires)) +
+           ", \"until_unix\": " + std::to_string(holds[i].expires) + "}";
+    o += "]}";
+    std::printf("%s\n", o.c_str());
+    return EX_OK;
+  }
+  if (leases.empty())
+    std::printf("no leases\n");
+  else
+    std::printf("%-39s %-16s %-8s %-20s %s\n", "ADDRESS", "CLIENT", "SOURCE", "GRANTED", "EXPIRES");
+  for (auto& l : leases)
+    std::printf("%-39s %-16s %-8s %-20s %s\n", l.address.c_str(), l.client.c_str(),
+                l.source.c_str(), iso(l.granted).c_str(), iso(l.expires).c_str());
+  for (auto& h : holds)
+    std::printf("%s: held down until %s\n", h.address.c_str(), iso(h.expires).c_str());
+  return EX_OK;
 }
 
 int main(int argc, char** argv) {
@@ -50,7 +124,12 @@ int main(int argc, char** argv) {
                               stderr);
   if (i >= argc) return usage();
   std::string request;
+  bool leases = std::string(argv[i]) == "leases", json = false;
   for (; i < argc; ++i) {
+    if (leases && std::string(argv[i]) == "--json") {
+      json = true;
+      continue;
+    }
     if (!request.empty()) request += ' ';
     request += argv[i];
   }
@@ -77,6 +156,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dynmxctl: %s\n", reply.error().message.c_str());
     return reply.error().code == 0 ? EX_PROTOCOL : EX_UNAVAILABLE;
   }
+  if (leases && reply->ok) return printLeases(reply->lines, json);
   for (auto& l : reply->lines) std::printf("%s\n", l.c_str());
   if (!reply->ok) {
     std::fprintf(stderr, "dynmxctl: %s\n", reply->error.c_str());

@@ -2,13 +2,15 @@
 //
 // Invariants: parseControlRequest never throws or crashes; an accepted request has a known command
 // and an argument only where the command takes one; a reply built from any lines parses back to
-// the same lines (framing is lossless), and parseControlReply survives the raw input too.
+// the same lines (framing is lossless), and parseControlReply survives the raw input too; a
+// `leases` reply line that parses formats back to the same values.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <string_view>
 
+#include "shared/inet_addr.hpp"
 #include "tunneld/control/control.hpp"
 
 using dynmx::tunneld::ControlReply;
@@ -20,16 +22,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (r.ok()) {
     using C = ControlRequest::Command;
     C c = r->command;
-    bool takes_arg = c == C::Flush || c == C::Hold || c == C::Release;
+    bool takes_arg = c == C::Flush || c == C::Hold || c == C::Release || c == C::Revoke;
     if (!takes_arg && !r->arg.empty()) std::abort();
-    if ((c == C::Hold || c == C::Release) && r->arg.empty()) std::abort();
+    if ((c == C::Hold || c == C::Release || c == C::Revoke) && r->arg.empty()) std::abort();
+    // revoke's argument is an address, written back in its one canonical form.
+    if (c == C::Revoke) {
+      auto a = dynmx::InetAddr::parse(r->arg);
+      if (!a || a->str() != r->arg) std::abort();
+    }
   }
   (void)dynmx::tunneld::parseControlReply(in);
+  // A lease line that parses formats back to the same values.
+  if (auto l = dynmx::tunneld::parseLeaseLine(in); l.ok()) {
+    auto again = dynmx::tunneld::parseLeaseLine(dynmx::tunneld::formatLeaseLine(*l));
+    if (!again.ok() || !(*again == *l)) std::abort();
+  }
   ControlReply rep;
   size_t start = 0;
   while (start <= in.size()) {
     size_t nl = in.find('\n', start);
-    rep.lines.emplace_back(in.substr(start, nl == std::string_view::npos ? std::string_view::npos : nl - start));
+    rep.lines.emplace_back(
+        in.substr(start, nl == std::string_view::npos ? std::string_view::npos : nl - start));
     if (nl == std::string_view::npos) break;
     start = nl + 1;
   }

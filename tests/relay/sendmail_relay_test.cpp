@@ -6,7 +6,8 @@
 //
 // main() moves the process into a private UTS namespace with a qualified host name (sendmail
 // otherwise waits for its own name) and, when it can, a private network namespace with lo up and
-// the two IPv6 addresses; every process started is stopped by pid.
+// the two IPv6 addresses (and 192.0.2.1, for AI_ADDRCONFIG); every process started is stopped by
+// pid. daemon_relay_test.cpp runs in the same namespaces.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -28,6 +29,7 @@
 
 #include "shared/clock.hpp"
 #include "tests/harness/harness.hpp"
+#include "tests/relay/relay_smtp_util.hpp"
 #include "tunneld/relay/relaymap_process.hpp"
 
 namespace dynmx::relay {
@@ -39,82 +41,6 @@ using dynmx::test::waitFor;
 using ::testing::StartsWith;
 
 bool g_ipv6 = false;  // 2001:db8::2 and ::3 on lo, in our own network namespace
-
-// One SMTP conversation from a chosen source address; replies as "CODE text" of the last line.
-class SmtpFrom {
- public:
-  SmtpFrom(const std::string& source, const std::string& server, uint16_t port) {
-    bool v6 = source.find(':') != std::string::npos;
-    fd_ = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    timeval tv{120, 0};
-    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    sockaddr_storage src{}, dst{};
-    socklen_t len = fill(v6, source, 0, src);
-    fill(v6, server, port, dst);
-    if (bind(fd_, reinterpret_cast<sockaddr*>(&src), len) != 0 ||
-        connect(fd_, reinterpret_cast<sockaddr*>(&dst), len) != 0) {
-      throw std::runtime_error("SMTP from " + source + " to " + server + ": " +
-                               std::strerror(errno));
-    }
-    greeting_ = reply();
-  }
-  ~SmtpFrom() { close(fd_); }
-  const std::string& greeting() const { return greeting_; }
-  std::string command(const std::string& line) {
-    std::string out = line + "\r\n";
-    if (send(fd_, out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size())) {
-      throw std::runtime_error("SMTP send: " + std::string(std::strerror(errno)));
-    }
-    return reply();
-  }
-  // EHLO and MAIL FROM, then the reply to RCPT TO:<rcpt>.
-  std::string rcpt(const std::string& rcpt) {
-    if (!started_) {
-      expect250(command("EHLO client.home.example"));
-      expect250(command("MAIL FROM:<someone@home.example>"));
-      started_ = true;
-    }
-    return command("RCPT TO:<" + rcpt + ">");
-  }
-
- private:
-  static socklen_t fill(bool v6, const std::string& addr, uint16_t port, sockaddr_storage& ss) {
-    if (v6) {
-      auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
-      s6->sin6_family = AF_INET6;
-      s6->sin6_port = htons(port);
-      inet_pton(AF_INET6, addr.c_str(), &s6->sin6_addr);
-      return sizeof *s6;
-    }
-    auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
-    s4->sin_family = AF_INET;
-    s4->sin_port = htons(port);
-    inet_pton(AF_INET, addr.c_str(), &s4->sin_addr);
-    return sizeof *s4;
-  }
-  static void expect250(const std::string& r) {
-    if (r.rfind("250", 0) != 0) throw std::runtime_error("SMTP: unexpected reply " + r);
-  }
-  std::string reply() {
-    for (;;) {
-      size_t nl;
-      while ((nl = buf_.find('\n')) == std::string::npos) {
-        char tmp[2048];
-        ssize_t n = recv(fd_, tmp, sizeof tmp, 0);
-        if (n <= 0) throw std::runtime_error("SMTP: connection lost");
-        buf_.append(tmp, static_cast<size_t>(n));
-      }
-      std::string line = buf_.substr(0, nl);
-      buf_.erase(0, nl + 1);
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line.size() < 4 || line[3] != '-') return line;
-    }
-  }
-  int fd_ = -1;
-  std::string buf_;
-  std::string greeting_;
-  bool started_ = false;
-};
 
 class SendmailRelayTest : public ::testing::Test {
  protected:
@@ -158,47 +84,7 @@ class SendmailRelayTest : public ::testing::Test {
   }
 
   void startSendmail() {
-    port_ = dynmx::test::freePort();
-    std::string q = dir_ / "queue";
-    mkdir(q.c_str(), 0700);
-    // Host names from files only: there is no DNS in the private network namespace, and a
-    // resolver timeout would turn the relay check into "450 Cannot resolve PTR record".
-    dynmx::test::writeFile(dir_ / "service.switch", "hosts files\naliases files\n");
-    std::ostringstream mc;
-    mc << "divert(-1)\ndivert(0)dnl\n"
-       << "include(`/usr/share/sendmail/cf/m4/cf.m4')dnl\n"
-       << "VERSIONID(`dynmx relay test')dnl\n"
-       << "OSTYPE(`debian')dnl\n"
-       << "FEATURE(`no_default_msa')dnl\n"
-       << "FEATURE(`accept_unresolvable_domains')dnl\n"
-       << "define(`QUEUE_DIR', `" << q << "')dnl\n"
-       << "define(`confPID_FILE', `" << (dir_ / "sendmail.pid") << "')dnl\n"
-       << "define(`confBIND_OPTS', `-DNSRCH -DEFNAMES')dnl\n"
-       << "define(`confDONT_PROBE_INTERFACES', `True')dnl\n"
-       << "define(`confSERVICE_SWITCH_FILE', `" << (dir_ / "service.switch") << "')dnl\n"
-       << "DAEMON_OPTIONS(`Port=" << port_ << ", Addr=127.0.0.1, Name=MTA')dnl\n";
-    mc << site_mc_;
-    if (g_ipv6)
-      mc << "DAEMON_OPTIONS(`Port=" << port_ << ", Addr=::1, Family=inet6, Name=MTA6')dnl\n";
-    mc << "MAILER(`local')dnl\nMAILER(`smtp')dnl\n"
-       << "define(`DYNMX_RELAY_SOCKET', `" << socket_ << "')dnl\n"
-       << "include(`" << DYNMX_RELAY_M4 << "')dnl\n";
-    dynmx::test::writeFile(dir_ / "sendmail.mc", mc.str());
-    std::string cf;
-    ASSERT_EQ(runCommand({"/usr/bin/m4", dir_ / "sendmail.mc"}, &cf), 0);
-    dynmx::test::writeFile(dir_ / "sendmail.cf", cf);
-    dynmx::test::SpawnOptions so;
-    so.stdout_path = so.stderr_path = dir_ / "sendmail.log";
-    sendmail_ = Process({"/usr/sbin/sendmail", "-C" + (dir_ / "sendmail.cf"), "-bD", "-odq"}, so);
-    ASSERT_TRUE(waitFor([&] {
-      try {
-        SmtpFrom probe("127.0.0.1", "127.0.0.1", port_);
-        return true;
-      } catch (...) {
-        return !sendmail_.running();
-      }
-    }));
-    ASSERT_TRUE(sendmail_.running()) << dynmx::test::readFile(dir_ / "sendmail.log");
+    startRelaySendmail(dir_.path(), socket_, site_mc_, g_ipv6, port_, sendmail_);
   }
   std::string rcptFrom(const std::string& source, const std::string& rcpt) {
     SmtpFrom s(source, source.find(':') != std::string::npos ? "::1" : "127.0.0.1", port_);
@@ -361,6 +247,9 @@ void isolate() {
     std::exit(1);
   }
   if (runCommand({"/usr/sbin/ip", "link", "set", "lo", "up"}) != 0) return;
+  // A global IPv4 address (documentation prefix), so that getaddrinfo's AI_ADDRCONFIG, which
+  // dynmx-tunneld uses, still returns IPv4 addresses in a namespace that has only loopback ones.
+  runCommand({"/usr/sbin/ip", "addr", "add", "192.0.2.1/32", "dev", "lo"});
   bool ok = true;
   for (const char* a : {"2001:db8::2/128", "2001:db8::3/128"}) {
     ok = ok && runCommand({"/usr/sbin/ip", "-6", "addr", "add", a, "dev", "lo", "nodad"}) == 0;

@@ -3,7 +3,7 @@
 // link between a client and a server:
 //
 // Usage: dynmx-linkemu --target HOST:PORT [--listen ADDR] [--delay-ms N] [--rate-kbit N]
-//                      [--queue-ms N] [--control PATH]
+//                      [--queue-ms N] [--control PATH] [--source ADDR]
 //        dynmx-linkemu --control PATH --command reset|blackhole|stop|resume|stats
 //   --target HOST:PORT  where each accepted connection is forwarded (numeric address)
 //   --listen ADDR       local address to listen on (default 127.0.0.1), port chosen by the kernel;
@@ -17,6 +17,8 @@
 //                       "stats ..."): reset (every connection closed with RST), blackhole (bytes
 //                       vanish in both directions, no FIN, no RST: a dead path), stop (nothing moves,
 //                       bytes wait), resume (back to normal after blackhole or stop), stats
+//   --source ADDR       bind the outgoing side to this local address (a forwarder whose far end
+//                       sees ADDR, not the original client)
 //   --command CMD       client mode: send CMD to the emulator at --control PATH, print the answer
 //
 // Model: each direction is a line of `rate`: bytes read at time t leave at max(t, line free) plus
@@ -60,6 +62,7 @@ struct Options {
   std::string target_host;
   uint16_t target_port = 0;
   std::string listen = "127.0.0.1";
+  std::string source;  // empty: the kernel picks the outgoing address
   Micros delay{0};
   uint64_t rate_bps = 0;  // bits per second; 0 = unlimited
   Micros queue_limit{100000};
@@ -95,6 +98,8 @@ Options parseArgs(int argc, char** argv) {
       o.target_port = static_cast<uint16_t>(std::atoi(v.c_str() + colon + 1));
     } else if (a == "--listen") {
       o.listen = value();
+    } else if (a == "--source") {
+      o.source = value();
     } else if (a == "--delay-ms") {
       o.delay = Micros(std::atoll(value().c_str()) * 1000);
     } else if (a == "--rate-kbit") {
@@ -207,6 +212,15 @@ struct Emulator {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(t, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (!opt.source.empty()) {
+      sockaddr_storage src;
+      socklen_t slen = makeAddr(opt.source, 0, src);
+      if (bind(t, reinterpret_cast<sockaddr*>(&src), slen) != 0) {
+        close(fd);
+        close(t);
+        return;
+      }
+    }
     if (::connect(t, reinterpret_cast<sockaddr*>(&ss), len) != 0 && errno != EINPROGRESS) {
       close(fd);
       close(t);

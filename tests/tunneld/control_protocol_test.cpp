@@ -24,6 +24,16 @@ TEST(ControlRequest, ParserTable) {
       {"hold 0123456789abcdef", true, ControlRequest::Command::Hold, "0123456789abcdef"},
       {"release X1", true, ControlRequest::Command::Release, "X1"},
       {"reload", true, ControlRequest::Command::Reload, ""},
+      {"leases", true, ControlRequest::Command::Leases, ""},
+      {"revoke 203.0.113.7", true, ControlRequest::Command::Revoke, "203.0.113.7"},
+      {"revoke 2001:DB8:0::1", true, ControlRequest::Command::Revoke, "2001:db8::1"},
+      {"leases now", false, {}, ""},
+      {"revoke", false, {}, ""},
+      {"revoke home", false, {}, ""},
+      {"revoke 203.0.113.7/32", false, {}, ""},
+      {"revoke 203.0.113.7 198.51.100.1", false, {}, ""},
+      // sendmail's form of an IPv6 address (as its logs show it) is taken too.
+      {"revoke ipv6:2001:db8:0:0:0:0:0:1", true, ControlRequest::Command::Revoke, "2001:db8::1"},
       {"", false, {}, ""},
       {"status now", false, {}, ""},
       {"hold", false, {}, ""},
@@ -62,4 +72,30 @@ TEST(ControlReply, FramingRoundTrips) {
   EXPECT_EQ(eb->error, "no client named z");
   EXPECT_FALSE(parseControlReply("OK\nline\n").ok());
   EXPECT_FALSE(parseControlReply("HELLO\n.\n").ok());
+}
+
+TEST(ControlLeases, LinesRoundTrip) {
+  std::vector<LeaseLine> lines = {
+      {false, "203.0.113.7", "home", "tunnel", 1790000000, 1790000120},
+      {false, "2001:db8::1", "office", "checkin", 1790000000, 1790001200},
+      {true, "198.51.100.9", "", "", 0, 1790003600},
+  };
+  for (auto& l : lines) {
+    auto text = formatLeaseLine(l);
+    auto back = parseLeaseLine(text);
+    ASSERT_TRUE(back.ok()) << text << ": " << back.error().message;
+    EXPECT_EQ(*back, l) << text;
+  }
+  EXPECT_EQ(formatLeaseLine(lines[0]), "203.0.113.7 home tunnel 1790000000 1790000120");
+  EXPECT_EQ(formatLeaseLine(lines[2]), "hold 198.51.100.9 1790003600");
+}
+
+TEST(ControlLeases, ParserRefusesWhatIsNotALeaseLine) {
+  for (const char* bad :
+       {"", "203.0.113.7 home tunnel 1790000000", "home 203.0.113.7 tunnel 1 2",
+        "203.0.113.7 home tunnel x 2", "203.0.113.7 home tunnel 1 -2",
+        "203.0.113.7  home tunnel 1 2", "hold 203.0.113.7", "hold home 5",
+        "203.0.113.7 home tunnel 1 2 3", "203.0.113.7 home tunnel 1 99999999999999999999"}) {
+    EXPECT_FALSE(parseLeaseLine(bad).ok()) << bad;
+  }
 }

@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "shared/fd.hpp"
+#include "shared/inet_addr.hpp"
 #include "shared/stale_socket.hpp"
 
 namespace dynmx::tunneld {
@@ -51,7 +52,8 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     i = j;
   }
   if (words.empty())
-    return Error{0, "empty request; expected status, queue, flush, hold, release or reload"};
+    return Error{
+        0, "empty request; expected status, queue, flush, hold, release, reload, leases or revoke"};
   for (auto w : words)
     if (!validArg(w)) return Error{0, "request contains control characters or an overlong word"};
   ControlRequest r;
@@ -76,14 +78,20 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     r.command = ControlRequest::Command::Hold;
   else if (cmd == "release")
     r.command = ControlRequest::Command::Release;
+  else if (cmd == "leases")
+    r.command = ControlRequest::Command::Leases;
+  else if (cmd == "revoke")
+    r.command = ControlRequest::Command::Revoke;
   else
-    return Error{0, "unknown command \"" + std::string(cmd) +
-                        "\"; expected status, queue, flush, hold, release or reload"};
+    return Error{0,
+                 "unknown command \"" + std::string(cmd) +
+                     "\"; expected status, queue, flush, hold, release, reload, leases or revoke"};
   Status st;
   switch (r.command) {
     case ControlRequest::Command::Status:
     case ControlRequest::Command::Queue:
     case ControlRequest::Command::Reload:
+    case ControlRequest::Command::Leases:
       st = want(0, 0);
       break;
     case ControlRequest::Command::Flush:
@@ -91,12 +99,64 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
       break;
     case ControlRequest::Command::Hold:
     case ControlRequest::Command::Release:
+    case ControlRequest::Command::Revoke:
       st = want(1, 1);
       break;
   }
   if (!st) return st.error();
   if (words.size() > 1) r.arg = std::string(words[1]);
+  if (r.command == ControlRequest::Command::Revoke) {
+    auto a = InetAddr::parse(r.arg);
+    if (!a) return Error{0, "revoke: \"" + r.arg + "\" is not an IPv4 or IPv6 address"};
+    r.arg = a->str();
+  }
   return r;
+}
+
+std::string formatLeaseLine(const LeaseLine& l) {
+  if (l.hold) return "hold " + l.address + " " + std::to_string(l.expires);
+  return l.address + " " + l.client + " " + l.source + " " + std::to_string(l.granted) + " " +
+         std::to_string(l.expires);
+}
+
+Result<LeaseLine> parseLeaseLine(std::string_view line) {
+  std::vector<std::string_view> f;
+  size_t i = 0;
+  while (i <= line.size()) {
+    size_t j = line.find(' ', i);
+    if (j == std::string_view::npos) j = line.size();
+    f.push_back(line.substr(i, j - i));
+    i = j + 1;
+  }
+  auto bad = [&](const char* why) {
+    return Error{0, std::string("lease line \"") + std::string(line.substr(0, 200)) + "\": " + why};
+  };
+  auto number = [](std::string_view s, int64_t& out) {
+    if (s.empty() || s.size() > 18) return false;
+    int64_t v = 0;
+    for (char c : s) {
+      if (c < '0' || c > '9') return false;
+      v = v * 10 + (c - '0');
+    }
+    out = v;
+    return true;
+  };
+  LeaseLine l;
+  if (f.size() == 3 && f[0] == "hold") {
+    l.hold = true;
+    if (!InetAddr::parse(f[1])) return bad("not an address");
+    l.address = std::string(f[1]);
+    if (!number(f[2], l.expires)) return bad("bad time");
+    return l;
+  }
+  if (f.size() != 5) return bad("expected ADDRESS CLIENT SOURCE GRANTED EXPIRES");
+  if (!InetAddr::parse(f[0])) return bad("not an address");
+  if (f[1].empty() || f[2].empty()) return bad("empty field");
+  l.address = std::string(f[0]);
+  l.client = std::string(f[1]);
+  l.source = std::string(f[2]);
+  if (!number(f[3], l.granted) || !number(f[4], l.expires)) return bad("bad time");
+  return l;
 }
 
 std::string formatControlReply(const ControlReply& r) {

@@ -1,7 +1,10 @@
 // control.hpp: the admin socket of dynmx-tunneld and its line protocol (dynmxctl is the client).
 //
 // Protocol: one request per connection, one line (at most kMaxRequest octets, LF or CRLF):
-//   status | queue | flush [CLIENT] | hold ID | release ID | reload
+//   status | queue | flush [CLIENT] | hold ID | release ID | reload | leases | revoke ADDRESS
+// `leases` answers one body line per live relay lease, "ADDRESS CLIENT SOURCE GRANTED EXPIRES"
+// (times in unix seconds; dynmxctl shows them), then one "hold ADDRESS UNTIL" per hold-down;
+// `revoke` takes an IPv4 or IPv6 address (inet_pton forms only).
 // The reply is a status line "OK" or "ERR <reason>", then zero or more text lines, then a line
 // holding a single "." (body lines that begin with "." get another "." in front, as in SMTP).
 // The socket is created under umask 077, then chmod control_mode and chgrp control_group. A stale
@@ -12,6 +15,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,8 +28,19 @@ namespace dynmx::tunneld {
 inline constexpr size_t kMaxRequest = 1024;
 
 struct ControlRequest {
-  enum class Command { Status, Queue, Flush, Hold, Release, Reload } command = Command::Status;
-  std::string arg;  // client name (flush, may be empty) or queue id (hold, release)
+  enum class Command {
+    Status,
+    Queue,
+    Flush,
+    Hold,
+    Release,
+    Reload,
+    Leases,
+    Revoke
+  } command = Command::Status;
+  // client name (flush, may be empty), queue id (hold, release) or address (revoke, as parsed by
+  // InetAddr::parse and written back by InetAddr::str)
+  std::string arg;
 };
 
 // Parses one request line (without or with its line end). Errors name what was expected.
@@ -37,6 +52,17 @@ struct ControlReply {
   std::vector<std::string> lines;  // body
 };
 std::string formatControlReply(const ControlReply& r);
+
+// One body line of the `leases` reply, and its reader (dynmxctl); the reader refuses anything
+// else with an error naming the line.
+struct LeaseLine {
+  bool hold = false;  // a hold-down: only address and expires (its end) are set
+  std::string address, client, source;
+  int64_t granted = 0, expires = 0;
+  bool operator==(const LeaseLine&) const = default;
+};
+std::string formatLeaseLine(const LeaseLine& l);
+Result<LeaseLine> parseLeaseLine(std::string_view line);
 // Parses a whole reply as read from the socket (for dynmxctl and tests).
 Result<ControlReply> parseControlReply(std::string_view text);
 

@@ -178,13 +178,20 @@ bool ChannelSession::readInput(const ChannelContext& ctx, SteadyClock::time_poin
   for (;;) {
     ssize_t n = ch_.read(buf, sizeof buf);
     if (n > 0) {
-      smtp_->onInput(std::string_view(buf, static_cast<size_t>(n)), now);
+      input(std::string_view(buf, static_cast<size_t>(n)), now, out);
       out.progress = true;
       continue;
     }
     if (n == 0 || (n < 0 && ch_.eof())) {
       if (!eof_seen_ && ch_.eof()) {
         eof_seen_ = true;
+        if (!peer_.decided()) {
+          // Ended before a whole first line: whatever came is the engine's.
+          std::string held = peer_.finish();
+          peer_reported_ = true;
+          out.peer = peer_.line();
+          if (!held.empty()) smtp_->onInput(held, now);
+        }
         smtp_->onEof(now);
         out.progress = true;
       }
@@ -195,6 +202,15 @@ bool ChannelSession::readInput(const ChannelContext& ctx, SteadyClock::time_poin
     out.connection_failure = "reading from " + ctx.relay + ": " + ctx.ssh.lastError();
     return false;
   }
+}
+
+void ChannelSession::input(std::string_view bytes, SteadyClock::time_point now, ChannelStep& out) {
+  std::string engine = peer_.feed(bytes);
+  if (peer_.decided() && !peer_reported_) {
+    peer_reported_ = true;
+    out.peer = peer_.line();
+  }
+  if (!engine.empty()) smtp_->onInput(engine, now);
 }
 
 // The far end's stderr, logged line by line.

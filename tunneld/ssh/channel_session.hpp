@@ -9,6 +9,12 @@
 // the transaction cap, when the daemon stops, after idle_close). Results go back to the JobSource
 // as they arrive; jobs the session cannot finish are abandoned, never counted as delivered. How
 // many sessions run is the connection's decision (SshClient); a session only reports what it did.
+// The first line on the far end's stdout may be the client's "dynmx-peer ..." confirmation (its
+// forced command echoes SSH_CONNECTION before exec'ing sendmail; man/dynmx-relay.7): a line that
+// starts with "dynmx-peer" is taken off before the engine sees anything and handed up in
+// ChannelStep::peer; anything else (the greeting of a client without the echo) goes to the engine
+// at once, and ChannelStep::peer says NotPeerLine. The peer line is never an SMTP reply, and its
+// absence never holds delivery back (the first byte that cannot start "dynmx-peer" decides).
 // Failure behaviour: a channel error that breaks the transport comes back as connection_failure
 // (the connection is torn down); a refused exec or a session that ends before any transaction
 // comes back as session_failure (new sessions wait); nothing throws.
@@ -25,8 +31,10 @@
 #include "shared/clock.hpp"
 #include "shared/config.hpp"
 #include "tunneld/delivery/delivery.hpp"
+#include "tunneld/relay/peer_check.hpp"
 #include "tunneld/smtp/smtp_client.hpp"
 #include "tunneld/ssh/channel.hpp"
+#include "tunneld/ssh/peer_line_reader.hpp"
 #include "tunneld/ssh/session.hpp"
 
 namespace dynmx::tunneld {
@@ -52,6 +60,7 @@ struct ChannelStep {
   bool transaction_done = false;   // a transaction ended with a reply: the far end works
   std::string connection_failure;  // non-empty: the connection must be torn down
   std::string session_failure;     // non-empty: new SMTP sessions must wait
+  std::optional<PeerLine> peer;    // set once per session: what its first line was
 };
 
 class ChannelSession {
@@ -99,6 +108,8 @@ class ChannelSession {
   // transport return false after setting out.connection_failure.
   bool readInput(const ChannelContext& ctx, SteadyClock::time_point now, ChannelStep& out);
   void logStderr(const ChannelContext& ctx, ChannelStep& out);
+  // Far end's stdout -> (the peer line, then) the engine.
+  void input(std::string_view bytes, SteadyClock::time_point now, ChannelStep& out);
   void takeResults(const ChannelContext& ctx, SteadyClock::time_point now, ChannelStep& out);
   void takeNextJob(const ChannelContext& ctx, SteadyClock::time_point now, ChannelStep& out);
   bool writeOutput(const ChannelContext& ctx, SteadyClock::time_point now, ChannelStep& out);
@@ -120,6 +131,8 @@ class ChannelSession {
   std::string stderr_buf_;
   std::string wbuf_;  // a copy of what libssh2 was last asked to write (retried until done)
   bool eof_seen_ = false;
+  PeerLineReader peer_;         // the first line of stdout: the client's dynmx-peer line?
+  bool peer_reported_ = false;  // ChannelStep::peer was set
   bool quit_by_us_ = false;  // we ended it (idle, cap, stopping): not a failure of the far end
 };
 

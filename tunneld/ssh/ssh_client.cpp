@@ -63,12 +63,13 @@ struct ResolveSlot {
 };
 
 SshClient::SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs,
-                     Waker& waker, const TimeSource& time)
+                     Waker& waker, const TimeSource& time, TunnelObserver* tunnels)
     : cfg_(std::move(client)),
       tcfg_(tunneld),
       jobs_(jobs),
       waker_(waker),
       time_(time),
+      tunnels_(tunnels),
       rng_(std::random_device{}()) {
   backoff_until_ = time_.steady();  // first attempt at once
 }
@@ -140,6 +141,7 @@ std::optional<SteadyClock::time_point> SshClient::deadline() const {
       // With a half-sent packet, POLLOUT wakes us first.
       if (!session_.outputHeld()) take(next_keepalive_);
       take(last_rx_ + 3 * tcfg_.keepalive);
+      if (peer_confirmed_) take(next_touch_);  // the lease's renewal, once per keepalive
       for (auto& c : chans_)
         if (auto cd = c->deadline(tcfg_.idle_close)) take(*cd);
       if (stopping_) take(stop_deadline_);
@@ -208,6 +210,9 @@ void SshClient::teardown(SteadyClock::time_point now, const std::string& reason)
   resolve_.reset();
   if (connected_since_unix_ != 0 && now - connected_at_ >= kStableAfter) failures_ = 0;
   connected_since_unix_ = 0;
+  if (peer_confirmed_ && tunnels_ && peer_addr_) tunnels_->tunnelLost(cfg_.name, *peer_addr_);
+  peer_seen_ = peer_confirmed_ = false;
+  peer_addr_.reset();
 }
 
 void SshClient::step(SteadyClock::time_point now, short revents) {
@@ -434,6 +439,7 @@ bool SshClient::handshakeFailed(int rc, SteadyClock::time_point now) {
       logf(LogLevel::Warning, "client=%s: %s", cfg_.name.c_str(), why.c_str());
       warned_fp_ = presented_fp_;
     }
+    reportMismatch();
     fail(why, now);
     mismatch_state_ = "host-key-mismatch";
     return true;
@@ -465,6 +471,7 @@ bool SshClient::checkHostKey(SteadyClock::time_point now) {
       logf(LogLevel::Warning, "client=%s: %s", cfg_.name.c_str(), why.c_str());
       warned_fp_ = chk.presented_fp;
     }
+    if (mismatch) reportMismatch();
     auto saved = mismatch_state_;
     fail(why, now);
     mismatch_state_ = saved;
@@ -558,6 +565,7 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
     return true;
   }
   if (!keepAlive(now)) return true;
+  reportTraffic(now);
   bool progress = false;
   // By index: a failure inside stepChannel() tears the connection down and clears chans_.
   for (size_t i = 0; i < chans_.size(); ++i) {
@@ -622,6 +630,7 @@ bool SshClient::stepChannel(ChannelSession& c, SteadyClock::time_point now) {
   ChannelContext ctx{session_, jobs_, time_, cfg_, tcfg_, relay_, stopping_, chans_};
   ChannelStep r = c.step(ctx, now);
   if (r.transaction_done) session_failures_ = 0;
+  if (r.peer && wantsPeerLine()) peerLine(*r.peer, now);
   if (!r.connection_failure.empty()) {
     fail(r.connection_failure, now);
     return true;
@@ -651,8 +660,14 @@ bool SshClient::opening() const {
 // half its cap gets its replacement warmed up early (the far end's start-up then overlaps the
 // deliveries). Jobs themselves never run on more than `concurrency` sessions at a time.
 bool SshClient::openMoreChannels(SteadyClock::time_point now) {
-  if (opening() || now < session_backoff_until_ || !jobs_.hasDue(cfg_.name, unixNow()))
-    return false;
+  if (opening() || now < session_backoff_until_) return false;
+  if (wantsPeerLine() && chans_.empty()) {
+    // A relay client's lease needs the peer line of a session, mail or not: start one (it closes
+    // after idle_close when nothing is due).
+    chans_.push_back(std::make_unique<ChannelSession>(now));
+    return true;
+  }
+  if (!jobs_.hasDue(cfg_.name, unixNow())) return false;
   uint32_t conc = std::max<uint32_t>(1, cfg_.concurrency);
   uint32_t cap = std::max<uint32_t>(1, tcfg_.max_transactions);
   size_t usable = 0, fresh = 0;
@@ -667,6 +682,47 @@ bool SshClient::openMoreChannels(SteadyClock::time_point now) {
   if (!want) return false;
   chans_.push_back(std::make_unique<ChannelSession>(now));
   return true;
+}
+
+std::optional<InetAddr> SshClient::connectedAddr() const {
+  if (addr_index_ == 0 || addr_index_ > addrs_.size()) return std::nullopt;
+  const std::string& sa = addrs_[addr_index_ - 1].first;
+  return InetAddr::fromSockaddr(reinterpret_cast<const sockaddr*>(sa.data()),
+                                static_cast<socklen_t>(sa.size()));
+}
+
+void SshClient::peerLine(const PeerLine& line, SteadyClock::time_point now) {
+  peer_seen_ = true;
+  auto to = connectedAddr();
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  std::optional<InetAddr> local;
+  if (getsockname(sock_.get(), reinterpret_cast<sockaddr*>(&ss), &len) == 0)
+    local = InetAddr::fromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+  if (!to || !local) {
+    logf(LogLevel::Warning, "client=%s: %s: cannot tell the addresses of the connection: no lease",
+         cfg_.name.c_str(), relay_.c_str());
+    return;
+  }
+  peer_addr_ = to;
+  peer_confirmed_ = line.kind == PeerLine::Kind::Peer;
+  next_touch_ = now + tcfg_.keepalive;
+  touched_rx_ = last_rx_;
+  tunnels_->tunnelPeer(cfg_.name, *to, *local, line);
+}
+
+// Traffic renews the lease: reported at most once per keepalive interval, only when bytes came.
+void SshClient::reportTraffic(SteadyClock::time_point now) {
+  if (!peer_confirmed_ || !tunnels_ || !peer_addr_ || now < next_touch_) return;
+  next_touch_ = now + tcfg_.keepalive;
+  if (last_rx_ <= touched_rx_) return;
+  touched_rx_ = last_rx_;
+  tunnels_->tunnelTraffic(cfg_.name, *peer_addr_);
+}
+
+void SshClient::reportMismatch() {
+  if (!tunnels_) return;
+  if (auto a = connectedAddr()) tunnels_->hostKeyMismatch(cfg_.name, *a);
 }
 
 void SshClient::sessionFailed(SteadyClock::time_point now, const std::string& why) {

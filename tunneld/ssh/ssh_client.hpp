@@ -16,7 +16,10 @@
 // running an SmtpClient. Results go back to the JobSource (finish/abandon); a transaction that
 // cannot end cleanly is abandoned, never counted as delivered. libssh2 is driven per its
 // non-blocking rules (the output gate of SshSession, session.hpp); the handles are owned by
-// SshSession and SshChannel, the socket by a UniqueFd. "Now" comes from step()'s caller and from
+// SshSession and SshChannel, the socket by a UniqueFd. For a client with relay = true it also
+// opens one SMTP session at once after connecting, to read the client's dynmx-peer line, and
+// reports that line, the traffic, the loss of a confirmed connection and host-key mismatches to
+// its TunnelObserver (the daemon, which owns the relay leases). "Now" comes from step()'s caller and from
 // the TimeSource given to the constructor (unix time of results and status), never from the system.
 #pragma once
 
@@ -35,9 +38,11 @@
 #include "shared/clock.hpp"
 #include "shared/config.hpp"
 #include "shared/fd.hpp"
+#include "shared/inet_addr.hpp"
 #include "shared/private_key.hpp"
 #include "shared/result.hpp"
 #include "tunneld/delivery/delivery.hpp"
+#include "tunneld/relay/peer_check.hpp"
 #include "tunneld/ssh/channel.hpp"
 #include "tunneld/ssh/channel_session.hpp"
 #include "tunneld/ssh/host_keys.hpp"
@@ -65,6 +70,24 @@ class Waker {
   virtual void wake() = 0;
 };
 
+// What a client's connection tells the relay leases (man/dynmx-relay.7). The daemon implements it
+// and owns the lease table; the SSH room only reports what it saw. Called from step() (and from
+// teardown), on the event loop's thread. `connected_to` is the address we connected to.
+class TunnelObserver {
+ public:
+  virtual ~TunnelObserver() = default;
+  // The first line of the first SMTP session of a verified connection (a relay client's only):
+  // a dynmx-peer line or not. `local` is our own address of that TCP connection (getsockname).
+  virtual void tunnelPeer(const std::string& client, const InetAddr& connected_to,
+                          const InetAddr& local, const PeerLine& line) = 0;
+  // Bytes arrived on that connection since the last report (at most once per keepalive interval).
+  virtual void tunnelTraffic(const std::string& client, const InetAddr& connected_to) = 0;
+  // The connection that reported a dynmx-peer line is gone.
+  virtual void tunnelLost(const std::string& client, const InetAddr& connected_to) = 0;
+  // Something at `addr` presented another host key than the client's (any client).
+  virtual void hostKeyMismatch(const std::string& client, const InetAddr& addr) = 0;
+};
+
 struct ClientStatus {
   std::string name;
   std::string state;          // backoff|resolving|connecting|handshake|authenticating|connected|
@@ -86,8 +109,10 @@ class SshClient {
  public:
   // `time` gives unix time for results and status (and the steady time of bytes received); it
   // must outlive the client. The daemon passes dynmx::systemTime().
+  // `tunnels` (may be null: no relay leases) hears of peer lines, traffic, losses and host-key
+  // mismatches; it must outlive the client.
   SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs, Waker& waker,
-            const TimeSource& time);
+            const TimeSource& time, TunnelObserver* tunnels = nullptr);
   ~SshClient();
   SshClient(const SshClient&) = delete;
   SshClient& operator=(const SshClient&) = delete;
@@ -159,12 +184,19 @@ class SshClient {
   // libssh2's socket reads go through here (LIBSSH2_CALLBACK_RECV); *abstract is the client.
   static ssize_t recvHook(int sock, void* buf, size_t len, int flags, void** abstract);
   int64_t unixNow() const { return time_.unixSeconds(); }
+  // Relay leases: the peer line of this connection, traffic, the loss of a confirmed one.
+  bool wantsPeerLine() const { return tunnels_ && cfg_.relay && !peer_seen_; }
+  void peerLine(const PeerLine& line, SteadyClock::time_point now);
+  void reportTraffic(SteadyClock::time_point now);
+  void reportMismatch();
+  std::optional<InetAddr> connectedAddr() const;
 
   ClientConfig cfg_;
   TunneldConfig tcfg_;
   JobSource& jobs_;
   Waker& waker_;
   const TimeSource& time_;
+  TunnelObserver* tunnels_;
   State state_ = State::Backoff;
   bool stopping_ = false;
   SteadyClock::time_point stop_deadline_{};
@@ -200,6 +232,13 @@ class SshClient {
   std::vector<std::string> last_kh_warnings_;
   int64_t backoff_until_unix_ = 0;
   int64_t connected_since_unix_ = 0;
+
+  // Relay leases (tunnels_).
+  bool peer_seen_ = false;       // this connection's first session reported its first line
+  bool peer_confirmed_ = false;  // ... and it was a dynmx-peer line: report traffic and the loss
+  std::optional<InetAddr> peer_addr_;
+  SteadyClock::time_point next_touch_{};
+  SteadyClock::time_point touched_rx_{};
 };
 
 }  // namespace dynmx::tunneld
