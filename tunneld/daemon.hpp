@@ -9,6 +9,9 @@
 // keeps the running one (the reason is logged); otherwise the log names the keys taken and those
 // that wait for a restart (planReload keeps them as running).
 // Mail committed to incoming/ while its client is connected starts at once (inotify IN_MOVED_TO).
+// The admin socket answers each request only when the peer's credentials allow it (access.hpp);
+// "checkin CLIENT ADDRESS" (dynmx-checkin) grants a check-in lease and, at most once per
+// kCheckinHintInterval per client, makes that client's connection try again at once.
 #pragma once
 
 #include <chrono>
@@ -22,10 +25,12 @@
 #include "shared/result.hpp"
 #include "shared/spool.hpp"
 #include "tunneld/queue/bounce.hpp"
+#include "tunneld/control/access.hpp"
 #include "tunneld/control/control.hpp"
 #include "tunneld/event_loop.hpp"
 #include "tunneld/queue/handoff.hpp"
 #include "tunneld/queue/queue_manager.hpp"
+#include "tunneld/relay/lease_table.hpp"
 #include "tunneld/ssh/ssh_client.hpp"
 
 namespace dynmx::tunneld {
@@ -35,6 +40,8 @@ inline constexpr std::chrono::seconds kIncomingRescan{30};
 // incoming/ is taken into the queue at most this many files per turn of the loop, so that a big
 // backlog (a restart after an outage) does not hold up connecting and delivering.
 inline constexpr size_t kScanSlice = 256;
+// A check-in says the client is back: its connection is retried at once, at most this often.
+inline constexpr std::chrono::seconds kCheckinHintInterval{60};
 
 class Daemon : public Waker {
  public:
@@ -102,6 +109,22 @@ class Daemon : public Waker {
   // QueueManager::nextWakeup() walks every message: asked at most once per second.
   int64_t wake_checked_at_ = -1;
   int64_t next_wake_ = 0;
+
+  // ---- the admin socket's access rules and the check-in (branch checkin) ----
+  // control_group's gid and the check-in account's uid, resolved at start and on reload.
+  static Result<ControlAccessRules> accessRules(const Config& cfg);
+  ControlAccessRules accessNow() const;  // access_ with the daemon's current uid (and gid)
+  ControlReply checkin(const ControlRequest& req);
+  void checkinHint(const std::string& client);
+  ControlAccessRules access_;
+  std::map<std::string, SteadyClock::time_point> checkin_hints_;  // last retry hint per client
+  // ---- a minimal lease table (branch checkin): created at init when a client has relay =
+  // true (or at the reload that first sets one), given the new rules on reload. No lease file, no
+  // expiry timer, no tunnel leases here: the daemon's lease wiring replaces this block.
+  void applyLeaseRules();
+  std::unique_ptr<LeaseClock> lease_clock_;
+  std::unique_ptr<LeaseTable> leases_;
+  // ---- end of branch checkin
 };
 
 // dynmx-tunneld's command line and life: parses argv, loads the config, daemonizes (unless -f),

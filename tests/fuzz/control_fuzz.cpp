@@ -20,9 +20,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (r.ok()) {
     using C = ControlRequest::Command;
     C c = r->command;
-    bool takes_arg = c == C::Flush || c == C::Hold || c == C::Release;
+    bool takes_arg = c == C::Flush || c == C::Hold || c == C::Release || c == C::Checkin;
     if (!takes_arg && !r->arg.empty()) std::abort();
-    if ((c == C::Hold || c == C::Release) && r->arg.empty()) std::abort();
+    if ((c == C::Hold || c == C::Release || c == C::Checkin) && r->arg.empty()) std::abort();
+    // A check-in's address is an address: its canonical text parses back to itself.
+    if (c == C::Checkin && dynmx::InetAddr::parse(r->address.str()) != r->address) std::abort();
   }
   (void)dynmx::tunneld::parseControlReply(in);
   ControlReply rep;

@@ -51,7 +51,8 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     i = j;
   }
   if (words.empty())
-    return Error{0, "empty request; expected status, queue, flush, hold, release or reload"};
+    return Error{0,
+                 "empty request; expected status, queue, flush, hold, release, reload or checkin"};
   for (auto w : words)
     if (!validArg(w)) return Error{0, "request contains control characters or an overlong word"};
   ControlRequest r;
@@ -60,6 +61,7 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     if (words.size() - 1 < min || words.size() - 1 > max)
       return Error{0, std::string(cmd) + ": expected " +
                           (max == 0   ? "no argument"
+                           : max == 2 ? "a client name and an address"
                            : min == 0 ? "at most one argument"
                                       : "one argument")};
     return {};
@@ -76,9 +78,11 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     r.command = ControlRequest::Command::Hold;
   else if (cmd == "release")
     r.command = ControlRequest::Command::Release;
+  else if (cmd == "checkin")
+    r.command = ControlRequest::Command::Checkin;
   else
     return Error{0, "unknown command \"" + std::string(cmd) +
-                        "\"; expected status, queue, flush, hold, release or reload"};
+                        "\"; expected status, queue, flush, hold, release, reload or checkin"};
   Status st;
   switch (r.command) {
     case ControlRequest::Command::Status:
@@ -93,9 +97,18 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     case ControlRequest::Command::Release:
       st = want(1, 1);
       break;
+    case ControlRequest::Command::Checkin:
+      st = want(2, 2);
+      break;
   }
   if (!st) return st.error();
   if (words.size() > 1) r.arg = std::string(words[1]);
+  if (r.command == ControlRequest::Command::Checkin) {
+    auto a = InetAddr::parse(words[2]);
+    if (!a) return Error{0, "checkin: expected an IPv4 or IPv6 address, got \"" +
+                                std::string(words[2]) + "\""};
+    r.address = *a;
+  }
   return r;
 }
 

@@ -1,7 +1,9 @@
 // control.hpp: the admin socket of dynmx-tunneld and its line protocol (dynmxctl is the client).
 //
 // Protocol: one request per connection, one line (at most kMaxRequest octets, LF or CRLF):
-//   status | queue | flush [CLIENT] | hold ID | release ID | reload
+//   status | queue | flush [CLIENT] | hold ID | release ID | reload | checkin CLIENT ADDRESS
+// (checkin is dynmx-checkin's: a client checked in over SSH from ADDRESS; see dynmx-checkin(8).)
+// Who may send what is access.hpp's (the peer's credentials), not the parser's.
 // The reply is a status line "OK" or "ERR <reason>", then zero or more text lines, then a line
 // holding a single "." (body lines that begin with "." get another "." in front, as in SMTP).
 // The socket is created under umask 077, then chmod control_mode and chgrp control_group. A stale
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "shared/fd.hpp"
+#include "shared/inet_addr.hpp"
 #include "shared/result.hpp"
 
 namespace dynmx::tunneld {
@@ -24,8 +27,10 @@ namespace dynmx::tunneld {
 inline constexpr size_t kMaxRequest = 1024;
 
 struct ControlRequest {
-  enum class Command { Status, Queue, Flush, Hold, Release, Reload } command = Command::Status;
-  std::string arg;  // client name (flush, may be empty) or queue id (hold, release)
+  enum class Command { Status, Queue, Flush, Hold, Release, Reload, Checkin } command =
+      Command::Status;
+  std::string arg;  // client name (flush, may be empty; checkin) or queue id (hold, release)
+  InetAddr address;  // checkin: the client's address (InetAddr::parse, inet_pton only)
 };
 
 // Parses one request line (without or with its line end). Errors name what was expected.
