@@ -55,10 +55,9 @@ constexpr std::string_view kTunneldKeys[] = {
     "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
     "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
     "pid_file"};
-constexpr std::string_view kRelayKeys[] = {"socket",      "socket_mode",  "socket_group",
-                                           "user",        "lease_grace",  "lease_lifetime",
-                                           "revoke_hold", "mx_addresses", "lease_file",
-                                           "checkin_user"};
+constexpr std::string_view kRelayKeys[] = {
+    "socket",         "socket_mode", "socket_group", "user",       "lease_grace",
+    "lease_lifetime", "revoke_hold", "mx_addresses", "lease_file", "checkin_user"};
 constexpr std::string_view kClientKeys[] = {
     "name",           "host",          "port",        "user",          "domains",
     "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",

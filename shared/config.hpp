@@ -125,8 +125,8 @@ struct TunneldConfig : TunneldStartup, TunneldReloadable {};
 
 // [relay]: leases that let the MTA on this host relay for a client's current address, and the
 // socketmap server the MTA asks (man/dynmx-relay.7). A reload applies the lease settings
-// (lease_grace, lease_lifetime, revoke_hold, mx_addresses, checkin_user) and every client's relay and
-// relay_networks; the socket, its mode and group, user and lease_file need a restart.
+// (lease_grace, lease_lifetime, revoke_hold, mx_addresses, checkin_user) and every client's
+// relay and relay_networks; the socket, its mode and group, user and lease_file need a restart.
 struct RelayStartup {
   std::string socket = "/run/dynmx/relay.sock";  // the socketmap server's Unix socket
   mode_t socket_mode = 0660;

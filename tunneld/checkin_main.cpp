@@ -86,12 +86,13 @@ int main(int argc, char** argv) {
     return kExitConfig;
   }
   const Config& cfg = *lr.config;
-  CheckinDecision d = decideCheckin(name, std::getenv("SSH_CONNECTION"), LeaseRules::fromConfig(cfg));
+  CheckinDecision d =
+      decideCheckin(name, std::getenv("SSH_CONNECTION"), LeaseRules::fromConfig(cfg));
   if (d.exit_code != kExitOk) return finish(d.exit_code, d.message);
 
   const std::string& socket = cfg.tunneld.control_socket;
-  auto reply = controlRequest(socket, std::string("checkin ") + name + " " + d.addr.str(),
-                              kDaemonTimeoutMs);
+  auto reply =
+      controlRequest(socket, std::string("checkin ") + name + " " + d.addr.str(), kDaemonTimeoutMs);
   CheckinOutcome out = checkinOutcome(name, d.addr, socket, reply);
   return finish(out.exit_code, out.message);
 }

@@ -338,8 +338,7 @@ void Daemon::onControlAccept() {
     if (auto peer = peerCredentials(fd))
       conn->peer = *peer;
     else
-      logf(LogLevel::Warning, "control: %s; the peer may do nothing",
-           peer.error().message.c_str());
+      logf(LogLevel::Warning, "control: %s; the peer may do nothing", peer.error().message.c_str());
     conn->timer = loop_.addTimer(time_.steady() + std::chrono::seconds(10), [this, fd]() {
       auto it = conns_.find(fd);
       if (it != conns_.end()) it->second->timer = 0;

@@ -1,9 +1,8 @@
 // checkin_reply_test.cpp: the check-in on the admin socket (relay/checkin.hpp): the daemon's
 // reply built from a LeaseTable grant or refusal, and dynmx-checkin's line and exit code for
 // every reply, for a daemon that cannot be reached, and for replies it does not understand.
-#include <gtest/gtest.h>
-
 #include <cerrno>
+#include <gtest/gtest.h>
 
 #include "shared/sysexits.hpp"
 #include "tunneld/relay/checkin.hpp"
@@ -13,7 +12,9 @@ using namespace dynmx::tunneld;
 
 namespace {
 
-InetAddr addr(const char* s) { return *InetAddr::parse(s); }
+InetAddr addr(const char* s) {
+  return *InetAddr::parse(s);
+}
 
 LeaseRules rules() {
   LeaseRules r;
@@ -56,10 +57,9 @@ TEST(CheckinReply, FromTheLeaseTable) {
 }
 
 TEST(CheckinReply, KindNamesRoundTrip) {
-  for (RefusalKind k :
-       {RefusalKind::UnknownClient, RefusalKind::RelayOff, RefusalKind::OutsideNetworks,
-        RefusalKind::HeldDown, RefusalKind::NotThisMx, RefusalKind::NoConfirmation,
-        RefusalKind::BadAddress})
+  for (RefusalKind k : {RefusalKind::UnknownClient, RefusalKind::RelayOff,
+                        RefusalKind::OutsideNetworks, RefusalKind::HeldDown, RefusalKind::NotThisMx,
+                        RefusalKind::NoConfirmation, RefusalKind::BadAddress})
     EXPECT_EQ(refusalKindFromName(refusalKindName(k)), k) << refusalKindName(k);
   EXPECT_FALSE(refusalKindFromName("refused").has_value());
 }
@@ -90,24 +90,20 @@ TEST(CheckinReply, OutcomeTable) {
        who + "refused (relay-off: relay is off for this client)"},
       {err("refused held-down: held down"), kExitNoPerm, who + "refused (held-down: held down)"},
       {err("not permitted: checkin is for the check-in account"), kExitNoPerm,
-       who +
-           "dynmx-tunneld says not permitted: checkin is for the check-in account (is this "
-           "account relay.checkin_user?)"},
+       who + "dynmx-tunneld says not permitted: checkin is for the check-in account (is this "
+             "account relay.checkin_user?)"},
       {Result<ControlReply>(Error{ECONNREFUSED, "connect to /run/x.sock: Connection refused"}),
        kExitTempFail,
-       who +
-           "dynmx-tunneld cannot be reached (connect to /run/x.sock: Connection refused); try "
-           "again later"},
+       who + "dynmx-tunneld cannot be reached (connect to /run/x.sock: Connection refused); try "
+             "again later"},
       {Result<ControlReply>(Error{ENOENT, "connect to /run/x.sock: No such file or directory"}),
        kExitTempFail,
-       who +
-           "dynmx-tunneld cannot be reached (connect to /run/x.sock: No such file or directory); "
-           "try again later"},
+       who + "dynmx-tunneld cannot be reached (connect to /run/x.sock: No such file or directory); "
+             "try again later"},
       {Result<ControlReply>(Error{EACCES, "connect to /run/x.sock: Permission denied"}),
        kExitNoPerm,
-       who +
-           "connect to /run/x.sock: Permission denied (tunneld.control_mode and control_group "
-           "must let this account in)"},
+       who + "connect to /run/x.sock: Permission denied (tunneld.control_mode and control_group "
+             "must let this account in)"},
       // What it does not understand is never a lease.
       {ok({}), kExitTempFail, who + "unexpected reply from dynmx-tunneld on /run/x.sock"},
       {ok({"status fine"}), kExitTempFail,

@@ -1245,9 +1245,8 @@ TEST(PlanReload, KeepsRestartKeysAsRunningAndSaysWhatEachProgramTook) {
 TEST(PlanReload, CheckinUserIsTakenOnReload) {
   auto base = parseConfig(client("a", "[\"a.example\"]"), kPath);
   ASSERT_TRUE(base.config) << allErrors(base);
-  auto next =
-      parseConfig("[relay]\ncheckin_user = \"dynmx-checkin\"\n" + client("a", "[\"a.example\"]"),
-                  kPath);
+  auto next = parseConfig(
+      "[relay]\ncheckin_user = \"dynmx-checkin\"\n" + client("a", "[\"a.example\"]"), kPath);
   ASSERT_TRUE(next.config) << allErrors(next);
   ReloadPlan plan = planReload(*base.config, *next.config, ConfigRole::Tunneld);
   EXPECT_EQ(plan.taken, std::vector<std::string>{"relay.checkin_user"});

@@ -144,8 +144,8 @@ class CheckinTest : public ::testing::Test {
     for (const char* name : {"home", "office"}) {
       c += "[[client]]\nname = \"" + std::string(name) +
            "\"\nhost = \"127.0.0.9\"\nport = 1\nhost_key = \"" + tunnel_key.public_line +
-           "\"\ndomains = [\"" + name + ".test\"]\nrelay = " +
-           (std::string(name) == "home" ? "true" : "false") + "\n\n";
+           "\"\ndomains = [\"" + name +
+           ".test\"]\nrelay = " + (std::string(name) == "home" ? "true" : "false") + "\n\n";
     }
     writeFile(conf(), c, 0644);
   }
@@ -177,9 +177,9 @@ class CheckinTest : public ::testing::Test {
     std::vector<std::string> argv = std::move(prefix);
     for (auto a : {"/usr/bin/ssh", "-i"}) argv.push_back(a);
     argv.push_back(key.private_path);
-    for (auto a : {"-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
-                   "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o",
-                   "IdentitiesOnly=yes", "-p"})
+    for (auto a :
+         {"-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
+          "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-p"})
       argv.push_back(a);
     argv.push_back(std::to_string(sshd.port()));
     if (!bind.empty()) {
@@ -230,8 +230,8 @@ TEST_F(CheckinTest, ThroughSshdLeasesTheTcpPeerAndNothingTheClientSays) {
   // The address written on the command line and on stdin is not the one leased.
   Ssh r = ssh(sshd, home, in_ns, "", {"checkin", "203.0.113.99"}, "203.0.113.99\n");
   EXPECT_EQ(r.rc, 0) << r.out;
-  EXPECT_TRUE(contains(r.out, "dynmx-checkin: client home from " + ns.peerAddr() +
-                                  ": relay lease until 20"))
+  EXPECT_TRUE(contains(
+      r.out, "dynmx-checkin: client home from " + ns.peerAddr() + ": relay lease until 20"))
       << r.out;
   ASSERT_TRUE(waitFor([&] {
     return contains(log(), "lease: client=home addr=" + ns.peerAddr() + " source=checkin expires=");
@@ -283,8 +283,8 @@ TEST_F(CheckinTest, OverLoopbackIsRefused) {
   for (const std::string from : {"127.0.0.2", "127.0.0.1"}) {
     Ssh r = ssh(sshd, home, {}, from);
     EXPECT_EQ(r.rc, 77) << r.out;
-    EXPECT_TRUE(contains(r.out, "dynmx-checkin: client home from " + from +
-                                    ": refused (loopback address)"))
+    EXPECT_TRUE(
+        contains(r.out, "dynmx-checkin: client home from " + from + ": refused (loopback address)"))
         << r.out;
   }
   EXPECT_FALSE(contains(log(), "lease: client=home")) << log();
@@ -389,4 +389,16 @@ TEST_F(CheckinTest, UsageAndConfigErrors) {
   // No daemon: 75.
   auto down = run({ci, "-c", conf(), "home"}, {conn});
   EXPECT_EQ(down.first, 75) << down.second;
+}
+
+// The check-in account may do nothing but check in: root (or the daemon's own user) cannot be it.
+TEST_F(CheckinTest, DaemonRefusesRootAsTheCheckinAccount) {
+  writeConfig("", "checkin_user = \"root\"\n");
+  std::string out;
+  int rc = runCommand(
+      {"/bin/sh", "-c", "exec \"$@\" 2>&1", "run", bin + "/dynmx-tunneld", "-f", "-c", conf()},
+      &out);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_TRUE(contains(out, "relay.checkin_user root is root; expected a dedicated account"))
+      << out;
 }

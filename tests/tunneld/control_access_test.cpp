@@ -2,9 +2,8 @@
 // table of peers (uid, groups) and commands: read-only commands for the control group, commands
 // that change state for root and the daemon's user, checkin for the check-in account, which may
 // do nothing else.
-#include <gtest/gtest.h>
-
 #include <algorithm>
+#include <gtest/gtest.h>
 #include <string>
 #include <vector>
 
@@ -28,7 +27,7 @@ ControlAccessRules rules() {
   return r;
 }
 
-const std::vector<C> kAll = {C::Status, C::Queue,  C::Flush,  C::Hold,
+const std::vector<C> kAll = {C::Status,  C::Queue,  C::Flush,  C::Hold,
                              C::Release, C::Reload, C::Checkin};
 
 }  // namespace

@@ -32,11 +32,11 @@ struct ControlPeer {
 };
 
 struct ControlAccessRules {
-  uid_t daemon_uid = 0;                // the daemon's own (effective) user
-  gid_t control_gid = 0;               // control_group, or the daemon's group when none is set
-  std::string control_group_name;      // for messages ("" when control_group is not set)
-  std::optional<uid_t> checkin_uid;    // [relay] checkin_user, when set
-  std::string checkin_user;            // for messages
+  uid_t daemon_uid = 0;              // the daemon's own (effective) user
+  gid_t control_gid = 0;             // control_group, or the daemon's group when none is set
+  std::string control_group_name;    // for messages ("" when control_group is not set)
+  std::optional<uid_t> checkin_uid;  // [relay] checkin_user, when set
+  std::string checkin_user;          // for messages
 };
 
 enum class CommandClass { ReadOnly, ChangesState, Checkin };

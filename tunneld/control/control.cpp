@@ -105,8 +105,9 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
   if (words.size() > 1) r.arg = std::string(words[1]);
   if (r.command == ControlRequest::Command::Checkin) {
     auto a = InetAddr::parse(words[2]);
-    if (!a) return Error{0, "checkin: expected an IPv4 or IPv6 address, got \"" +
-                                std::string(words[2]) + "\""};
+    if (!a)
+      return Error{
+          0, "checkin: expected an IPv4 or IPv6 address, got \"" + std::string(words[2]) + "\""};
     r.address = *a;
   }
   return r;

@@ -27,9 +27,16 @@ namespace dynmx::tunneld {
 inline constexpr size_t kMaxRequest = 1024;
 
 struct ControlRequest {
-  enum class Command { Status, Queue, Flush, Hold, Release, Reload, Checkin } command =
-      Command::Status;
-  std::string arg;  // client name (flush, may be empty; checkin) or queue id (hold, release)
+  enum class Command {
+    Status,
+    Queue,
+    Flush,
+    Hold,
+    Release,
+    Reload,
+    Checkin
+  } command = Command::Status;
+  std::string arg;   // client name (flush, may be empty; checkin) or queue id (hold, release)
   InetAddr address;  // checkin: the client's address (InetAddr::parse, inet_pton only)
 };
 

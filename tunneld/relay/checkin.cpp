@@ -62,8 +62,9 @@ CheckinOutcome checkinOutcome(std::string_view client, const InetAddr& addr,
   if (!reply) {
     // A socket this account may not open is the MX's configuration, not a daemon that is down.
     if (reply.error().code == EACCES || reply.error().code == EPERM)
-      return {kExitNoPerm, who + ": " + reply.error().message +
-                               " (tunneld.control_mode and control_group must let this account in)"};
+      return {kExitNoPerm,
+              who + ": " + reply.error().message +
+                  " (tunneld.control_mode and control_group must let this account in)"};
     return {kExitTempFail, who + ": dynmx-tunneld cannot be reached (" + reply.error().message +
                                "); try again later"};
   }
