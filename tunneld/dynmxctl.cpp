@@ -19,7 +19,8 @@ static int usage() {
   std::fprintf(stderr,
                "usage: dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]\n"
                "       dynmxctl [-c FILE] --check-config\n"
-               "commands: status | queue | flush [CLIENT] | hold ID | release ID | reload\n");
+               "commands: status | queue | flush [CLIENT] | hold ID | release ID | reload\n"
+               "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
   return EX_USAGE;
 }
 

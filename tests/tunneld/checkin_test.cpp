@@ -243,7 +243,11 @@ TEST_F(CheckinTest, ThroughSshdLeasesTheTcpPeerAndNothingTheClientSays) {
   // A second check-in renews the lease; within the minute it is no second hint.
   r = ssh(sshd, home, in_ns);
   EXPECT_EQ(r.rc, 0) << r.out;
-  ASSERT_TRUE(waitFor([&] { return contains(log(), "source=checkin expires="); }));
+  ASSERT_TRUE(waitFor([&] {
+    return contains(log(), "lease: client=home addr=" + ns.peerAddr() +
+                               " source=checkin expires=") &&
+           contains(log(), " (renewed)");
+  })) << log();
   size_t hints = 0;
   for (size_t p = 0; (p = log().find("checked in: connecting now", p)) != std::string::npos; ++p)
     ++hints;
