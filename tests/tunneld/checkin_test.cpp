@@ -8,9 +8,10 @@
 // client that must be leased sits in a network namespace of its own, joined to this one by a veth
 // pair with addresses from 198.18.0.0/15 (RFC 2544, never routed): sshd listens on the host side,
 // the client's ssh runs in the namespace and arrives from the other side, a real non-loopback TCP
-// peer. A second sshd on 127.0.0.1 shows that check-ins over loopback (from 127.0.0.1 and from
-// 127.0.0.2) are refused, and one from the host side to itself that this MX's own address is.
-// Waiting is always for an event with a generous deadline; nothing asserts on elapsed time.
+// peer (IPv4, and IPv6 from 2001:db8::/32 where the machine has IPv6). A second sshd on 127.0.0.1
+// shows that check-ins over loopback (from 127.0.0.1 and from 127.0.0.2) are refused, and one from
+// the host side to itself that this MX's own address is. Waiting is always for an event with a
+// generous deadline; nothing asserts on elapsed time.
 #include <grp.h>
 #include <pwd.h>
 #include <unistd.h>
@@ -45,6 +46,10 @@ class VethNamespace {
     unsigned base = ((p / 250) % 60) * 4;
     host_addr_ = net + std::to_string(base + 1);
     peer_addr_ = net + std::to_string(base + 2);
+    // IPv6: a /64 of the documentation prefix per test process; nodad, so usable at once.
+    std::string net6 = "2001:db8:" + std::to_string(p % 10000) + ":" + std::to_string(base) + "::";
+    host_addr6_ = net6 + "1";
+    peer_addr6_ = net6 + "2";
     ok_ = run({"/usr/sbin/ip", "netns", "add", ns_}) &&
           run({"/usr/sbin/ip", "link", "add", host_if_, "type", "veth", "peer", "name", peer_if}) &&
           run({"/usr/sbin/ip", "link", "set", peer_if, "netns", ns_}) &&
@@ -54,20 +59,28 @@ class VethNamespace {
                peer_if}) &&
           run({"/usr/sbin/ip", "netns", "exec", ns_, "ip", "link", "set", peer_if, "up"}) &&
           run({"/usr/sbin/ip", "netns", "exec", ns_, "ip", "link", "set", "lo", "up"});
+    ok6_ =
+        ok_ &&
+        run({"/usr/sbin/ip", "-6", "addr", "add", host_addr6_ + "/64", "dev", host_if_, "nodad"}) &&
+        run({"/usr/sbin/ip", "netns", "exec", ns_, "ip", "-6", "addr", "add", peer_addr6_ + "/64",
+             "dev", peer_if, "nodad"});
   }
   ~VethNamespace() {
     (void)runCommand({"/usr/sbin/ip", "link", "del", host_if_});
     (void)runCommand({"/usr/sbin/ip", "netns", "del", ns_});
   }
   bool ok() const { return ok_; }
+  bool ok6() const { return ok6_; }  // IPv6 addresses too (not where IPv6 is off)
   const std::string& name() const { return ns_; }
   const std::string& hostAddr() const { return host_addr_; }
   const std::string& peerAddr() const { return peer_addr_; }
+  const std::string& hostAddr6() const { return host_addr6_; }
+  const std::string& peerAddr6() const { return peer_addr6_; }
 
  private:
   static bool run(const std::vector<std::string>& argv) { return runCommand(argv) == 0; }
-  std::string ns_, host_if_, host_addr_, peer_addr_;
-  bool ok_ = false;
+  std::string ns_, host_if_, host_addr_, peer_addr_, host_addr6_, peer_addr6_;
+  bool ok_ = false, ok6_ = false;
 };
 
 void quietly(const std::string& program, const std::string& arg) {
@@ -244,8 +257,8 @@ TEST_F(CheckinTest, ThroughSshdLeasesTheTcpPeerAndNothingTheClientSays) {
   r = ssh(sshd, home, in_ns);
   EXPECT_EQ(r.rc, 0) << r.out;
   ASSERT_TRUE(waitFor([&] {
-    return contains(log(), "lease: client=home addr=" + ns.peerAddr() +
-                               " source=checkin expires=") &&
+    return contains(log(),
+                    "lease: client=home addr=" + ns.peerAddr() + " source=checkin expires=") &&
            contains(log(), " (renewed)");
   })) << log();
   size_t hints = 0;
@@ -274,6 +287,28 @@ TEST_F(CheckinTest, ThroughSshdLeasesTheTcpPeerAndNothingTheClientSays) {
   r = ssh(sshd, home, in_ns);
   EXPECT_EQ(r.rc, 75) << r.out;
   EXPECT_TRUE(contains(r.out, "dynmx-tunneld cannot be reached")) << r.out;
+}
+
+TEST_F(CheckinTest, OverIPv6LeasesTheTcpPeer) {
+  VethNamespace ns;
+  ASSERT_TRUE(ns.ok()) << "cannot create a network namespace with a veth pair (ip netns)";
+  if (!ns.ok6()) GTEST_SKIP() << "no IPv6 on this machine";
+  TempDir sd("dynmx-checkin-sshd");
+  ASSERT_EQ(chmod(sd.path().c_str(), 0700), 0);
+  TestSshd sshd(sd.path());
+  sshd.setAddress(ns.hostAddr6());
+  KeyPair home = sshd.newClientKey("home_checkin", checkinCommand("home"));
+  sshd.start();
+  writeConfig();
+  startDaemon();
+  Ssh r = ssh(sshd, home, {"/usr/sbin/ip", "netns", "exec", ns.name()});
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(contains(
+      r.out, "dynmx-checkin: client home from " + ns.peerAddr6() + ": relay lease until 20"))
+      << r.out;
+  EXPECT_TRUE(waitFor([&] {
+    return contains(log(), "lease: client=home addr=" + ns.peerAddr6() + " source=checkin");
+  })) << log();
 }
 
 TEST_F(CheckinTest, OverLoopbackIsRefused) {
