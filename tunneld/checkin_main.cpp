@@ -31,6 +31,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: dynmx-checkin [-c FILE] NAME\n"
+    "       dynmx-checkin [-c FILE] --check-config\n"
     "       the forced command of a client's check-in key in authorized_keys:\n"
     "       command=\"/usr/sbin/dynmx-checkin NAME\",restrict ssh-ed25519 AAAA...\n";
 constexpr int kDaemonTimeoutMs = 20000;
@@ -58,11 +59,14 @@ int finish(int code, const std::string& message) {
 int main(int argc, char** argv) {
   std::string config = kDefaultConfigPath;
   const char* name = nullptr;
+  bool check_config = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "-c") {
       if (++i >= argc) return usage("-c needs a file name");
       config = argv[i];
+    } else if (a == "--check-config") {
+      check_config = true;
     } else if (a == "-h" || a == "--help") {
       std::fputs(kUsage, stdout);
       return kExitOk;
@@ -74,6 +78,7 @@ int main(int argc, char** argv) {
       name = argv[i];
     }
   }
+  if (check_config) return checkConfigCommand(config, ConfigRole::Any, stdout, stderr);
   if (!name) return usage("expected a client name");
   logInit("dynmx-checkin", false);
 

@@ -425,6 +425,9 @@ TEST_F(CheckinTest, UsageAndConfigErrors) {
   auto help = run({ci, "--help"});
   EXPECT_EQ(help.first, 0);
   EXPECT_TRUE(contains(help.second, "usage: dynmx-checkin [-c FILE] NAME")) << help.second;
+  auto check = run({ci, "-c", conf(), "--check-config"});
+  EXPECT_EQ(check.first, 0) << check.second;
+  EXPECT_TRUE(contains(check.second, "config OK")) << check.second;
   // No daemon: 75.
   auto down = run({ci, "-c", conf(), "home"}, {conn});
   EXPECT_EQ(down.first, 75) << down.second;
