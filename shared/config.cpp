@@ -55,9 +55,9 @@ constexpr std::string_view kTunneldKeys[] = {
     "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
     "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
     "pid_file"};
-constexpr std::string_view kRelayKeys[] = {"socket",      "socket_mode",  "socket_group",
-                                           "user",        "lease_grace",  "lease_lifetime",
-                                           "revoke_hold", "mx_addresses", "lease_file"};
+constexpr std::string_view kRelayKeys[] = {
+    "socket",         "socket_mode", "socket_group", "user",       "lease_grace",
+    "lease_lifetime", "revoke_hold", "mx_addresses", "lease_file", "checkin_user"};
 constexpr std::string_view kClientKeys[] = {
     "name",           "host",          "port",        "user",          "domains",
     "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
@@ -882,6 +882,8 @@ class Loader {
                    readMxAddresses(v, key);
                  } else if (k == "lease_file") {
                    if (auto s = absolutePath(v, key)) c.lease_file = *s;
+                 } else if (k == "checkin_user") {
+                   if (auto s = accountName(v, key, true, "a user name")) c.checkin_user = *s;
                  }
                });
   }
@@ -1336,12 +1338,13 @@ void diffPart(const RelayStartup& a, const RelayStartup& b, KeyDiff& out) {
 }
 
 void diffPart(const RelayReloadable& a, const RelayReloadable& b, KeyDiff& out) {
-  const auto& [lease_grace, lease_lifetime, revoke_hold, mx_addresses] = a;
-  const auto& [lease_grace2, lease_lifetime2, revoke_hold2, mx_addresses2] = b;
+  const auto& [lease_grace, lease_lifetime, revoke_hold, mx_addresses, checkin_user] = a;
+  const auto& [lease_grace2, lease_lifetime2, revoke_hold2, mx_addresses2, checkin_user2] = b;
   out.add("relay.lease_grace", lease_grace != lease_grace2);
   out.add("relay.lease_lifetime", lease_lifetime != lease_lifetime2);
   out.add("relay.revoke_hold", revoke_hold != revoke_hold2);
   out.add("relay.mx_addresses", mx_addresses != mx_addresses2);
+  out.add("relay.checkin_user", checkin_user != checkin_user2);
 }
 
 // The keys of one client that changed; only its domains when the program reads only the routing.

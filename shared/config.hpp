@@ -125,8 +125,8 @@ struct TunneldConfig : TunneldStartup, TunneldReloadable {};
 
 // [relay]: leases that let the MTA on this host relay for a client's current address, and the
 // socketmap server the MTA asks (man/dynmx-relay.7). A reload applies the lease settings
-// (lease_grace, lease_lifetime, revoke_hold, mx_addresses) and every client's relay and
-// relay_networks; the socket, its mode and group, user and lease_file need a restart.
+// (lease_grace, lease_lifetime, revoke_hold, mx_addresses, checkin_user) and every client's
+// relay and relay_networks; the socket, its mode and group, user and lease_file need a restart.
 struct RelayStartup {
   std::string socket = "/run/dynmx/relay.sock";  // the socketmap server's Unix socket
   mode_t socket_mode = 0660;
@@ -139,6 +139,9 @@ struct RelayReloadable {
   Seconds lease_lifetime{1200};        // a check-in lease lasts this long after the last check-in
   Seconds revoke_hold{3600};           // dynmxctl revoke holds the address down this long
   std::vector<InetAddr> mx_addresses;  // this MX's addresses as clients see them (behind NAT)
+  // The account whose authorized_keys runs dynmx-checkin: on the admin socket it may check in
+  // and nothing else. Empty: no check-in account (only root and the daemon's user check in).
+  std::string checkin_user;
 };
 struct RelayConfig : RelayStartup, RelayReloadable {};
 

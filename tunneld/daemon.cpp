@@ -7,7 +7,9 @@
 #include "tunneld/daemon.hpp"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
@@ -16,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -24,6 +27,7 @@
 #include "shared/log.hpp"
 #include "shared/privileges.hpp"
 #include "shared/sysexits.hpp"
+#include "tunneld/relay/checkin.hpp"
 
 namespace dynmx::tunneld {
 
@@ -43,6 +47,7 @@ std::string isoTime(int64_t t) {
 
 struct Daemon::ControlConn {
   int fd = -1;
+  ControlPeer peer;  // who connected (SO_PEERCRED); nobody when that could not be read
   std::string in, out;
   size_t sent = 0;
   bool replied = false;
@@ -119,6 +124,9 @@ Status Daemon::init() {
   if (inotify_add_watch(inotify_fd_, incoming.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0)
     return sysError(errno, "inotify_add_watch " + incoming);
 
+  auto access = accessRules(cfg_);
+  if (!access) return access.error();
+  access_ = *access;
   auto fd = openControlSocket(cfg_.tunneld.control_socket, cfg_.tunneld.control_mode,
                               cfg_.tunneld.control_group);
   if (!fd) return fd.error();
@@ -307,6 +315,13 @@ Status Daemon::reload() {
   }
   // What needs a restart is kept as it runs (planReload); everything else is applied.
   ReloadPlan plan = planReload(cfg_, std::move(*lr.config), ConfigRole::Tunneld);
+  auto access = accessRules(plan.config);
+  if (!access) {
+    logf(LogLevel::Error, "reload: %s; keeping the running configuration",
+         access.error().message.c_str());
+    return Error{0, access.error().message + "; keeping the running configuration"};
+  }
+  access_ = *access;
   cfg_ = std::move(plan.config);
   queue_->reconfigure(cfg_);
   reloadRelay();
@@ -329,6 +344,10 @@ void Daemon::onControlAccept() {
     if (fd < 0) return;
     auto conn = std::make_unique<ControlConn>();
     conn->fd = fd;
+    if (auto peer = peerCredentials(fd))
+      conn->peer = *peer;
+    else
+      logf(LogLevel::Warning, "control: %s; the peer may do nothing", peer.error().message.c_str());
     conn->timer = loop_.addTimer(time_.steady() + std::chrono::seconds(10), [this, fd]() {
       auto it = conns_.find(fd);
       if (it != conns_.end()) it->second->timer = 0;
@@ -368,6 +387,11 @@ void Daemon::onControlIo(int fd, short revents) {
     if (!req) {
       reply.ok = false;
       reply.error = req.error().message;
+    } else if (auto denied = controlAccess(accessNow(), c.peer, req->command)) {
+      logf(LogLevel::Notice, "control: uid %ld: %s", static_cast<long>(c.peer.uid),
+           denied->c_str());
+      reply.ok = false;
+      reply.error = *denied;
     } else {
       reply = handleRequest(*req);
     }
@@ -501,9 +525,83 @@ ControlReply Daemon::handleRequest(const ControlRequest& req) {
       }
       break;
     }
+    case ControlRequest::Command::Checkin:
+      r = checkin(req);
+      break;
   }
   return r;
 }
+
+// ---- the admin socket's access rules and the check-in ----
+
+Result<ControlAccessRules> Daemon::accessRules(const Config& cfg) {
+  ControlAccessRules a;
+  a.control_group_name = cfg.tunneld.control_group;
+  if (!a.control_group_name.empty()) {
+    const group* g = getgrnam(a.control_group_name.c_str());
+    if (!g) return Error{0, "tunneld.control_group " + a.control_group_name + ": no such group"};
+    a.control_gid = g->gr_gid;
+  }
+  const std::string& name = cfg.relay.checkin_user;
+  if (name.empty()) return a;
+  const passwd* pw = getpwnam(name.c_str());
+  if (!pw) return Error{0, "relay.checkin_user " + name + ": no such user"};
+  uid_t uid = pw->pw_uid;
+  std::optional<uid_t> daemon_uid;
+  if (!cfg.tunneld.user.empty()) {
+    if (const passwd* d = getpwnam(cfg.tunneld.user.c_str())) daemon_uid = d->pw_uid;
+  } else {
+    daemon_uid = geteuid();
+  }
+  // The check-in account may do nothing but check in: it must not be an account that may do more.
+  if (uid == 0 || uid == daemon_uid)
+    return Error{0, "relay.checkin_user " + name + " is " +
+                        (uid == 0 ? std::string("root") : "the daemon's own user") +
+                        "; expected a dedicated account that may do nothing but check in"};
+  a.checkin_uid = uid;
+  a.checkin_user = name;
+  return a;
+}
+
+ControlAccessRules Daemon::accessNow() const {
+  ControlAccessRules a = access_;
+  a.daemon_uid = geteuid();  // after start-up, tunneld.user
+  if (a.control_group_name.empty()) a.control_gid = getegid();
+  return a;
+}
+
+ControlReply Daemon::checkin(const ControlRequest& req) {
+  GrantResult g;
+  if (leases_) {
+    int64_t now = leaseNow();
+    leaseEvents(leases_->expire(now));
+    g = leases_->checkIn(req.arg, req.address, now);
+    leaseEvents(g.events);  // logged, saved and fed to dynmx-relaymap
+  } else {
+    // No client may relay: the rules alone give the refusal (unknown client or relay off).
+    LeaseTable none(LeaseRules::fromConfig(cfg_));
+    g = none.checkIn(req.arg, req.address, LeaseClock(time_).now());
+    logLeaseEvents(g.events);
+  }
+  if (g.lease) checkinHint(req.arg);
+  return checkinReply(g);
+}
+
+void Daemon::checkinHint(const std::string& client) {
+  auto it = clients_.find(client);
+  if (it == clients_.end() || stopping_) return;
+  auto t = time_.steady();
+  auto last = checkin_hints_.find(client);
+  if (last != checkin_hints_.end() && t - last->second < kCheckinHintInterval) return;
+  checkin_hints_[client] = t;
+  ClientStatus st = it->second.client->status();
+  if (st.state == "connected") return;
+  logf(LogLevel::Info, "client %s checked in: connecting now instead of waiting (was %s)",
+       client.c_str(), st.state.c_str());
+  it->second.client->retryNow(t);
+  service(it->second);
+}
+
 
 int Daemon::run() {
   while (true) {

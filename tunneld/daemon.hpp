@@ -16,6 +16,9 @@
 // time; SIGCHLD (and a timer for restarts) lets RelayMapProcess reap and restart its child; the
 // child is stopped by its pid when the daemon exits.
 // Mail committed to incoming/ while its client is connected starts at once (inotify IN_MOVED_TO).
+// The admin socket answers each request only when the peer's credentials allow it (access.hpp);
+// "checkin CLIENT ADDRESS" (dynmx-checkin) grants a check-in lease and, at most once per
+// kCheckinHintInterval per client, makes that client's connection try again at once.
 #pragma once
 
 #include <chrono>
@@ -28,6 +31,7 @@
 #include "shared/config.hpp"
 #include "shared/result.hpp"
 #include "shared/spool.hpp"
+#include "tunneld/control/access.hpp"
 #include "tunneld/control/control.hpp"
 #include "tunneld/event_loop.hpp"
 #include "tunneld/queue/bounce.hpp"
@@ -45,6 +49,8 @@ inline constexpr std::chrono::seconds kIncomingRescan{30};
 // incoming/ is taken into the queue at most this many files per turn of the loop, so that a big
 // backlog (a restart after an outage) does not hold up connecting and delivering.
 inline constexpr size_t kScanSlice = 256;
+// A check-in says the client is back: its connection is retried at once, at most this often.
+inline constexpr std::chrono::seconds kCheckinHintInterval{60};
 
 class Daemon : public Waker, public TunnelObserver {
  public:
@@ -145,6 +151,15 @@ class Daemon : public Waker, public TunnelObserver {
   std::optional<int64_t> lease_timer_at_;
   uint64_t relaymap_timer_ = 0;
   int relaymap_fd_ = -1;  // the feed descriptor being watched
+
+  // The admin socket's access rules and the check-in.
+  // control_group's gid and the check-in account's uid, resolved at start and on reload.
+  static Result<ControlAccessRules> accessRules(const Config& cfg);
+  ControlAccessRules accessNow() const;  // access_ with the daemon's current uid (and gid)
+  ControlReply checkin(const ControlRequest& req);
+  void checkinHint(const std::string& client);
+  ControlAccessRules access_;
+  std::map<std::string, SteadyClock::time_point> checkin_hints_;  // last retry hint per client
 };
 
 // dynmx-tunneld's command line and life: parses argv, loads the config, daemonizes (unless -f),

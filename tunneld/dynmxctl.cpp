@@ -24,7 +24,8 @@ static int usage() {
                "usage: dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]\n"
                "       dynmxctl [-c FILE] --check-config\n"
                "commands: status | queue | flush [CLIENT] | hold ID | release ID | reload |\n"
-               "          leases [--json] | revoke ADDRESS\n");
+               "          leases [--json] | revoke ADDRESS |\n"
+               "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
   return EX_USAGE;
 }
 

@@ -22,14 +22,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (r.ok()) {
     using C = ControlRequest::Command;
     C c = r->command;
-    bool takes_arg = c == C::Flush || c == C::Hold || c == C::Release || c == C::Revoke;
+    bool takes_arg =
+        c == C::Flush || c == C::Hold || c == C::Release || c == C::Revoke || c == C::Checkin;
     if (!takes_arg && !r->arg.empty()) std::abort();
-    if ((c == C::Hold || c == C::Release || c == C::Revoke) && r->arg.empty()) std::abort();
+    if ((c == C::Hold || c == C::Release || c == C::Revoke || c == C::Checkin) && r->arg.empty())
+      std::abort();
     // revoke's argument is an address, written back in its one canonical form.
     if (c == C::Revoke) {
       auto a = dynmx::InetAddr::parse(r->arg);
       if (!a || a->str() != r->arg) std::abort();
     }
+    // A check-in's address is an address: its canonical text parses back to itself.
+    if (c == C::Checkin && dynmx::InetAddr::parse(r->address.str()) != r->address) std::abort();
   }
   (void)dynmx::tunneld::parseControlReply(in);
   // A lease line that parses formats back to the same values.

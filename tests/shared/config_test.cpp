@@ -606,6 +606,7 @@ lease_lifetime = "30m"
 revoke_hold = "0"
 mx_addresses = ["198.51.100.25", "2001:DB8::25", "::ffff:198.51.100.26"]
 lease_file = "/srv/dynmx/leases"
+checkin_user = "dynmx-checkin"
 )" +
       client("office", "[\"office.example\"]",
              "relay = true\nrelay_networks = [\"192.0.2.0/24\", \"2001:db8:1::/48\", "
@@ -626,6 +627,8 @@ lease_file = "/srv/dynmx/leases"
   EXPECT_EQ(c.mx_addresses[1].str(), "2001:db8::25");
   EXPECT_EQ(c.mx_addresses[2].str(), "198.51.100.26");
   EXPECT_EQ(c.lease_file, "/srv/dynmx/leases");
+  EXPECT_EQ(c.checkin_user, "dynmx-checkin");
+  EXPECT_EQ(RelayConfig{}.checkin_user, "");  // no check-in account unless one is named
   const ClientConfig& office = r.config->clients[0];
   EXPECT_TRUE(office.relay);
   ASSERT_EQ(office.relay_networks.size(), 3u);
@@ -664,6 +667,8 @@ INSTANTIATE_TEST_SUITE_P(
                 "relay.socket_mode", "the decimal integer 660"},
         BadCase{"RelayUserWithSpace", "[relay]\nuser = \"a b\"\n", 2, 8, "relay.user",
                 "expected a user name"},
+        BadCase{"RelayCheckinUserWithSlash", "[relay]\ncheckin_user = \"a/b\"\n", 2, 16,
+                "relay.checkin_user", "expected a user name"},
         BadCase{"RelayLeaseFileEmpty", "[relay]\nlease_file = \"\"\n", 2, 14, "relay.lease_file",
                 "expected an absolute path"},
         BadCase{"MxAddressesNotAnArray", "[relay]\nmx_addresses = \"192.0.2.25\"\n", 2, 16,
@@ -1234,6 +1239,19 @@ TEST(PlanReload, KeepsRestartKeysAsRunningAndSaysWhatEachProgramTook) {
     EXPECT_EQ(plan.config.clients[0].port, 2222);
   }
   EXPECT_EQ(joinKeys(planReload(*base.config, *base.config, ConfigRole::Any).taken), "");
+}
+
+// The check-in account is taken on a reload (dynmx-tunneld resolves it again then).
+TEST(PlanReload, CheckinUserIsTakenOnReload) {
+  auto base = parseConfig(client("a", "[\"a.example\"]"), kPath);
+  ASSERT_TRUE(base.config) << allErrors(base);
+  auto next = parseConfig(
+      "[relay]\ncheckin_user = \"dynmx-checkin\"\n" + client("a", "[\"a.example\"]"), kPath);
+  ASSERT_TRUE(next.config) << allErrors(next);
+  ReloadPlan plan = planReload(*base.config, *next.config, ConfigRole::Tunneld);
+  EXPECT_EQ(plan.taken, std::vector<std::string>{"relay.checkin_user"});
+  EXPECT_TRUE(plan.waiting.empty());
+  EXPECT_EQ(plan.config.relay.checkin_user, "dynmx-checkin");
 }
 
 TEST(ClientIdentityFile, IsTheClientsOwnElseTheTunneldDefault) {

@@ -54,6 +54,39 @@ TEST(ControlRequest, ParserTable) {
   EXPECT_FALSE(parseControlRequest(std::string(kMaxRequest + 1, 'a')).ok());
 }
 
+// checkin CLIENT ADDRESS: dynmx-checkin's request; the address is an address (inet_pton only).
+TEST(ControlRequest, CheckinTable) {
+  struct Case {
+    const char* line;
+    const char* client;   // nullptr: refused
+    const char* address;  // canonical
+  } cases[] = {
+      {"checkin home 203.0.113.7", "home", "203.0.113.7"},
+      {"checkin home 203.0.113.7\r\n", "home", "203.0.113.7"},
+      {"checkin home 2001:DB8::7", "home", "2001:db8::7"},
+      {"checkin home ::ffff:203.0.113.7", "home", "203.0.113.7"},
+      {"checkin home", nullptr, nullptr},
+      {"checkin", nullptr, nullptr},
+      {"checkin home 203.0.113.7 extra", nullptr, nullptr},
+      {"checkin home host.example.net", nullptr, nullptr},
+      {"checkin home 203.0.113.7:25", nullptr, nullptr},
+      {"checkin home 203.0.113.0/24", nullptr, nullptr},
+      {"checkin home fe80::1%eth0", nullptr, nullptr},
+      {"CHECKIN home 203.0.113.7", nullptr, nullptr},
+  };
+  for (auto& c : cases) {
+    auto r = parseControlRequest(c.line);
+    ASSERT_EQ(r.ok(), c.client != nullptr) << c.line;
+    if (!c.client) continue;
+    EXPECT_EQ(r->command, ControlRequest::Command::Checkin) << c.line;
+    EXPECT_EQ(r->arg, c.client) << c.line;
+    EXPECT_EQ(r->address.str(), c.address) << c.line;
+  }
+  auto bad = parseControlRequest("checkin home nonsense");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().message, "checkin: expected an IPv4 or IPv6 address, got \"nonsense\"");
+}
+
 TEST(ControlReply, FramingRoundTrips) {
   ControlReply r;
   r.lines = {"client a: connected", ".hidden", "", ".", "x\ny"};

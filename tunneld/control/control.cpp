@@ -52,8 +52,9 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     i = j;
   }
   if (words.empty())
-    return Error{
-        0, "empty request; expected status, queue, flush, hold, release, reload, leases or revoke"};
+    return Error{0,
+                 "empty request; expected status, queue, flush, hold, release, reload, leases, "
+                 "revoke or checkin"};
   for (auto w : words)
     if (!validArg(w)) return Error{0, "request contains control characters or an overlong word"};
   ControlRequest r;
@@ -62,6 +63,7 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     if (words.size() - 1 < min || words.size() - 1 > max)
       return Error{0, std::string(cmd) + ": expected " +
                           (max == 0   ? "no argument"
+                           : max == 2 ? "a client name and an address"
                            : min == 0 ? "at most one argument"
                                       : "one argument")};
     return {};
@@ -82,10 +84,12 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     r.command = ControlRequest::Command::Leases;
   else if (cmd == "revoke")
     r.command = ControlRequest::Command::Revoke;
+  else if (cmd == "checkin")
+    r.command = ControlRequest::Command::Checkin;
   else
-    return Error{0,
-                 "unknown command \"" + std::string(cmd) +
-                     "\"; expected status, queue, flush, hold, release, reload, leases or revoke"};
+    return Error{0, "unknown command \"" + std::string(cmd) +
+                        "\"; expected status, queue, flush, hold, release, reload, leases, "
+                        "revoke or checkin"};
   Status st;
   switch (r.command) {
     case ControlRequest::Command::Status:
@@ -102,6 +106,9 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     case ControlRequest::Command::Revoke:
       st = want(1, 1);
       break;
+    case ControlRequest::Command::Checkin:
+      st = want(2, 2);
+      break;
   }
   if (!st) return st.error();
   if (words.size() > 1) r.arg = std::string(words[1]);
@@ -109,6 +116,13 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     auto a = InetAddr::parse(r.arg);
     if (!a) return Error{0, "revoke: \"" + r.arg + "\" is not an IPv4 or IPv6 address"};
     r.arg = a->str();
+  }
+  if (r.command == ControlRequest::Command::Checkin) {
+    auto a = InetAddr::parse(words[2]);
+    if (!a)
+      return Error{
+          0, "checkin: expected an IPv4 or IPv6 address, got \"" + std::string(words[2]) + "\""};
+    r.address = *a;
   }
   return r;
 }

@@ -2,9 +2,12 @@
 //
 // Protocol: one request per connection, one line (at most kMaxRequest octets, LF or CRLF):
 //   status | queue | flush [CLIENT] | hold ID | release ID | reload | leases | revoke ADDRESS
+//   | checkin CLIENT ADDRESS
 // `leases` answers one body line per live relay lease, "ADDRESS CLIENT SOURCE GRANTED EXPIRES"
 // (times in unix seconds; dynmxctl shows them), then one "hold ADDRESS UNTIL" per hold-down;
-// `revoke` takes an IPv4 or IPv6 address (inet_pton forms only).
+// `revoke` takes an IPv4 or IPv6 address (inet_pton forms only). `checkin` is dynmx-checkin's: a
+// client checked in over SSH from ADDRESS (see dynmx-checkin(8)).
+// Who may send what is access.hpp's (the peer's credentials), not the parser's.
 // The reply is a status line "OK" or "ERR <reason>", then zero or more text lines, then a line
 // holding a single "." (body lines that begin with "." get another "." in front, as in SMTP).
 // The socket is created under umask 077, then chmod control_mode and chgrp control_group. A stale
@@ -21,6 +24,7 @@
 #include <vector>
 
 #include "shared/fd.hpp"
+#include "shared/inet_addr.hpp"
 #include "shared/result.hpp"
 
 namespace dynmx::tunneld {
@@ -36,11 +40,13 @@ struct ControlRequest {
     Release,
     Reload,
     Leases,
-    Revoke
+    Revoke,
+    Checkin
   } command = Command::Status;
-  // client name (flush, may be empty), queue id (hold, release) or address (revoke, as parsed by
-  // InetAddr::parse and written back by InetAddr::str)
+  // client name (flush, may be empty; checkin), queue id (hold, release) or address (revoke, as
+  // parsed by InetAddr::parse and written back by InetAddr::str)
   std::string arg;
+  InetAddr address;  // checkin: the client's address (InetAddr::parse, inet_pton only)
 };
 
 // Parses one request line (without or with its line end). Errors name what was expected.
