@@ -153,7 +153,9 @@ class CheckinTest : public ::testing::Test {
          (dir / "known_hosts") + "\"\n";
     c += "reconnect_min = \"1m\"\nreconnect_max = \"10m\"\nconnect_timeout = \"5s\"\n";
     c += tunneld_extra + "\n";
-    c += "[relay]\nlease_lifetime = \"20m\"\n" + relay_extra + "\n";
+    // The lease server's socket and the lease file in the test's directory, never the system's.
+    c += "[relay]\nlease_lifetime = \"20m\"\nsocket = \"" + (dir / "relay.sock") +
+         "\"\nlease_file = \"" + (dir / "leases/leases") + "\"\n" + relay_extra + "\n";
     for (const char* name : {"home", "office"}) {
       c += "[[client]]\nname = \"" + std::string(name) +
            "\"\nhost = \"127.0.0.9\"\nport = 1\nhost_key = \"" + tunnel_key.public_line +
