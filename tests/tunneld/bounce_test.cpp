@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sstream>
 #include <thread>
 
@@ -231,6 +233,32 @@ TEST_F(SenderTest, ArgvIsExactlyPrefixPlusFlagsAndStdinHasTheMessage) {
   EXPECT_EQ(readFile(out + ".args"),
             "[-C/etc/x.cf]\n[two words]\n[-oi]\n[-f]\n[<>]\n[--]\n[-alice@a.example]\n");
   EXPECT_EQ(readFile(out + ".stdin"), "From: MAILER-DAEMON\nSubject: x\n\nline 1\n.\nline 3\n");
+}
+
+// dynmx-tunneld blocks SIGTERM, SIGINT, SIGHUP and SIGCHLD (it reads them from a signalfd) and
+// ignores SIGPIPE; the local sendmail it runs must get neither: a sendmail that cannot be stopped
+// with SIGTERM or that never hears of its own children would be a bad guest.
+TEST_F(SenderTest, ChildStartsWithNoBlockedSignalsAndSigpipeAtItsDefault) {
+  std::string out = dir_.path() + "/status";
+  std::string p = script("status", "cat >/dev/null; grep -E '^Sig(Blk|Ign):' /proc/$$/status > '" +
+                                       out + "'\n");
+  sigset_t block, old;
+  sigemptyset(&block);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) sigaddset(&block, sig);
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &block, &old), 0);
+  auto old_pipe = ::signal(SIGPIPE, SIG_IGN);
+  SendmailBounceSender s({p}, 30s);
+  auto st = s.send("alice@a.example", "x\r\n");
+  ::signal(SIGPIPE, old_pipe);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  std::string status = readFile(out);
+  EXPECT_NE(status.find("SigBlk:\t0000000000000000"), std::string::npos) << status;
+  // SIGPIPE is signal 13: bit 12 of SigIgn (0x1000).
+  auto ign = status.find("SigIgn:\t");
+  ASSERT_NE(ign, std::string::npos) << status;
+  unsigned long long mask = std::stoull(status.substr(ign + 8, 16), nullptr, 16);
+  EXPECT_EQ(mask & (1ULL << (SIGPIPE - 1)), 0u) << status;
 }
 
 TEST_F(SenderTest, ChildThatNeverExitsIsKilledAtTheTimeout) {

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <boost/process.hpp>
+#include <boost/process/extend.hpp>
 #include <cstdio>
 #include <ctime>
 #include <thread>
@@ -337,8 +338,16 @@ class SendmailRun {
 
   Status spawn(const std::vector<std::string>& args) {
     std::error_code ec;
+    // The daemon blocks the signals it reads from its signalfd and ignores SIGPIPE; both would
+    // survive exec. sendmail gets a clean slate: no blocked signal, SIGPIPE at its default.
+    auto clean_signals = bp::extend::on_exec_setup([](auto&) {
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, nullptr);
+      signal(SIGPIPE, SIG_DFL);
+    });
     child_ = bp::child(bp::exe = prog_, bp::args = args, bp::std_in<in_, bp::std_out> bp::null,
-                       bp::std_err > err_, ec);
+                       bp::std_err > err_, clean_signals, ec);
     if (ec) return Error{ec.value(), "bounce: cannot run " + prog_ + ": " + ec.message()};
     wfd_ = in_.native_sink();
     rfd_ = err_.native_source();
