@@ -9,6 +9,7 @@
 // configuration. The only system calls are stat(2) on the identity and known_hosts files, and the
 // read of the file itself; a file that cannot be read is one error, never an exception.
 #include "shared/config.hpp"
+#include "shared/fd.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -1222,28 +1223,20 @@ LoadResult loadConfig(const std::string& path, ConfigRole role) {
                                        (err != 0 ? errnoText(err) : "not a regular file")});
     return r;
   };
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return failed("cannot open", errno);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!fd) return failed("cannot open", errno);
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
-    ::close(fd);
-    return failed("cannot read", err);
-  }
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
+    return failed("cannot read", S_ISDIR(st.st_mode) ? EISDIR : errno);
   std::string text;
   char buf[16384];
   for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      return failed("cannot read", err);
-    }
+    if (n < 0) return failed("cannot read", errno);
     if (n == 0) break;
     text.append(buf, static_cast<size_t>(n));
   }
-  ::close(fd);
   return parseConfig(text, path, role);
 }
 

@@ -46,7 +46,7 @@ std::string isoTime(int64_t t) {
 }  // namespace
 
 struct Daemon::ControlConn {
-  int fd = -1;
+  UniqueFd fd;
   ControlPeer peer;  // who connected (SO_PEERCRED); nobody when that could not be read
   std::string in, out;
   size_t sent = 0;
@@ -65,16 +65,9 @@ Daemon::~Daemon() {
   jobs_.reset();
   queue_.reset();
   handoffs_.reset();
-  for (auto& [fd, c] : conns_) {
-    (void)c;
-    close(fd);
-  }
-  if (control_fd_ >= 0) {
-    close(control_fd_);
-    if (control_owned_) unlink(cfg_.tunneld.control_socket.c_str());
-  }
-  for (int fd : {signal_fd_, inotify_fd_, wake_fd_})
-    if (fd >= 0) close(fd);
+  conns_.clear();  // each closes its descriptor
+  if (control_fd_ && control_owned_) unlink(cfg_.tunneld.control_socket.c_str());
+  // The descriptors themselves are closed by their owners, after the threads above ended.
 }
 
 Status Daemon::blockSignals() {
@@ -91,7 +84,7 @@ Status Daemon::blockSignals() {
 
 void Daemon::wake() {
   uint64_t one = 1;
-  ssize_t n = write(wake_fd_, &one, sizeof one);
+  ssize_t n = write(wake_fd_.get(), &one, sizeof one);
   (void)n;
 }
 
@@ -103,10 +96,10 @@ Status Daemon::init() {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGCHLD);
-  signal_fd_ = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-  if (signal_fd_ < 0) return sysError(errno, "signalfd");
-  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) return sysError(errno, "eventfd");
+  signal_fd_.reset(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+  if (!signal_fd_) return sysError(errno, "signalfd");
+  wake_fd_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!wake_fd_) return sysError(errno, "eventfd");
 
   for (const auto& c : cfg_.clients) {
     if (auto st = checkPrivateKeyFile(c.identityFile(cfg_.tunneld)); !st) return st;
@@ -118,10 +111,10 @@ Status Daemon::init() {
   queue_ = std::make_unique<QueueManager>(spool_, cfg_, *bounces_, kRemovalSync, handoffs_.get());
   jobs_ = std::make_unique<QueueJobSource>(*queue_);
 
-  inotify_fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  if (inotify_fd_ < 0) return sysError(errno, "inotify_init1");
+  inotify_fd_.reset(inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+  if (!inotify_fd_) return sysError(errno, "inotify_init1");
   std::string incoming = spool_.stateDir(QueueState::Incoming);
-  if (inotify_add_watch(inotify_fd_, incoming.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0)
+  if (inotify_add_watch(inotify_fd_.get(), incoming.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0)
     return sysError(errno, "inotify_add_watch " + incoming);
 
   auto access = accessRules(cfg_);
@@ -130,20 +123,20 @@ Status Daemon::init() {
   auto fd = openControlSocket(cfg_.tunneld.control_socket, cfg_.tunneld.control_mode,
                               cfg_.tunneld.control_group);
   if (!fd) return fd.error();
-  control_fd_ = fd->release();
+  control_fd_ = std::move(*fd);
   control_owned_ = true;
   if (auto st = initRelay(); !st) return st;
 
-  loop_.watch(signal_fd_, POLLIN, [this](short) { onSignal(); });
-  loop_.watch(wake_fd_, POLLIN, [this](short) {
+  loop_.watch(signal_fd_.get(), POLLIN, [this](short) { onSignal(); });
+  loop_.watch(wake_fd_.get(), POLLIN, [this](short) {
     uint64_t v;
-    while (read(wake_fd_, &v, sizeof v) > 0) {
+    while (read(wake_fd_.get(), &v, sizeof v) > 0) {
     }
     queue_->collectHandoffs(time_.unixSeconds());
     for (auto& [n, e] : clients_) service(e);
   });
-  loop_.watch(inotify_fd_, POLLIN, [this](short) { onInotify(); });
-  loop_.watch(control_fd_, POLLIN, [this](short) { onControlAccept(); });
+  loop_.watch(inotify_fd_.get(), POLLIN, [this](short) { onInotify(); });
+  loop_.watch(control_fd_.get(), POLLIN, [this](short) { onControlAccept(); });
   // The clients start connecting first: their SSH handshakes go on while the spool is read.
   applyClients();
   RecoveryReport rep = queue_->start(time_.unixSeconds(), kScanSlice);
@@ -256,7 +249,7 @@ void Daemon::pokeDue() {
 
 void Daemon::onInotify() {
   alignas(inotify_event) char buf[8192];
-  while (read(inotify_fd_, buf, sizeof buf) > 0) {
+  while (read(inotify_fd_.get(), buf, sizeof buf) > 0) {
   }
   int64_t now = time_.unixSeconds();
   scan_more_ = queue_->scanIncoming(now, kScanSlice);
@@ -266,7 +259,7 @@ void Daemon::onInotify() {
 
 void Daemon::onSignal() {
   signalfd_siginfo si;
-  while (read(signal_fd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+  while (read(signal_fd_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
     if (si.ssi_signo == SIGHUP) {
       logf(LogLevel::Info, "SIGHUP: reloading %s", cfg_.path.c_str());
       (void)reload();
@@ -340,10 +333,10 @@ Status Daemon::reload() {
 
 void Daemon::onControlAccept() {
   while (true) {
-    int fd = accept4(control_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = accept4(control_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
     auto conn = std::make_unique<ControlConn>();
-    conn->fd = fd;
+    conn->fd.reset(fd);
     if (auto peer = peerCredentials(fd))
       conn->peer = *peer;
     else
@@ -363,8 +356,7 @@ void Daemon::closeControl(int fd) {
   if (it == conns_.end()) return;
   if (it->second->timer) loop_.cancelTimer(it->second->timer);
   loop_.unwatch(fd);
-  close(fd);
-  conns_.erase(it);
+  conns_.erase(it);  // closes fd
 }
 
 void Daemon::onControlIo(int fd, short revents) {
@@ -670,11 +662,11 @@ void usage(FILE* f) {
 Status writePidFile(const std::string& path) {
   if (path.empty()) return {};
   std::string tmp = path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) return sysError(errno, "pid_file " + tmp);
+  UniqueFd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!fd) return sysError(errno, "pid_file " + tmp);
   std::string s = std::to_string(getpid()) + "\n";
-  bool ok = write(fd, s.data(), s.size()) == static_cast<ssize_t>(s.size());
-  ok = close(fd) == 0 && ok;
+  bool ok = write(fd.get(), s.data(), s.size()) == static_cast<ssize_t>(s.size());
+  ok = fd.closeChecked() == 0 && ok;
   if (!ok || rename(tmp.c_str(), path.c_str()) != 0) return sysError(errno, "pid_file " + path);
   return {};
 }
@@ -728,9 +720,7 @@ class ReadyPipe {
   ReadyPipe() = default;
   ReadyPipe(const ReadyPipe&) = delete;
   ReadyPipe& operator=(const ReadyPipe&) = delete;
-  ~ReadyPipe() {
-    if (fd_ >= 0) close(fd_);
-  }
+  ~ReadyPipe() = default;
 
   // Forks. Returns the exit status for the parent (the child's report) or for a failure; nullopt
   // in the child, which goes on detached from the terminal.
@@ -745,12 +735,13 @@ class ReadyPipe {
       perror("dynmx-tunneld: fork");
       return kExitOsErr;
     }
+    UniqueFd rd(ready[0]), wr(ready[1]);
     if (pid > 0) {
-      close(ready[1]);
-      return parentWait(ready[0]);
+      wr.reset();
+      return parentWait(rd.get());
     }
-    close(ready[0]);
-    fd_ = ready[1];
+    rd.reset();
+    fd_ = std::move(wr);
     setsid();
     if (chdir("/") != 0) {
     }
@@ -764,13 +755,12 @@ class ReadyPipe {
   }
 
   int report(int code, const std::string& why = "") {
-    if (fd_ >= 0) {
+    if (fd_) {
       std::string m(1, static_cast<char>(code));
       m += why;
-      ssize_t n = write(fd_, m.data(), m.size());
+      ssize_t n = write(fd_.get(), m.data(), m.size());
       (void)n;
-      close(fd_);
-      fd_ = -1;
+      fd_.reset();
     }
     return code;
   }
@@ -781,14 +771,13 @@ class ReadyPipe {
     char buf[512];
     ssize_t n;
     while ((n = read(fd, buf, sizeof buf)) > 0) msg.append(buf, static_cast<size_t>(n));
-    close(fd);
     if (msg.empty()) return kExitOsErr;
     int code = static_cast<unsigned char>(msg[0]);
     if (code != kExitOk) fprintf(stderr, "dynmx-tunneld: cannot start: %s\n", msg.c_str() + 1);
     return code;
   }
 
-  int fd_ = -1;
+  UniqueFd fd_;  // the write end, in the child
 };
 
 // Starts the daemon (init, pid file, privileges), tells the parent, serves until stopped. The

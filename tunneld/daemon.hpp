@@ -29,6 +29,7 @@
 
 #include "shared/clock.hpp"
 #include "shared/config.hpp"
+#include "shared/fd.hpp"
 #include "shared/result.hpp"
 #include "shared/spool.hpp"
 #include "tunneld/control/access.hpp"
@@ -127,10 +128,10 @@ class Daemon : public Waker, public TunnelObserver {
   std::map<std::string, ClientEntry> clients_;
   std::vector<ClientEntry> retiring_;  // removed by a reload, finishing their work
   std::map<int, std::unique_ptr<ControlConn>> conns_;
-  int signal_fd_ = -1;
-  int inotify_fd_ = -1;
-  int wake_fd_ = -1;
-  int control_fd_ = -1;
+  UniqueFd signal_fd_;
+  UniqueFd inotify_fd_;
+  UniqueFd wake_fd_;
+  UniqueFd control_fd_;
   bool stopping_ = false;
   bool control_owned_ = false;
   int64_t last_scan_ = 0;

@@ -18,9 +18,15 @@
 #include <vector>
 
 #include "shared/log.hpp"
+#include "tests/harness/fake_fs.hpp"
+#include "tests/harness/harness.hpp"
 
 namespace dynmx::tunneld {
 namespace {
+
+using test::FakeFs;
+using test::listDir;
+using test::TempDir;
 
 namespace fs = std::filesystem;
 
@@ -30,26 +36,6 @@ InetAddr addr(const char* text) {
   return *InetAddr::parse(text);
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "dynmx-lease-test.XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string path(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& root() const { return path_; }
-  std::vector<std::string> names() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path_)) out.push_back(e.path().filename());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-
- private:
-  std::string path_;
-};
 
 std::string readFile(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
@@ -201,13 +187,13 @@ TEST(LeaseFile, TheManPageExampleIsAValidFile) {
 
 TEST(LeaseStore, SavedLeasesComeBackAfterARestart) {
   TempDir d;
-  LeaseStore store(d.path("leases"));
+  LeaseStore store((d / "leases"));
   ASSERT_TRUE(store.save(sample()).ok());
   struct stat st {};
-  ASSERT_EQ(::stat(d.path("leases").c_str(), &st), 0);
+  ASSERT_EQ(::stat((d / "leases").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
-  EXPECT_EQ(d.names(), std::vector<std::string>{"leases"});
-  auto l = LeaseStore(d.path("leases")).load(kNow);
+  EXPECT_EQ(listDir(d.path()), std::vector<std::string>{"leases"});
+  auto l = LeaseStore((d / "leases")).load(kNow);
   ASSERT_TRUE(l.ok()) << l.error().message;
   EXPECT_EQ(l->snapshot, sample());
   EXPECT_EQ(l->set_aside, "");
@@ -215,7 +201,7 @@ TEST(LeaseStore, SavedLeasesComeBackAfterARestart) {
 
 TEST(LeaseStore, ExpiredLeasesAndHoldsAreDroppedAtLoad) {
   TempDir d;
-  LeaseStore store(d.path("leases"));
+  LeaseStore store((d / "leases"));
   ASSERT_TRUE(store.save(sample()).ok());
   auto l = store.load(kNow + 120);  // the tunnel lease ends at kNow + 120
   ASSERT_TRUE(l.ok());
@@ -229,17 +215,17 @@ TEST(LeaseStore, ExpiredLeasesAndHoldsAreDroppedAtLoad) {
 
 TEST(LeaseStore, MissingFileIsNoLeasesAndNoError) {
   TempDir d;
-  auto l = LeaseStore(d.path("leases")).load(kNow);
+  auto l = LeaseStore((d / "leases")).load(kNow);
   ASSERT_TRUE(l.ok());
   EXPECT_EQ(l->snapshot, LeaseSnapshot{});
 }
 
 TEST(LeaseStore, UnreadableFileIsAnErrorNamingIt) {
   TempDir d;
-  ASSERT_EQ(::mkdir(d.path("leases").c_str(), 0700), 0);
-  auto l = LeaseStore(d.path("leases")).load(kNow);
+  ASSERT_EQ(::mkdir((d / "leases").c_str(), 0700), 0);
+  auto l = LeaseStore((d / "leases")).load(kNow);
   ASSERT_FALSE(l.ok());
-  EXPECT_NE(l.error().message.find(d.path("leases")), std::string::npos) << l.error().message;
+  EXPECT_NE(l.error().message.find((d / "leases")), std::string::npos) << l.error().message;
 }
 
 std::mutex g_mu;
@@ -253,19 +239,19 @@ TEST(LeaseStore, TruncatedFileAtEveryLengthGrantsNothingAndIsMovedAside) {
   const std::string whole = formatLeaseFile(sample());
   for (size_t len = 0; len < whole.size(); ++len) {
     TempDir d;
-    writeFile(d.path("leases"), whole.substr(0, len));
+    writeFile((d / "leases"), whole.substr(0, len));
     g_lines.clear();
     logCaptureForTest(capture);
-    auto l = LeaseStore(d.path("leases")).load(kNow);
+    auto l = LeaseStore((d / "leases")).load(kNow);
     logCaptureForTest(nullptr);
     ASSERT_TRUE(l.ok()) << len;
     EXPECT_EQ(l->snapshot, LeaseSnapshot{}) << "truncated at " << len;
-    const std::string aside = d.path("leases.bad-" + std::to_string(kNow));
+    const std::string aside = d / ("leases.bad-" + std::to_string(kNow));
     EXPECT_EQ(l->set_aside, aside);
-    EXPECT_EQ(d.names(), std::vector<std::string>{"leases.bad-" + std::to_string(kNow)});
+    EXPECT_EQ(listDir(d.path()), std::vector<std::string>{"leases.bad-" + std::to_string(kNow)});
     EXPECT_EQ(readFile(aside), whole.substr(0, len));
     ASSERT_EQ(g_lines.size(), 1u);
-    EXPECT_EQ(g_lines[0].rfind("lease file " + d.path("leases") + " is damaged (", 0), 0u)
+    EXPECT_EQ(g_lines[0].rfind("lease file " + (d / "leases") + " is damaged (", 0), 0u)
         << g_lines[0];
     EXPECT_NE(g_lines[0].find("; moved to " + aside + "; no lease from it is granted"),
               std::string::npos)
@@ -273,75 +259,27 @@ TEST(LeaseStore, TruncatedFileAtEveryLengthGrantsNothingAndIsMovedAside) {
   }
 }
 
-// Fault injection: fail the Nth system call ("fail": later calls work) or crash at it ("crash":
-// it and every later call fail; descriptors are really closed, as at death).
-class FaultFs final : public FsOps {
- public:
-  enum class Mode { Fail, Crash, TornWrite };
-  FaultFs(int at, Mode mode, int err = EIO) : at_(at), mode_(mode), err_(err) {}
-  int calls() const { return calls_; }
-  bool triggered() const { return triggered_; }
-
-  int open(const char* p, int f, mode_t m) override {
-    return hit() ? fail<int>() : ::open(p, f, m);
-  }
-  ssize_t write(int fd, const void* b, size_t l) override {
-    if (!hit()) return ::write(fd, b, l);
-    if (mode_ == Mode::TornWrite && l > 1) (void)!::write(fd, b, l / 2);
-    return fail<ssize_t>();
-  }
-  ssize_t pwrite(int fd, const void* b, size_t l, off_t o) override {
-    return hit() ? fail<ssize_t>() : ::pwrite(fd, b, l, o);
-  }
-  int fsync(int fd) override { return hit() ? fail<int>() : ::fsync(fd); }
-  int close(int fd) override {
-    if (!hit()) return ::close(fd);
-    ::close(fd);
-    return fail<int>();
-  }
-  int rename(const char* a, const char* b) override { return hit() ? fail<int>() : ::rename(a, b); }
-  int unlink(const char* p) override { return hit() ? fail<int>() : ::unlink(p); }
-  int ftruncate(int fd, off_t l) override { return hit() ? fail<int>() : ::ftruncate(fd, l); }
-  int mkdir(const char* p, mode_t m) override { return hit() ? fail<int>() : ::mkdir(p, m); }
-
- private:
-  bool hit() {
-    int n = calls_++;
-    return mode_ == Mode::Fail ? n == at_ : n >= at_;
-  }
-  template <class T>
-  T fail() {
-    triggered_ = true;
-    errno = err_;
-    return static_cast<T>(-1);
-  }
-  int at_;
-  Mode mode_;
-  int err_;
-  int calls_ = 0;
-  bool triggered_ = false;
-};
-
 int countSaveCalls() {
   TempDir d;
-  FaultFs never(1 << 30, FaultFs::Mode::Fail);
-  EXPECT_TRUE(LeaseStore(d.path("leases"), never).save(other()).ok());
+  FakeFs never;
+  EXPECT_TRUE(LeaseStore((d / "leases"), never).save(other()).ok());
   return never.calls();
 }
 
 TEST(LeaseStore, CrashAtEveryStepOfASaveLeavesTheOldFileOrTheNewOneWhole) {
   const int total = countSaveCalls();
   ASSERT_GE(total, 8);  // unlink, open, write, fsync, close, rename, open dir, fsync dir, close
-  for (auto mode : {FaultFs::Mode::Crash, FaultFs::Mode::TornWrite}) {
+  for (auto mode : {FakeFs::Fault::Crash, FakeFs::Fault::TornWrite}) {
     for (int at = 0; at < total; ++at) {
       TempDir d;
-      ASSERT_TRUE(LeaseStore(d.path("leases")).save(sample()).ok());
-      FaultFs f(at, mode);
-      bool ok = LeaseStore(d.path("leases"), f).save(other()).ok();
+      ASSERT_TRUE(LeaseStore((d / "leases")).save(sample()).ok());
+      FakeFs f;
+      f.failAtCall(at, mode);
+      bool ok = LeaseStore((d / "leases"), f).save(other()).ok();
       ASSERT_TRUE(f.triggered());
       const std::string label = "crash at call " + std::to_string(at);
       // The next process reads the file: the old leases or the new ones, never a mix or nothing.
-      auto l = LeaseStore(d.path("leases")).load(kNow);
+      auto l = LeaseStore((d / "leases")).load(kNow);
       ASSERT_TRUE(l.ok()) << label;
       EXPECT_EQ(l->set_aside, "") << label;
       if (ok)
@@ -349,8 +287,8 @@ TEST(LeaseStore, CrashAtEveryStepOfASaveLeavesTheOldFileOrTheNewOneWhole) {
       else
         EXPECT_TRUE(l->snapshot == sample() || l->snapshot == other()) << label;
       // ... and saves again over whatever temporary file the crash left.
-      ASSERT_TRUE(LeaseStore(d.path("leases")).save(other()).ok()) << label;
-      EXPECT_EQ(d.names(), std::vector<std::string>{"leases"}) << label;
+      ASSERT_TRUE(LeaseStore((d / "leases")).save(other()).ok()) << label;
+      EXPECT_EQ(listDir(d.path()), std::vector<std::string>{"leases"}) << label;
     }
   }
 }
@@ -360,34 +298,35 @@ TEST(LeaseStore, FailureAtEveryStepOfASaveIsReportedAndLeavesNoTemporaryFile) {
   for (int err : {EIO, ENOSPC}) {
     for (int at = 0; at < total; ++at) {
       TempDir d;
-      ASSERT_TRUE(LeaseStore(d.path("leases")).save(sample()).ok());
-      FaultFs f(at, FaultFs::Mode::Fail, err);
-      auto st = LeaseStore(d.path("leases"), f).save(other());
+      ASSERT_TRUE(LeaseStore((d / "leases")).save(sample()).ok());
+      FakeFs f;
+      f.failAtCall(at, FakeFs::Fault::Fail, err);
+      auto st = LeaseStore((d / "leases"), f).save(other());
       ASSERT_TRUE(f.triggered());
       const std::string label = "failure at call " + std::to_string(at);
-      auto l = LeaseStore(d.path("leases")).load(kNow);
+      auto l = LeaseStore((d / "leases")).load(kNow);
       ASSERT_TRUE(l.ok()) << label;
       if (st.ok()) {
         EXPECT_EQ(l->snapshot, other()) << label;
       } else {
-        EXPECT_NE(st.error().message.find(d.root()), std::string::npos)
+        EXPECT_NE(st.error().message.find(d.path()), std::string::npos)
             << label << ": " << st.error().message;
         // Before the rename the old file stands; after it (a directory fsync) the new one.
         EXPECT_TRUE(l->snapshot == sample() || l->snapshot == other()) << label;
       }
       // The first call removes a stale temporary file: its failure leaves nothing new either.
-      EXPECT_EQ(d.names(), std::vector<std::string>{"leases"}) << label;
+      EXPECT_EQ(listDir(d.path()), std::vector<std::string>{"leases"}) << label;
     }
   }
 }
 
 TEST(LeaseStore, StaleTemporaryFileOrSymlinkIsReplacedNotFollowed) {
   TempDir d;
-  writeFile(d.path("victim"), "keep me");
-  ASSERT_EQ(::symlink(d.path("victim").c_str(), d.path("leases.tmp").c_str()), 0);
-  ASSERT_TRUE(LeaseStore(d.path("leases")).save(sample()).ok());
-  EXPECT_EQ(readFile(d.path("victim")), "keep me");
-  EXPECT_EQ(d.names(), (std::vector<std::string>{"leases", "victim"}));
+  writeFile((d / "victim"), "keep me");
+  ASSERT_EQ(::symlink((d / "victim").c_str(), (d / "leases.tmp").c_str()), 0);
+  ASSERT_TRUE(LeaseStore((d / "leases")).save(sample()).ok());
+  EXPECT_EQ(readFile((d / "victim")), "keep me");
+  EXPECT_EQ(listDir(d.path()), (std::vector<std::string>{"leases", "victim"}));
 }
 
 }  // namespace
