@@ -37,10 +37,30 @@ bool validArg(std::string_view s) {
 }
 }  // namespace
 
-Result<ControlRequest> parseControlRequest(std::string_view line) {
-  if (line.size() > kMaxRequest) return Error{0, "request too long"};
-  if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
-  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+namespace {
+
+// Every command, with how many arguments it takes.
+struct CommandSpec {
+  std::string_view name;
+  ControlRequest::Command command;
+  size_t min_args, max_args;
+};
+constexpr CommandSpec kCommands[] = {
+    {"status", ControlRequest::Command::Status, 0, 0},
+    {"queue", ControlRequest::Command::Queue, 0, 0},
+    {"flush", ControlRequest::Command::Flush, 0, 1},
+    {"hold", ControlRequest::Command::Hold, 1, 1},
+    {"release", ControlRequest::Command::Release, 1, 1},
+    {"reload", ControlRequest::Command::Reload, 0, 0},
+    {"leases", ControlRequest::Command::Leases, 0, 0},
+    {"revoke", ControlRequest::Command::Revoke, 1, 1},
+    {"checkin", ControlRequest::Command::Checkin, 2, 2},
+};
+constexpr const char* kExpected =
+    "expected status, queue, flush, hold, release, reload, leases, revoke or checkin";
+
+// The words of a request line, split at spaces and tabs.
+std::vector<std::string_view> splitWords(std::string_view line) {
   std::vector<std::string_view> words;
   size_t i = 0;
   while (i < line.size()) {
@@ -51,67 +71,20 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
     words.push_back(line.substr(i, j - i));
     i = j;
   }
-  if (words.empty())
-    return Error{0,
-                 "empty request; expected status, queue, flush, hold, release, reload, leases, "
-                 "revoke or checkin"};
-  for (auto w : words)
-    if (!validArg(w)) return Error{0, "request contains control characters or an overlong word"};
-  ControlRequest r;
-  std::string_view cmd = words[0];
-  auto want = [&](size_t min, size_t max) -> Status {
-    if (words.size() - 1 < min || words.size() - 1 > max)
-      return Error{0, std::string(cmd) + ": expected " +
-                          (max == 0   ? "no argument"
-                           : max == 2 ? "a client name and an address"
-                           : min == 0 ? "at most one argument"
-                                      : "one argument")};
-    return {};
-  };
-  if (cmd == "status")
-    r.command = ControlRequest::Command::Status;
-  else if (cmd == "queue")
-    r.command = ControlRequest::Command::Queue;
-  else if (cmd == "reload")
-    r.command = ControlRequest::Command::Reload;
-  else if (cmd == "flush")
-    r.command = ControlRequest::Command::Flush;
-  else if (cmd == "hold")
-    r.command = ControlRequest::Command::Hold;
-  else if (cmd == "release")
-    r.command = ControlRequest::Command::Release;
-  else if (cmd == "leases")
-    r.command = ControlRequest::Command::Leases;
-  else if (cmd == "revoke")
-    r.command = ControlRequest::Command::Revoke;
-  else if (cmd == "checkin")
-    r.command = ControlRequest::Command::Checkin;
-  else
-    return Error{0, "unknown command \"" + std::string(cmd) +
-                        "\"; expected status, queue, flush, hold, release, reload, leases, "
-                        "revoke or checkin"};
-  Status st;
-  switch (r.command) {
-    case ControlRequest::Command::Status:
-    case ControlRequest::Command::Queue:
-    case ControlRequest::Command::Reload:
-    case ControlRequest::Command::Leases:
-      st = want(0, 0);
-      break;
-    case ControlRequest::Command::Flush:
-      st = want(0, 1);
-      break;
-    case ControlRequest::Command::Hold:
-    case ControlRequest::Command::Release:
-    case ControlRequest::Command::Revoke:
-      st = want(1, 1);
-      break;
-    case ControlRequest::Command::Checkin:
-      st = want(2, 2);
-      break;
-  }
-  if (!st) return st.error();
-  if (words.size() > 1) r.arg = std::string(words[1]);
+  return words;
+}
+
+Status checkArgCount(const CommandSpec& c, size_t n) {
+  if (n >= c.min_args && n <= c.max_args) return {};
+  return Error{0, std::string(c.name) + ": expected " +
+                      (c.max_args == 0   ? "no argument"
+                       : c.max_args == 2 ? "a client name and an address"
+                       : c.min_args == 0 ? "at most one argument"
+                                         : "one argument")};
+}
+
+// The arguments that are addresses: revoke's is kept in its canonical text, checkin's parsed.
+Status parseAddresses(ControlRequest& r, const std::vector<std::string_view>& words) {
   if (r.command == ControlRequest::Command::Revoke) {
     auto a = InetAddr::parse(r.arg);
     if (!a) return Error{0, "revoke: \"" + r.arg + "\" is not an IPv4 or IPv6 address"};
@@ -124,6 +97,29 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
           0, "checkin: expected an IPv4 or IPv6 address, got \"" + std::string(words[2]) + "\""};
     r.address = *a;
   }
+  return {};
+}
+
+}  // namespace
+
+Result<ControlRequest> parseControlRequest(std::string_view line) {
+  if (line.size() > kMaxRequest) return Error{0, "request too long"};
+  if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  std::vector<std::string_view> words = splitWords(line);
+  if (words.empty()) return Error{0, std::string("empty request; ") + kExpected};
+  for (auto w : words)
+    if (!validArg(w)) return Error{0, "request contains control characters or an overlong word"};
+  const CommandSpec* spec = nullptr;
+  for (const auto& c : kCommands)
+    if (c.name == words[0]) spec = &c;
+  if (spec == nullptr)
+    return Error{0, "unknown command \"" + std::string(words[0]) + "\"; " + kExpected};
+  if (auto st = checkArgCount(*spec, words.size() - 1); !st) return st.error();
+  ControlRequest r;
+  r.command = spec->command;
+  if (words.size() > 1) r.arg = std::string(words[1]);
+  if (auto st = parseAddresses(r, words); !st) return st.error();
   return r;
 }
 
