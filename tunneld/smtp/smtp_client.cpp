@@ -586,8 +586,11 @@ struct SmtpClient::Impl {
     } else if (r.cls == 4 || r.cls == 5) {
       t.mail_failed = true;
       applyToOpen(t, r.code, r.flat);
-      if (!pipelining) endTransaction(t, now);
-      if (t.bdat) stopChunks(t, now);
+      if (!pipelining) {
+        endTransaction(t, now);  // t is gone
+      } else if (t.bdat) {
+        stopChunks(t, now);
+      }
     } else {
       fail("unexpected reply to MAIL FROM: " + r.flat);
     }
@@ -608,8 +611,11 @@ struct SmtpClient::Impl {
         setRcpt(t, pos, r.cls == 5 ? Outcome::Failed : Outcome::Deferred, r.flat);
       }
     }
-    if (!pipelining) sendNextRcptOrData(t, now);
-    if (t.bdat && t.accepted == 0 && !awaited(t, Cmd::Rcpt)) stopChunks(t, now);
+    if (!pipelining) {
+      sendNextRcptOrData(t, now);  // may end t
+    } else if (t.bdat && t.accepted == 0 && !awaited(t, Cmd::Rcpt)) {
+      stopChunks(t, now);
+    }
   }
 
   bool awaited(const Tx& t, Cmd c) const {
@@ -619,6 +625,7 @@ struct SmtpClient::Impl {
 
   // BDAT: no further chunk of t (the envelope or a chunk was refused); the chunks already in the
   // output still go and get their replies. The transaction ends with the last awaited reply.
+  // May end t (and free it).
   void stopChunks(Tx& t, SteadyClock::time_point now) {
     if (body_tx == &t) {
       body_tx = nullptr;
@@ -657,7 +664,8 @@ struct SmtpClient::Impl {
         t.bdat_error = true;
         applyToOpen(t, r.code, r.flat);
       }
-      stopChunks(t, now);
+      stopChunks(t, now);  // may end t
+      return;
     } else {
       fail("unexpected reply to BDAT: " + r.flat);
       return;
