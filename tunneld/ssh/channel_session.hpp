@@ -5,12 +5,13 @@
 // the engine's output into the channel (a write that returned EAGAIN is repeated with the very
 // same bytes), the far end's stderr into the log line by line. When its engine is Ready it takes
 // the next job from the JobSource (with overlap, a second one while the previous final dot's reply
-// is pending), keeps still as a warm spare while `concurrency` other sessions work, or QUITs (at
+// is pending; with CHUNKING, up to 32 streamed back to back before the oldest reply), keeps still as a warm spare while `concurrency` other sessions work, or QUITs (at
 // the transaction cap, when the daemon stops, after idle_close). Results go back to the JobSource
 // as they arrive; jobs the session cannot finish are abandoned, never counted as delivered. How
 // many sessions run is the connection's decision (SshClient); a session only reports what it did.
 // Failure behaviour: a channel error that breaks the transport comes back as connection_failure
-// (the connection is torn down); a refused exec or a session that ends before any transaction
+// (the connection is torn down); a channel open the far end refuses (sshd MaxSessions) comes
+// back as channel_refused, holding no job (the connection learns its limit); a refused exec or a session that ends before any transaction
 // comes back as session_failure (new sessions wait); nothing throws.
 #pragma once
 
@@ -52,6 +53,7 @@ struct ChannelStep {
   bool transaction_done = false;   // a transaction ended with a reply: the far end works
   std::string connection_failure;  // non-empty: the connection must be torn down
   std::string session_failure;     // non-empty: new SMTP sessions must wait
+  std::string channel_refused;     // non-empty: the far end refused this channel's open
 };
 
 class ChannelSession {
@@ -111,7 +113,8 @@ class ChannelSession {
   SshChannel ch_;
   std::unique_ptr<SmtpClient> smtp_;
   // Jobs started in this session, oldest first; with SmtpClient::Options::overlap up to two (the
-  // next one starts while the previous final dot's reply is pending). std::deque: a Job's
+  // next one starts while the previous final dot's reply is pending), with CHUNKING up to 32.
+  // std::deque: a Job's
   // SmtpJob view points into it, and push_back/pop_front keep the others in place.
   std::deque<Job> jobs_;
   uint32_t transactions_ = 0;

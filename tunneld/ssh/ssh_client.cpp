@@ -85,6 +85,7 @@ void SshClient::reconfigure(const ClientConfig& c, const TunneldConfig& t,
                    t.remote_command != tcfg_.remote_command;
   cfg_ = c;
   tcfg_ = t;
+  channel_limit_ = 0;  // the far end's sshd may have been changed too: learn it again
   if (reconnect && state_ != State::Stopped) {
     logf(LogLevel::Info, "client=%s: configuration changed, reconnecting", cfg_.name.c_str());
     teardown(now, "configuration changed");
@@ -198,6 +199,7 @@ void SshClient::teardown(SteadyClock::time_point now, const std::string& reason)
   // Channels first: the session frees those still open when it goes.
   for (auto& c : chans_) c->abandon(jobs_, reason, unixNow());
   chans_.clear();
+  channel_went_ = open_after_close_ = refused_wait_ = false;
   drain_.leaveToSession();
   session_.close(&sock_);
   sock_.reset();
@@ -573,6 +575,8 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
   auto gone = std::remove_if(chans_.begin(), chans_.end(), [](auto& c) { return c->gone(); });
   if (gone != chans_.end()) {
     chans_.erase(gone, chans_.end());
+    channel_went_ = true;
+    refused_wait_ = false;
     progress = true;
   }
   if (stopping_) return stepStopping(now, progress);
@@ -627,6 +631,7 @@ bool SshClient::stepChannel(ChannelSession& c, SteadyClock::time_point now) {
     return true;
   }
   if (!r.session_failure.empty()) sessionFailed(now, r.session_failure);
+  if (!r.channel_refused.empty()) channelRefused(now, r.channel_refused);
   return r.progress;
 }
 
@@ -653,6 +658,8 @@ bool SshClient::opening() const {
 bool SshClient::openMoreChannels(SteadyClock::time_point now) {
   if (opening() || now < session_backoff_until_ || !jobs_.hasDue(cfg_.name, unixNow()))
     return false;
+  // Every channel of ours holds a session at the far end until it is gone, ending ones too.
+  if (refused_wait_ || (channel_limit_ > 0 && chans_.size() >= channel_limit_)) return false;
   uint32_t conc = std::max<uint32_t>(1, cfg_.concurrency);
   uint32_t cap = std::max<uint32_t>(1, tcfg_.max_transactions);
   size_t usable = 0, fresh = 0;
@@ -666,7 +673,30 @@ bool SshClient::openMoreChannels(SteadyClock::time_point now) {
   bool want = (usable < conc && !idle) || (usable == conc && fresh < conc && cap > 1);
   if (!want) return false;
   chans_.push_back(std::make_unique<ChannelSession>(now));
+  open_after_close_ = channel_went_;
+  channel_went_ = false;
   return true;
+}
+
+// The far end refused a channel open: as many SMTP channels as are open now (the refused one
+// aside) is its limit, unless a channel of ours had just gone (its slot may not be free yet at
+// the far end). None at all (the idle channel took the only one) is a session failure.
+void SshClient::channelRefused(SteadyClock::time_point now, const std::string& why) {
+  size_t open = chans_.empty() ? 0 : chans_.size() - 1;
+  if (open == 0) {
+    // No channel of ours will go to clear refused_wait_: the session backoff paces the retry.
+    sessionFailed(now, why + " (sshd MaxSessions must be at least 2: the idle channel holds one)");
+    return;
+  }
+  refused_wait_ = true;
+  if (open_after_close_) return;
+  if (channel_limit_ == 0 || open < channel_limit_) {
+    channel_limit_ = open;
+    logf(LogLevel::Warning,
+         "client=%s: %s; at most %zu SMTP sessions on this connection from now on (sshd "
+         "MaxSessions %zu?)",
+         cfg_.name.c_str(), why.c_str(), open, open + 1);
+  }
 }
 
 void SshClient::sessionFailed(SteadyClock::time_point now, const std::string& why) {
