@@ -108,6 +108,7 @@ ChannelStep ChannelSession::stepOpening(const ChannelContext& ctx) {
       ctx.ssh.released(this);
       out.channel_refused = "opening a channel at " + ctx.relay + " refused: " + ctx.ssh.lastError();
       st_ = St::Closing;
+      refused_ = true;
       return out;
     }
     out.connection_failure =

@@ -73,6 +73,8 @@ class ChannelSession {
   St state() const { return st_; }
   // Closed and freed: the connection may drop it.
   bool gone() const { return st_ == St::Closing && !ch_; }
+  // The far end refused to open its channel: it never held a session there.
+  bool refused() const { return refused_; }
   // Can take more transactions: not closing, under the cap, engine not ended.
   bool usable(uint32_t max_transactions) const;
   // Holds a job or runs a transaction.
@@ -124,6 +126,7 @@ class ChannelSession {
   std::string wbuf_;  // a copy of what libssh2 was last asked to write (retried until done)
   bool eof_seen_ = false;
   bool quit_by_us_ = false;  // we ended it (idle, cap, stopping): not a failure of the far end
+  bool refused_ = false;     // the channel open was refused
 };
 
 // Sessions that hold a job or run a transaction.

@@ -572,11 +572,15 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
   // as at the end of a channel's step, for all channels once all have had their turn).
   if (!progress)
     progress = std::any_of(chans_.begin(), chans_.end(), [](auto& c) { return c->inputQueued(); });
+  // One that held a session at the far end frees a slot there (a refused one never held one).
+  if (std::any_of(chans_.begin(), chans_.end(),
+                  [](auto& c) { return c->gone() && !c->refused(); })) {
+    channel_went_ = true;
+    refused_wait_ = false;
+  }
   auto gone = std::remove_if(chans_.begin(), chans_.end(), [](auto& c) { return c->gone(); });
   if (gone != chans_.end()) {
     chans_.erase(gone, chans_.end());
-    channel_went_ = true;
-    refused_wait_ = false;
     progress = true;
   }
   if (stopping_) return stepStopping(now, progress);
@@ -682,7 +686,9 @@ bool SshClient::openMoreChannels(SteadyClock::time_point now) {
 // aside) is its limit, unless a channel of ours had just gone (its slot may not be free yet at
 // the far end). None at all (the idle channel took the only one) is a session failure.
 void SshClient::channelRefused(SteadyClock::time_point now, const std::string& why) {
-  size_t open = chans_.empty() ? 0 : chans_.size() - 1;
+  // The refused one is gone already, like any that ended in this step.
+  auto open = static_cast<size_t>(
+      std::count_if(chans_.begin(), chans_.end(), [](auto& c) { return !c->gone(); }));
   if (open == 0) {
     // No channel of ours will go to clear refused_wait_: the session backoff paces the retry.
     sessionFailed(now, why + " (sshd MaxSessions must be at least 2: the idle channel holds one)");
