@@ -58,21 +58,21 @@ class LinkFaultTest : public ::testing::Test {
     so.stdout_path = dir / "linkemu.out";
     so.stderr_path = dir / "linkemu.err";
     emu = Process({bin + "/dynmx-linkemu", "--target", "127.0.0.1:" + std::to_string(sshd->port()),
-                   "--delay-ms", std::to_string(delay_ms), "--rate-kbit",
-                   std::to_string(rate_kbit), "--control", dir / "link.ctl"},
+                   "--delay-ms", std::to_string(delay_ms), "--rate-kbit", std::to_string(rate_kbit),
+                   "--control", dir / "link.ctl"},
                   so);
     ASSERT_TRUE(waitFor([&] { return contains(readFile(dir / "linkemu.out"), "\n"); }, kLong));
     emu_port = std::stoi(readFile(dir / "linkemu.out").substr(10));
-    writeFile(dir / "known_hosts", "[127.0.0.1]:" + std::to_string(emu_port) + " " +
-                                       sshd->hostKey().public_line + "\n");
+    writeFile(dir / "known_hosts",
+              "[127.0.0.1]:" + std::to_string(emu_port) + " " + sshd->hostKey().public_line + "\n");
   }
 
   void link(const std::string& command) {
     std::string out;
-    ASSERT_EQ(runCommand({bin + "/dynmx-linkemu", "--control", dir / "link.ctl", "--command",
-                          command},
-                         &out),
-              0)
+    ASSERT_EQ(
+        runCommand({bin + "/dynmx-linkemu", "--control", dir / "link.ctl", "--command", command},
+                   &out),
+        0)
         << out;
   }
 
@@ -111,11 +111,13 @@ class LinkFaultTest : public ::testing::Test {
     Spool sp(spooldir());
     ASSERT_TRUE(sp.prepare().ok());
     std::string body;
-    for (int l = 0; l < body_lines; ++l) body += std::string(78, static_cast<char>('a' + l % 26)) + "\r\n";
+    for (int l = 0; l < body_lines; ++l)
+      body += std::string(78, static_cast<char>('a' + l % 26)) + "\r\n";
     for (int i = first; i < first + n; ++i) {
       auto w = sp.create();
       ASSERT_TRUE(w.ok()) << w.error().message;
-      ASSERT_TRUE((*w)->write("Subject: n\r\nX-Seq: " + std::to_string(i) + "\r\n\r\n" + body).ok());
+      ASSERT_TRUE(
+          (*w)->write("Subject: n\r\nX-Seq: " + std::to_string(i) + "\r\n\r\n" + body).ok());
       Envelope env;
       env.client = "alpha";
       env.sender = "sender@origin.test";

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "tunneld/smtp/smtp_body.hpp"
 #include "shared/smtp_reply.hpp"
+#include "tunneld/smtp/smtp_body.hpp"
 
 namespace dynmx::tunneld {
 namespace {
@@ -965,21 +965,21 @@ TEST_P(BdatRefusedEnvelope, ChunkIsDiscardedAndResultsStayRight) {
 
 INSTANTIATE_TEST_SUITE_P(
     SmtpClient, BdatRefusedEnvelope,
-    ::testing::Values(
-        RefusedEnvelopeCase{"AllRecipientsRefused",
-                            "250 Ok\r\n550 5.1.1 no bob\r\n450 4.2.1 later carol\r\n"
-                            "554 5.5.1 Error: no valid recipients\r\n",
-                            Outcome::Failed, Outcome::Deferred, "550 5.1.1 no bob"},
-        RefusedEnvelopeCase{"MailRefused",
-                            "451 4.3.0 no mail now\r\n503 5.5.1 need MAIL\r\n"
-                            "503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n",
-                            Outcome::Deferred, Outcome::Deferred, "451 4.3.0 no mail now"},
-        RefusedEnvelopeCase{"LastChunkRefused",
-                            "250 Ok\r\n250 Ok\r\n250 Ok\r\n552 5.3.4 too big\r\n", Outcome::Failed,
-                            Outcome::Failed, "552 5.3.4 too big"},
-        RefusedEnvelopeCase{"LastChunkDeferred",
-                            "250 Ok\r\n250 Ok\r\n550 5.1.1 no\r\n451 4.3.0 later\r\n",
-                            Outcome::Deferred, Outcome::Failed, "451 4.3.0 later"}),
+    ::testing::Values(RefusedEnvelopeCase{"AllRecipientsRefused",
+                                          "250 Ok\r\n550 5.1.1 no bob\r\n450 4.2.1 later carol\r\n"
+                                          "554 5.5.1 Error: no valid recipients\r\n",
+                                          Outcome::Failed, Outcome::Deferred, "550 5.1.1 no bob"},
+                      RefusedEnvelopeCase{"MailRefused",
+                                          "451 4.3.0 no mail now\r\n503 5.5.1 need MAIL\r\n"
+                                          "503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n",
+                                          Outcome::Deferred, Outcome::Deferred,
+                                          "451 4.3.0 no mail now"},
+                      RefusedEnvelopeCase{"LastChunkRefused",
+                                          "250 Ok\r\n250 Ok\r\n250 Ok\r\n552 5.3.4 too big\r\n",
+                                          Outcome::Failed, Outcome::Failed, "552 5.3.4 too big"},
+                      RefusedEnvelopeCase{"LastChunkDeferred",
+                                          "250 Ok\r\n250 Ok\r\n550 5.1.1 no\r\n451 4.3.0 later\r\n",
+                                          Outcome::Deferred, Outcome::Failed, "451 4.3.0 later"}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(SmtpClientBdat, ChunkAcceptedWithoutRecipientEndsSession) {
@@ -1199,8 +1199,9 @@ TEST(SmtpClientOverlap, BdatTransactionsStreamWithoutARoundTripEach) {
   EXPECT_EQ(h.take(),
             "RSET\r\nMAIL FROM:<alice@a.example>\r\nRCPT TO:<dave@b.example>\r\n"
             "BDAT 7 LAST\r\nthree\r\n");
-  h.server("250 Ok\r\n250 Ok\r\n250 2.0.0 queued one\r\n250 Ok\r\n250 Ok\r\n550 5.1.1 no\r\n"
-           "554 5.5.1 no valid recipients\r\n");
+  h.server(
+      "250 Ok\r\n250 Ok\r\n250 2.0.0 queued one\r\n250 Ok\r\n250 Ok\r\n550 5.1.1 no\r\n"
+      "554 5.5.1 no valid recipients\r\n");
   auto r1 = h.c.takeResult();
   auto r2 = h.c.takeResult();
   ASSERT_TRUE(r1 && r2);

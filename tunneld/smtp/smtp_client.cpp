@@ -50,7 +50,7 @@ namespace {
 constexpr size_t kMaxInputLine = 16 * 1024;  // longer "lines" from the far end end the session
 constexpr size_t kMaxReplyLines = 1000;
 constexpr size_t kMinOutput = 1024;
-constexpr size_t kReserve = 16;  // room kept for the pending CR, the last CRLF and ".\r\n"
+constexpr size_t kReserve = 16;    // room kept for the pending CR, the last CRLF and ".\r\n"
 constexpr size_t kChunkLine = 32;  // room kept for "BDAT <size> LAST\r\n"
 
 enum class Cmd { Greeting, Ehlo, Helo, Rset, Mail, Rcpt, Data, Dot, Bdat, BdatLast, Quit };
@@ -140,13 +140,13 @@ struct SmtpClient::Impl {
     std::vector<RcptState> rstate;
     size_t accepted = 0;
     bool mail_failed = false;
-    size_t next_rcpt = 0;    // lock-step: the next RCPT to send
-    bool body_done = false;  // the terminator (or the LAST chunk) is in the output, or none comes
-    bool dot_sent = false;   // ... and has gone out
-    bool done = false;       // the result is complete
-    bool bdat = false;         // content goes as BDAT chunks
-    size_t bdat_pending = 0;   // chunks whose reply has not come yet
-    bool bdat_error = false;   // a chunk was refused: no further chunk
+    size_t next_rcpt = 0;     // lock-step: the next RCPT to send
+    bool body_done = false;   // the terminator (or the LAST chunk) is in the output, or none comes
+    bool dot_sent = false;    // ... and has gone out
+    bool done = false;        // the result is complete
+    bool bdat = false;        // content goes as BDAT chunks
+    size_t bdat_pending = 0;  // chunks whose reply has not come yet
+    bool bdat_error = false;  // a chunk was refused: no further chunk
   };
 
   struct Expect {
@@ -638,8 +638,8 @@ struct SmtpClient::Impl {
 
   void endBdatIfComplete(Tx& t, SteadyClock::time_point now) {
     if (t.done || !t.body_done || t.bdat_pending > 0) return;
-    bool waiting = std::any_of(expect.begin(), expect.end(),
-                               [&](const Expect& e) { return e.tx == &t; });
+    bool waiting =
+        std::any_of(expect.begin(), expect.end(), [&](const Expect& e) { return e.tx == &t; });
     if (waiting) return;
     endTransaction(t, now);
   }

@@ -106,7 +106,8 @@ ChannelStep ChannelSession::stepOpening(const ChannelContext& ctx) {
       // SSH_MSG_CHANNEL_OPEN_FAILURE: the far end said no (sshd MaxSessions), the transport is
       // fine. This session never held a job; it just goes.
       ctx.ssh.released(this);
-      out.channel_refused = "opening a channel at " + ctx.relay + " refused: " + ctx.ssh.lastError();
+      out.channel_refused =
+          "opening a channel at " + ctx.relay + " refused: " + ctx.ssh.lastError();
       st_ = St::Closing;
       refused_ = true;
       return out;

@@ -5,14 +5,16 @@
 // the engine's output into the channel (a write that returned EAGAIN is repeated with the very
 // same bytes), the far end's stderr into the log line by line. When its engine is Ready it takes
 // the next job from the JobSource (with overlap, a second one while the previous final dot's reply
-// is pending; with CHUNKING, up to 32 streamed back to back before the oldest reply), keeps still as a warm spare while `concurrency` other sessions work, or QUITs (at
-// the transaction cap, when the daemon stops, after idle_close). Results go back to the JobSource
-// as they arrive; jobs the session cannot finish are abandoned, never counted as delivered. How
-// many sessions run is the connection's decision (SshClient); a session only reports what it did.
+// is pending; with CHUNKING, up to 32 streamed back to back before the oldest reply), keeps still
+// as a warm spare while `concurrency` other sessions work, or QUITs (at the transaction cap, when
+// the daemon stops, after idle_close). Results go back to the JobSource as they arrive; jobs the
+// session cannot finish are abandoned, never counted as delivered. How many sessions run is the
+// connection's decision (SshClient); a session only reports what it did.
 // Failure behaviour: a channel error that breaks the transport comes back as connection_failure
-// (the connection is torn down); a channel open the far end refuses (sshd MaxSessions) comes
-// back as channel_refused, holding no job (the connection learns its limit); a refused exec or a session that ends before any transaction
-// comes back as session_failure (new sessions wait); nothing throws.
+// (the connection is torn down); a channel open the far end refuses (sshd MaxSessions) comes back
+// as channel_refused, holding no job (the connection learns its limit); a refused exec or a
+// session that ends before any transaction comes back as session_failure (new sessions wait);
+// nothing throws.
 #pragma once
 
 #include <chrono>

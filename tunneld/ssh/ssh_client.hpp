@@ -15,11 +15,12 @@
 // (up to `concurrency` working, plus warm spares); each is a ChannelSession (channel_session.hpp)
 // running an SmtpClient. A channel open the far end refuses (sshd MaxSessions) fails no mail: it
 // teaches the client how many SMTP channels that far end allows (logged once per new limit, kept
-// across reconnects, forgotten on reconfigure), and no more are opened from then on. Results go back to the JobSource (finish/abandon); a transaction that
-// cannot end cleanly is abandoned, never counted as delivered. libssh2 is driven per its
-// non-blocking rules (the output gate of SshSession, session.hpp); the handles are owned by
-// SshSession and SshChannel, the socket by a UniqueFd. "Now" comes from step()'s caller and from
-// the TimeSource given to the constructor (unix time of results and status), never from the system.
+// across reconnects, forgotten on reconfigure), and no more are opened from then on. Results go
+// back to the JobSource (finish/abandon); a transaction that cannot end cleanly is abandoned, never
+// counted as delivered. libssh2 is driven per its non-blocking rules (the output gate of
+// SshSession, session.hpp); the handles are owned by SshSession and SshChannel, the socket by a
+// UniqueFd. "Now" comes from step()'s caller and from the TimeSource given to the constructor (unix
+// time of results and status), never from the system.
 #pragma once
 
 #include <netdb.h>
@@ -195,9 +196,9 @@ class SshClient {
   // sshd frees a closed session's slot a moment after our side sees the channel gone: an open
   // right after a channel went may be refused for that alone. Such a refusal teaches nothing, and
   // after any refusal no channel opens until one of ours has gone.
-  bool channel_went_ = false;       // a channel went since the last open attempt
-  bool open_after_close_ = false;   // the open now under way followed a channel that went
-  bool refused_wait_ = false;       // a refusal: wait for a channel to go
+  bool channel_went_ = false;      // a channel went since the last open attempt
+  bool open_after_close_ = false;  // the open now under way followed a channel that went
+  bool refused_wait_ = false;      // a refusal: wait for a channel to go
   SteadyClock::time_point session_backoff_until_{};
   SteadyClock::time_point now_hint_{};  // time of the last step, for deadline()
 
