@@ -154,7 +154,7 @@ struct ClientConfig {
   std::vector<std::string> domains;  // lower case; ".example.org" means every subdomain of it
   std::string host_key;  // "" | "ssh-ed25519 AAAA..." (pinned line) | "SHA256:base64"
   std::string identity;  // "" means [tunneld] identity
-  uint32_t concurrency = 4;
+  uint32_t concurrency = 8;
   RetryPolicy retry;  // [tunneld] values unless overridden
   bool relay = false;                       // may hold relay leases ([relay])
   std::vector<InetNetwork> relay_networks;  // leases only inside these; empty: anywhere

@@ -76,7 +76,8 @@ void TestSshd::writeConfig() {
   cfg += "PidFile " + dir_ + "/sshd.pid\n";
   cfg += "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n";
   cfg += "PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n";
-  cfg += "LogLevel DEBUG1\nMaxStartups 400:30:600\nMaxSessions 64\nUseDNS no\n";
+  cfg += "LogLevel DEBUG1\nMaxStartups 400:30:600\nUseDNS no\n";
+  cfg += "MaxSessions " + std::to_string(max_sessions_) + "\n";
   cfg += "PrintMotd no\nClientAliveInterval 0\n";
   writeFile(dir_ + "/sshd_config", cfg, 0600);
 }

@@ -37,6 +37,8 @@ class TestSshd {
   // The loopback address to listen on, "127.0.0.1" (the default) or "::1"; before start().
   void setAddress(const std::string& address) { address_ = address; }
   const std::string& address() const { return address_; }
+  // sshd's MaxSessions (default here 64; OpenSSH's own default is 10); before start().
+  void setMaxSessions(int n) { max_sessions_ = n; }
   void start();
   void stop();
   // Restarts on the same port presenting `host_key` (a KeyPair from generateKey) instead.
@@ -60,6 +62,7 @@ class TestSshd {
 
   std::string dir_;
   std::string address_ = "127.0.0.1";
+  int max_sessions_ = 64;
   std::string user_;
   uint16_t port_ = 0;
   KeyPair host_key_;

@@ -309,7 +309,7 @@ host_key = ")" + kEcdsa +
   EXPECT_EQ(office.port, 22);
   EXPECT_EQ(office.user, "dynmx");
   EXPECT_EQ(office.identity, "");
-  EXPECT_EQ(office.concurrency, 4u);  // the default
+  EXPECT_EQ(office.concurrency, 8u);  // the default
   EXPECT_EQ(office.host_key, kFingerprint);
   EXPECT_EQ(office.retry.retry_min, Seconds(600));
   EXPECT_EQ(office.retry.retry_max, Seconds(3 * 3600));

@@ -465,5 +465,98 @@ TEST(TestSmtpd, BdatWithoutAcceptedRecipientsIsReadAndDiscarded) {
   EXPECT_EQ(data[0], "kept");
 }
 
+// The engine's BDAT path against the sink: the same bytes arrive as with DATA, for a message of
+// many chunks with leading dots, bare LFs and CRs and an over-long line.
+std::string deliverOne(const std::vector<std::string>& extra, const std::string& content,
+                       std::string* transcript) {
+  TempDir dir;
+  std::vector<std::string> args{"--maildir", dir.path(), "--transcript", dir.path() + "/tr"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  Server s(args);
+  SmtpClient c(opts(), SteadyClock::now());
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src(content);
+  auto r = transact(s, c, env, src);
+  EXPECT_TRUE(r);
+  if (!r) return "";
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered) << r->rcpts[0].reply;
+  c.quit(SteadyClock::now());
+  s.pump(c, [] { return false; });
+  EXPECT_EQ(s.wait(), 0);
+  *transcript = readFile(dir.path() + "/tr");
+  std::string data;
+  for (auto& e : fs::directory_iterator(dir.path())) {
+    if (e.path().extension() == ".data") data = readFile(e.path());
+  }
+  return data;
+}
+
+TEST(TestSmtpd, EngineBdatDeliversTheBytesDataDelivers) {
+  std::string content = "Subject: t\n\n.leading dot\nbare\rcr\r\n..two\r\n.\r\n";
+  for (int i = 0; i < 20000; ++i) {
+    content += (i % 3 == 0 ? "." : "") + std::to_string(i) + " some text of a line" +
+               (i % 7 == 0 ? "\n" : "\r\n");
+  }
+  content += std::string(3000, 'L') + "\nend";
+  std::string tr_data, tr_bdat;
+  std::string via_data = deliverOne({}, content, &tr_data);
+  std::string via_bdat = deliverOne({"--chunking"}, content, &tr_bdat);
+  ASSERT_GT(via_data.size(), content.size());
+  EXPECT_TRUE(via_data == via_bdat) << "sizes " << via_data.size() << " and " << via_bdat.size();
+  EXPECT_NE(tr_data.find("\nDATA\n"), std::string::npos);
+  EXPECT_EQ(tr_bdat.find("\nDATA\n"), std::string::npos);
+  size_t chunks = 0, last = 0;
+  std::istringstream lines(tr_bdat);
+  for (std::string l; std::getline(lines, l);) {
+    if (l.rfind("BDAT ", 0) == 0) ++chunks;
+    if (l.size() > 5 && l.rfind("BDAT ", 0) == 0 && l.substr(l.size() - 5) == " LAST") ++last;
+  }
+  EXPECT_GT(chunks, 2u) << tr_bdat;
+  EXPECT_EQ(last, 1u);
+}
+
+TEST(TestSmtpd, OverlappedBdatTransactionsWithARefusedRecipient) {
+  TempDir dir;
+  Server s({"--maildir", dir.path(), "--chunking", "--rcpt-reply",
+            "rcpt7@b.example=550 5.1.1 no such user", "--rcpt-reply",
+            "rcpt8@b.example=451 4.3.0 later"});
+  SmtpClient::Options o = opts();
+  o.overlap = true;
+  SmtpClient c(o, SteadyClock::now());
+  const int kMessages = 20;
+  std::vector<Envelope> envs;
+  std::vector<std::unique_ptr<StringSource>> srcs;
+  for (int i = 0; i < kMessages; ++i) {
+    envs.push_back(makeEnv({"rcpt" + std::to_string(i) + "@b.example"}));
+    srcs.push_back(
+        std::make_unique<StringSource>("Subject: " + std::to_string(i) + "\r\n\r\n.x\r\n"));
+  }
+  int started = 0;
+  std::vector<TransactionResult> results;
+  s.pump(c, [&] {
+    while (auto r = c.takeResult()) results.push_back(*r);
+    if (ready(c) && started < kMessages) {
+      c.start(jobFor(envs[started], *srcs[started]), SteadyClock::now());
+      ++started;
+    }
+    return static_cast<int>(results.size()) == kMessages;
+  });
+  ASSERT_EQ(static_cast<int>(results.size()), kMessages);
+  for (int i = 0; i < kMessages; ++i) {
+    Outcome want = i == 7 ? Outcome::Failed : i == 8 ? Outcome::Deferred : Outcome::Delivered;
+    EXPECT_EQ(results[i].rcpts[0].outcome, want) << i << ": " << results[i].rcpts[0].reply;
+  }
+  EXPECT_EQ(results[7].rcpts[0].reply, "550 5.1.1 no such user");
+  int files = 0;
+  for (auto& e : fs::directory_iterator(dir.path())) {
+    if (e.path().extension() == ".data") {
+      ++files;
+      std::string d = readFile(e.path());
+      EXPECT_EQ(d.substr(d.find("\r\n\r\n")), "\r\n\r\n.x\r\n");
+    }
+  }
+  EXPECT_EQ(files, kMessages - 2);
+}
+
 }  // namespace
 }  // namespace dynmx::tunneld

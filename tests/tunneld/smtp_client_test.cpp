@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "tunneld/smtp/smtp_body.hpp"
 #include "shared/smtp_reply.hpp"
+#include "tunneld/smtp/smtp_body.hpp"
 
 namespace dynmx::tunneld {
 namespace {
@@ -119,6 +119,8 @@ const char* kEhloPipelining =
     "250-far.example Hello\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n"
     "250-ENHANCEDSTATUSCODES\r\n250 DSN\r\n";
 const char* kEhloPlain = "250-far.example Hello\r\n250 HELP\r\n";
+const char* kEhloChunking =
+    "250-far.example Hello\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n";
 
 SmtpJob job(const Envelope& env, ContentSource& src, std::vector<size_t> idx = {},
             uint64_t size = 0) {
@@ -754,8 +756,8 @@ void PrintTo(const BodyCase& c, std::ostream* os) {
 
 class BodyTable : public ::testing::TestWithParam<BodyCase> {};
 
-std::string encodeChunked(const std::string& in, size_t chunk) {
-  SmtpBodyEncoder e;
+std::string encodeChunked(const std::string& in, size_t chunk, bool stuff_dots = true) {
+  SmtpBodyEncoder e(stuff_dots);
   std::string out;
   for (size_t i = 0; i < in.size(); i += chunk) {
     e.feed(std::string_view(in).substr(i, chunk), out);
@@ -778,6 +780,35 @@ TEST_P(BodyTable, SameBytesForEveryChunking) {
   h.take();
   h.server("250 Ok\r\n250 Ok\r\n354 go\r\n");
   EXPECT_EQ(h.take(), bc.wire + ".\r\n");
+}
+
+// What a DATA receiver stores: each line that starts with '.' loses it.
+std::string unstuff(const std::string& wire) {
+  std::string r;
+  size_t pos = 0;
+  while (pos < wire.size()) {
+    size_t end = wire.find("\r\n", pos);
+    end = end == std::string::npos ? wire.size() : end + 2;
+    r.append(wire, pos + (wire[pos] == '.' ? 1 : 0), end - pos - (wire[pos] == '.' ? 1 : 0));
+    pos = end;
+  }
+  return r;
+}
+
+// BDAT carries exactly the bytes a DATA receiver stores (no stuffing, same folds).
+TEST_P(BodyTable, BdatCarriesTheBytesDataDelivers) {
+  const BodyCase& bc = GetParam();
+  std::string stored = unstuff(bc.wire);
+  for (size_t chunk : {size_t{1}, size_t{2}, size_t{3}, size_t{7}, size_t{1000}, size_t{100000}}) {
+    EXPECT_EQ(encodeChunked(bc.in, chunk, false), stored) << "chunk " << chunk;
+  }
+  Harness h;
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src(bc.in, 3);
+  h.c.start(job(env, src), h.now);
+  EXPECT_EQ(h.take(), "MAIL FROM:<alice@a.example>\r\nRCPT TO:<bob@b.example>\r\nBDAT " +
+                          std::to_string(stored.size()) + " LAST\r\n" + stored);
 }
 
 std::string longLine(size_t n, char c = 'x') {
@@ -846,6 +877,344 @@ TEST(SmtpClient, FiftyMegabytesStreamWithBoundedOutput) {
   auto r = h.c.takeResult();
   ASSERT_TRUE(r);
   EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
+}
+
+// --- CHUNKING/BDAT (RFC 3030)
+
+TEST(SmtpClientBdat, EnvelopeAndContentGoInOneGroupWithPerRecipientOutcome) {
+  Harness h;
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example", "carol@b.example", "dave@b.example"});
+  StringSource src("Subject: hi\n\n.dot stays single\r\n");
+  h.c.start(job(env, src), h.now);
+  EXPECT_EQ(h.take(),
+            "MAIL FROM:<alice@a.example>\r\nRCPT TO:<bob@b.example>\r\n"
+            "RCPT TO:<carol@b.example>\r\nRCPT TO:<dave@b.example>\r\n"
+            "BDAT 34 LAST\r\nSubject: hi\r\n\r\n.dot stays single\r\n");
+  EXPECT_EQ(h.c.state(), SmtpClient::State::Busy);
+  h.server("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 <carol@b.example>: unknown\r\n");
+  h.server("450 4.2.0 <dave@b.example>: busy\r\n");
+  EXPECT_FALSE(h.c.takeResult());
+  h.server("250 2.0.0 Ok: queued as ABC\r\n");
+  auto r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
+  EXPECT_EQ(r->rcpts[0].reply, "250 2.0.0 Ok: queued as ABC");
+  EXPECT_EQ(r->rcpts[1].outcome, Outcome::Failed);
+  EXPECT_EQ(r->rcpts[1].reply, "550 5.1.1 <carol@b.example>: unknown");
+  EXPECT_EQ(r->rcpts[2].outcome, Outcome::Deferred);
+  EXPECT_FALSE(r->possible_duplicate);
+  EXPECT_EQ(h.c.state(), SmtpClient::State::Ready);
+  // The next one: RSET first, in the same group.
+  StringSource src2("x");
+  auto env2 = makeEnv({"erin@b.example"});
+  h.c.start(job(env2, src2), h.now);
+  EXPECT_EQ(h.take(),
+            "RSET\r\nMAIL FROM:<alice@a.example>\r\nRCPT TO:<erin@b.example>\r\n"
+            "BDAT 3 LAST\r\nx\r\n");
+  h.server("250 Ok\r\n250 Ok\r\n250 Ok\r\n250 2.0.0 Ok: queued as DEF\r\n");
+  r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
+  h.c.quit(h.now);
+  EXPECT_EQ(h.take(), "QUIT\r\n");
+}
+
+// Replies to the chunk sent after a refused envelope: the far end discards it and says so; the
+// recipients keep their own replies and the session stays in step for the next transaction.
+struct RefusedEnvelopeCase {
+  const char* name;
+  std::string replies;  // to MAIL, RCPT, RCPT, BDAT
+  Outcome o0, o1;
+  std::string reply0;
+};
+
+void PrintTo(const RefusedEnvelopeCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+class BdatRefusedEnvelope : public ::testing::TestWithParam<RefusedEnvelopeCase> {};
+
+TEST_P(BdatRefusedEnvelope, ChunkIsDiscardedAndResultsStayRight) {
+  const auto& tc = GetParam();
+  Harness h;
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example", "carol@b.example"});
+  StringSource src("m\r\n");
+  h.c.start(job(env, src), h.now);
+  h.take();
+  h.server(tc.replies);
+  auto r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, tc.o0);
+  EXPECT_EQ(r->rcpts[0].reply, tc.reply0);
+  EXPECT_EQ(r->rcpts[1].outcome, tc.o1);
+  EXPECT_FALSE(r->possible_duplicate);
+  ASSERT_EQ(h.c.state(), SmtpClient::State::Ready);
+  auto env2 = makeEnv({"erin@b.example"});
+  StringSource src2("n\r\n");
+  h.c.start(job(env2, src2), h.now);
+  EXPECT_EQ(h.take(),
+            "RSET\r\nMAIL FROM:<alice@a.example>\r\nRCPT TO:<erin@b.example>\r\n"
+            "BDAT 3 LAST\r\nn\r\n");
+  h.server("250 Ok\r\n250 Ok\r\n250 Ok\r\n250 2.0.0 queued\r\n");
+  r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    SmtpClient, BdatRefusedEnvelope,
+    ::testing::Values(RefusedEnvelopeCase{"AllRecipientsRefused",
+                                          "250 Ok\r\n550 5.1.1 no bob\r\n450 4.2.1 later carol\r\n"
+                                          "554 5.5.1 Error: no valid recipients\r\n",
+                                          Outcome::Failed, Outcome::Deferred, "550 5.1.1 no bob"},
+                      RefusedEnvelopeCase{"MailRefused",
+                                          "451 4.3.0 no mail now\r\n503 5.5.1 need MAIL\r\n"
+                                          "503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n",
+                                          Outcome::Deferred, Outcome::Deferred,
+                                          "451 4.3.0 no mail now"},
+                      RefusedEnvelopeCase{"LastChunkRefused",
+                                          "250 Ok\r\n250 Ok\r\n250 Ok\r\n552 5.3.4 too big\r\n",
+                                          Outcome::Failed, Outcome::Failed, "552 5.3.4 too big"},
+                      RefusedEnvelopeCase{"LastChunkDeferred",
+                                          "250 Ok\r\n250 Ok\r\n550 5.1.1 no\r\n451 4.3.0 later\r\n",
+                                          Outcome::Deferred, Outcome::Failed, "451 4.3.0 later"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(SmtpClientBdat, ChunkAcceptedWithoutRecipientEndsSession) {
+  Harness h;
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src("m\r\n");
+  h.c.start(job(env, src), h.now);
+  h.take();
+  h.server("250 Ok\r\n550 5.1.1 no\r\n250 2.0.0 Ok\r\n");
+  EXPECT_EQ(h.c.state(), SmtpClient::State::Failed);
+  auto r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Failed);  // its own reply stays
+}
+
+// Cuts the engine's output into BDAT chunks; "" when it is not a sequence of whole chunks.
+struct Chunks {
+  std::vector<std::string> data;
+  bool last = false;
+};
+Chunks parseChunks(std::string_view wire) {
+  Chunks c;
+  while (!wire.empty() && !c.last) {
+    size_t eol = wire.find("\r\n");
+    if (wire.substr(0, 5) != "BDAT " || eol == std::string_view::npos) return Chunks{};
+    std::string line(wire.substr(5, eol - 5));
+    size_t n = std::stoul(line);
+    c.last = line.find(" LAST") != std::string::npos;
+    wire.remove_prefix(eol + 2);
+    if (wire.size() < n) return Chunks{};
+    c.data.emplace_back(wire.substr(0, n));
+    wire.remove_prefix(n);
+  }
+  if (!wire.empty()) return Chunks{};
+  return c;
+}
+
+TEST(SmtpClientBdat, LargeMessageGoesInBoundedChunksWithTheSameBytes) {
+  SmtpClient::Options o = Harness::opts();
+  o.max_output = 64 * 1024;
+  Harness h(o);
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example"});
+  const uint64_t kSize = 3ull * 1024 * 1024;
+  GeneratedSource src(kSize);
+  h.c.start(job(env, src), h.now);
+  std::string wire;
+  while (h.c.wantsToWrite()) {
+    auto out = h.c.output();
+    ASSERT_LE(out.size(), o.max_output);
+    size_t n = std::min<size_t>(out.size(), 5000);
+    wire.append(out.data(), n);
+    h.c.consumed(n, h.now);
+  }
+  std::string envelope = "MAIL FROM:<alice@a.example>\r\nRCPT TO:<bob@b.example>\r\n";
+  ASSERT_EQ(wire.substr(0, envelope.size()), envelope);
+  Chunks c = parseChunks(std::string_view(wire).substr(envelope.size()));
+  ASSERT_TRUE(c.last);
+  ASSERT_GT(c.data.size(), 10u);
+  GeneratedSource again(kSize);
+  SmtpBodyEncoder enc(false);
+  std::string expected, all;
+  for (;;) {
+    auto piece = again.next(100000);
+    ASSERT_TRUE(piece.ok());
+    if (piece->empty()) break;
+    enc.feed(*piece, expected);
+  }
+  enc.finish(expected);
+  for (const auto& d : c.data) all += d;
+  EXPECT_EQ(all, expected);
+  std::string replies = "250 Ok\r\n250 Ok\r\n";
+  for (size_t i = 0; i + 1 < c.data.size(); ++i) replies += "250 2.0.0 chunk\r\n";
+  h.server(replies);
+  EXPECT_FALSE(h.c.takeResult());
+  h.server("250 2.0.0 queued\r\n");
+  auto r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Delivered);
+  EXPECT_EQ(r->rcpts[0].reply, "250 2.0.0 queued");
+}
+
+TEST(SmtpClientBdat, RefusedChunkStopsFurtherChunks) {
+  SmtpClient::Options o = Harness::opts();
+  o.max_output = 4096;
+  Harness h(o);
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example"});
+  GeneratedSource src(200000);
+  h.c.start(job(env, src), h.now);
+  auto first = h.c.output();  // the envelope and the first chunks, not the whole message
+  std::string sent(first);
+  h.c.consumed(first.size(), h.now);
+  size_t chunks = 0;
+  for (size_t p = sent.find("BDAT "); p != std::string::npos; p = sent.find("BDAT ", p + 1)) {
+    ++chunks;
+  }
+  ASSERT_GE(chunks, 1u);
+  ASSERT_EQ(sent.find(" LAST\r\n"), std::string::npos);
+  h.server("250 Ok\r\n250 Ok\r\n452 4.3.1 out of storage\r\n");
+  EXPECT_EQ(h.take(), "");  // no chunk after a refused one, though most of the message is left
+  for (size_t i = 1; i < chunks; ++i) h.server("452 4.3.1 out of storage\r\n");
+  auto r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Deferred);
+  EXPECT_EQ(r->rcpts[0].reply, "452 4.3.1 out of storage");
+  EXPECT_EQ(h.c.state(), SmtpClient::State::Ready);
+}
+
+TEST(SmtpClientBdat, RefusedRecipientsStopALongMessage) {
+  SmtpClient::Options o = Harness::opts();
+  o.max_output = 4096;
+  Harness h(o);
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example"});
+  GeneratedSource src(200000);
+  h.c.start(job(env, src), h.now);
+  auto first = h.c.output();
+  std::string sent(first);
+  h.c.consumed(first.size(), h.now);
+  size_t chunks = 0;
+  for (size_t p = sent.find("BDAT "); p != std::string::npos; p = sent.find("BDAT ", p + 1)) {
+    ++chunks;
+  }
+  h.server("250 Ok\r\n550 5.1.1 no such user\r\n");
+  EXPECT_EQ(h.take(), "");  // nobody to send the rest to
+  for (size_t i = 0; i < chunks; ++i) h.server("554 5.5.1 Error: no valid recipients\r\n");
+  auto r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Failed);
+  EXPECT_EQ(r->rcpts[0].reply, "550 5.1.1 no such user");
+  EXPECT_EQ(h.c.state(), SmtpClient::State::Ready);
+}
+
+TEST(SmtpClientBdat, LossAfterTheLastChunkIsPossibleDuplicate) {
+  Harness h;
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src("m\r\n");
+  h.c.start(job(env, src), h.now);
+  auto o = h.c.output();
+  h.c.consumed(o.size() - 1, h.now);  // the last byte of the chunk has not left
+  h.c.onInput("250 Ok\r\n250 Ok\r\n", h.now);
+  auto d = h.c.deadline();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(*d, h.now + SmtpTimeouts{}.block);  // still sending
+  h.c.consumed(1, h.now);
+  d = h.c.deadline();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(*d, h.now + SmtpTimeouts{}.final_dot);
+  h.c.onEof(h.now);
+  auto r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->possible_duplicate);
+  EXPECT_EQ(r->rcpts[0].outcome, Outcome::Deferred);
+  EXPECT_NE(r->rcpts[0].reply.find("may be sent more than once"), std::string::npos);
+}
+
+TEST(SmtpClientBdat, LossBeforeTheLastChunkLeftIsNoDuplicate) {
+  Harness h;
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src("m\r\n");
+  h.c.start(job(env, src), h.now);
+  auto o = h.c.output();
+  h.c.consumed(o.size() - 1, h.now);
+  h.c.onEof(h.now);
+  auto r = h.c.takeResult();
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->possible_duplicate);
+}
+
+TEST(SmtpClientBdat, ReplyBeforeTheChunkLeftEndsSession) {
+  Harness h;
+  h.greet(kEhloChunking);
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src("m\r\n");
+  h.c.start(job(env, src), h.now);
+  auto o = h.c.output();
+  h.c.consumed(o.size() - 2, h.now);
+  h.c.onInput("250 Ok\r\n250 Ok\r\n250 Ok\r\n", h.now);
+  EXPECT_EQ(h.c.state(), SmtpClient::State::Failed);
+}
+
+TEST(SmtpClientBdat, NotWithoutPipelining) {
+  Harness h;
+  h.greet("250-far.example\r\n250 CHUNKING\r\n");
+  auto env = makeEnv({"bob@b.example"});
+  StringSource src("m\r\n");
+  h.c.start(job(env, src), h.now);
+  EXPECT_EQ(h.take(), "MAIL FROM:<alice@a.example>\r\n");
+  h.server("250 Ok\r\n");
+  EXPECT_EQ(h.take(), "RCPT TO:<bob@b.example>\r\n");
+  h.server("250 Ok\r\n");
+  EXPECT_EQ(h.take(), "DATA\r\n");
+}
+
+TEST(SmtpClientOverlap, BdatTransactionsStreamWithoutARoundTripEach) {
+  Harness h(overlapOpts());
+  h.greet(kEhloChunking);
+  auto env1 = makeEnv({"bob@b.example"});
+  auto env2 = makeEnv({"carol@b.example"});
+  auto env3 = makeEnv({"dave@b.example"});
+  StringSource src1("one\r\n"), src2("two\r\n"), src3("three\r\n");
+  h.c.start(job(env1, src1), h.now);
+  EXPECT_EQ(h.take(),
+            "MAIL FROM:<alice@a.example>\r\nRCPT TO:<bob@b.example>\r\nBDAT 5 LAST\r\none\r\n");
+  EXPECT_EQ(h.c.state(), SmtpClient::State::Ready);
+  h.c.start(job(env2, src2), h.now);
+  EXPECT_EQ(h.take(),
+            "RSET\r\nMAIL FROM:<alice@a.example>\r\nRCPT TO:<carol@b.example>\r\n"
+            "BDAT 5 LAST\r\ntwo\r\n");
+  EXPECT_EQ(h.c.state(), SmtpClient::State::Ready);
+  // One reply group answers both; a third follows without waiting for it.
+  h.c.start(job(env3, src3), h.now);
+  EXPECT_EQ(h.take(),
+            "RSET\r\nMAIL FROM:<alice@a.example>\r\nRCPT TO:<dave@b.example>\r\n"
+            "BDAT 7 LAST\r\nthree\r\n");
+  h.server(
+      "250 Ok\r\n250 Ok\r\n250 2.0.0 queued one\r\n250 Ok\r\n250 Ok\r\n550 5.1.1 no\r\n"
+      "554 5.5.1 no valid recipients\r\n");
+  auto r1 = h.c.takeResult();
+  auto r2 = h.c.takeResult();
+  ASSERT_TRUE(r1 && r2);
+  EXPECT_EQ(r1->rcpts[0].outcome, Outcome::Delivered);
+  EXPECT_EQ(r1->rcpts[0].reply, "250 2.0.0 queued one");
+  EXPECT_EQ(r2->rcpts[0].outcome, Outcome::Failed);
+  EXPECT_EQ(r2->rcpts[0].reply, "550 5.1.1 no");
+  EXPECT_FALSE(h.c.takeResult());
+  h.server("250 Ok\r\n250 Ok\r\n250 Ok\r\n250 2.0.0 queued three\r\n");
+  auto r3 = h.c.takeResult();
+  ASSERT_TRUE(r3);
+  EXPECT_EQ(r3->rcpts[0].outcome, Outcome::Delivered);
+  EXPECT_EQ(h.c.state(), SmtpClient::State::Ready);
 }
 
 // --- reply helpers

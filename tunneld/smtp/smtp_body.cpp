@@ -1,7 +1,7 @@
 // smtp_body.cpp: the body encoder: message bytes to their wire form after DATA.
 //
 // Contract: see smtp_body.hpp (CRLF only, dot-stuffing, lines folded after kMaxLine octets, the
-// same output for any chunking). A bare CR is held back until the next byte shows whether an LF
+// same output for any chunking; without dot-stuffing for BDAT). A bare CR is held back until the next byte shows whether an LF
 // follows, so a CRLF split between two chunks is still one line end.
 // Failure behaviour: none; every input has an encoding. The output grows by at most 3x + 4,
 // which the engine's output bound relies on.
@@ -37,7 +37,8 @@ void SmtpBodyEncoder::feed(std::string_view in, std::string& out) {
     if (j == std::string_view::npos) j = in.size();
     while (i < j) {
       if (line_len_ == 0 && in[i] == '.') {
-        out += '.';
+        // Counted without BDAT too, so that lines fold where they do with DATA.
+        if (stuff_dots_) out += '.';
         line_len_ = 1;
       }
       if (line_len_ >= kMaxLine) {

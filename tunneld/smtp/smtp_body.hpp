@@ -7,6 +7,9 @@
 // way Postfix's smtp client does (smtp_line_length_limit = 998): CRLF and one SPACE are inserted,
 // so the continuation is a folded header line in the header and a line starting with a space in
 // the body. finish() ends an unterminated last line with CRLF; the caller adds ".\r\n".
+// For BDAT (RFC 3030: length-delimited, no dot-stuffing) construct it with stuff_dots = false:
+// the output is then exactly the DATA output with the stuffed dots taken out again (the lines
+// fold at the same places), so the far end stores the same bytes either way.
 // Output grows by at most 3 bytes per input byte plus 4 (the bound the engine relies on).
 #pragma once
 
@@ -20,6 +23,8 @@ class SmtpBodyEncoder {
  public:
   static constexpr size_t kMaxLine = 998;
 
+  explicit SmtpBodyEncoder(bool stuff_dots = true) : stuff_dots_(stuff_dots) {}
+
   void feed(std::string_view in, std::string& out);
   void finish(std::string& out);
 
@@ -28,8 +33,9 @@ class SmtpBodyEncoder {
     out += "\r\n";
     line_len_ = 0;
   }
+  bool stuff_dots_ = true;
   bool pending_cr_ = false;
-  size_t line_len_ = 0;  // octets of the current line already written (wire form)
+  size_t line_len_ = 0;  // octets of the current line in its DATA wire form (stuffed dot counted)
 };
 
 }  // namespace dynmx::tunneld

@@ -2,7 +2,15 @@
 //
 // Shape: every command we send pushes an expectation (which command, its deadline) on a FIFO;
 // every complete reply pops one. With PIPELINING the whole envelope ([RSET] MAIL, RCPT..., DATA)
-// goes out as one group; without it, one command at a time. Message content is pulled from the
+// goes out as one group; without it, one command at a time. With PIPELINING and CHUNKING (RFC
+// 3030) there is no DATA: the content follows the RCPTs at once as BDAT chunks (the last one
+// with LAST), each awaiting its own reply, because a server that refused the envelope reads and
+// discards a chunk (503/554) instead of taking it for commands. After an error reply to a chunk no
+// further chunk is sent (RFC 3030 section 2), nor once every recipient was refused; RSET before the
+// next transaction clears the far end's state. A chunk is one pull or more of encoded content,
+// staged until the next pull shows whether it is the last. The deadline of the final dot's (or
+// the LAST chunk's) reply starts when its last byte has gone out (a byte count, sent_total,
+// against the mark of each expectation). Message content is pulled from the
 // ContentSource only when the output buffer is at most half full, and each pull asks for no more
 // than a third of the free room, so the buffer never exceeds Options::max_output whatever the
 // content (the body encoder grows its input by at most 3x + 4).
@@ -42,9 +50,15 @@ namespace {
 constexpr size_t kMaxInputLine = 16 * 1024;  // longer "lines" from the far end end the session
 constexpr size_t kMaxReplyLines = 1000;
 constexpr size_t kMinOutput = 1024;
-constexpr size_t kReserve = 16;  // room kept for the pending CR, the last CRLF and ".\r\n"
+constexpr size_t kReserve = 16;    // room kept for the pending CR, the last CRLF and ".\r\n"
+constexpr size_t kChunkLine = 32;  // room kept for "BDAT <size> LAST\r\n"
 
-enum class Cmd { Greeting, Ehlo, Helo, Rset, Mail, Rcpt, Data, Dot, Quit };
+enum class Cmd { Greeting, Ehlo, Helo, Rset, Mail, Rcpt, Data, Dot, Bdat, BdatLast, Quit };
+
+// Replies to these come only after content bytes that may not have gone out yet.
+bool awaitsContent(Cmd c) {
+  return c == Cmd::Dot || c == Cmd::Bdat || c == Cmd::BdatLast;
+}
 
 const char* stage(Cmd c) {
   switch (c) {
@@ -64,6 +78,10 @@ const char* stage(Cmd c) {
       return "sending DATA command";
     case Cmd::Dot:
       return "sending end of data -- message may be sent more than once";
+    case Cmd::Bdat:
+      return "sending BDAT chunk";
+    case Cmd::BdatLast:
+      return "sending the last BDAT chunk -- message may be sent more than once";
     case Cmd::Quit:
       return "sending QUIT";
   }
@@ -122,17 +140,21 @@ struct SmtpClient::Impl {
     std::vector<RcptState> rstate;
     size_t accepted = 0;
     bool mail_failed = false;
-    size_t next_rcpt = 0;    // lock-step: the next RCPT to send
-    bool body_done = false;  // the terminator is in the output
-    bool dot_sent = false;   // ... and has gone out
-    bool done = false;       // the result is complete
+    size_t next_rcpt = 0;     // lock-step: the next RCPT to send
+    bool body_done = false;   // the terminator (or the LAST chunk) is in the output, or none comes
+    bool dot_sent = false;    // ... and has gone out
+    bool done = false;        // the result is complete
+    bool bdat = false;        // content goes as BDAT chunks
+    size_t bdat_pending = 0;  // chunks whose reply has not come yet
+    bool bdat_error = false;  // a chunk was refused: no further chunk
   };
 
   struct Expect {
     Cmd cmd;
-    Tx* tx;                            // Rset/Mail/Rcpt/Data/Dot
+    Tx* tx;                            // Rset/Mail/Rcpt/Data/Dot/Bdat/BdatLast
     size_t pos;                        // Rcpt: position in job.rcpt_indexes
-    SteadyClock::time_point deadline;  // max(): the final dot has not gone out yet
+    SteadyClock::time_point deadline;  // max(): its content has not gone out yet
+    uint64_t end_mark = 0;             // content: sent_total once its last byte has gone out
   };
 
   // Input.
@@ -149,6 +171,7 @@ struct SmtpClient::Impl {
 
   std::map<std::string, std::string> caps;  // upper-case keyword -> parameters
   bool pipelining = false;
+  bool chunking = false;  // CHUNKING and PIPELINING offered: BDAT instead of DATA
   std::vector<std::string> notes;
   bool used = false;        // a transaction was started in this session: RSET before the next
   bool quit_after = false;  // quit() came while busy
@@ -157,10 +180,11 @@ struct SmtpClient::Impl {
   std::deque<TransactionResult> ready;  // finished, in the order the transactions started
 
   // Content of the newest transaction.
-  Tx* body_tx = nullptr;  // set between the 354 and the terminator
-  size_t until_dot = 0;   // unconsumed output bytes up to the end of ".\r\n"
-  Tx* dot_tx = nullptr;   // whose terminator until_dot counts down to
+  Tx* body_tx = nullptr;  // set between the 354 (BDAT: the RCPTs) and the terminator
   SmtpBodyEncoder enc;
+  std::string staged;         // BDAT: encoded content not yet framed as a chunk
+  uint64_t sent_total = 0;    // bytes ever consumed from the output
+  uint64_t content_mark = 0;  // sent_total once the newest content has gone out
   SteadyClock::time_point last_progress;
 
   explicit Impl(Options o) : opts(std::move(o)) {
@@ -184,7 +208,10 @@ struct SmtpClient::Impl {
       case Cmd::Data:
         return t.data;
       case Cmd::Dot:
+      case Cmd::BdatLast:
         return t.final_dot;
+      case Cmd::Bdat:
+        return t.block;
       case Cmd::Quit:
         return t.quit;
     }
@@ -210,10 +237,10 @@ struct SmtpClient::Impl {
     state = State::Failed;
     out.clear();
     out_pos = 0;
-    until_dot = 0;
+    content_mark = sent_total;
     expect.clear();
     body_tx = nullptr;
-    dot_tx = nullptr;
+    staged.clear();
     for (auto& t : txs) {
       if (t->done) continue;
       if (t->dot_sent) t->result.possible_duplicate = true;
@@ -381,7 +408,15 @@ struct SmtpClient::Impl {
       for (size_t i = 0; i < t.rstate.size(); ++i) {
         if (t.rstate[i] == RcptState::Waiting) send(Cmd::Rcpt, rcptCommand(t, i), now, &t, i);
       }
-      send(Cmd::Data, "DATA", now, &t);
+      if (chunking) {
+        t.bdat = true;
+        body_tx = &t;
+        enc = SmtpBodyEncoder(false);
+        staged.clear();
+        last_progress = now;
+      } else {
+        send(Cmd::Data, "DATA", now, &t);
+      }
     } else if (!rset) {
       send(Cmd::Mail, mailCommand(t), now, &t);
     }
@@ -463,7 +498,7 @@ struct SmtpClient::Impl {
       return;
     }
     Expect e = expect.front();
-    if (e.cmd == Cmd::Dot && !e.tx->dot_sent) {
+    if (awaitsContent(e.cmd) && e.end_mark > sent_total) {
       // A reply to a final dot that has not gone out yet: the far end is out of step.
       fail("unexpected reply from the far end before the end of data: " + r.flat);
       return;
@@ -488,6 +523,9 @@ struct SmtpClient::Impl {
         return onData(*e.tx, r, now);
       case Cmd::Dot:
         return onDot(*e.tx, r, now);
+      case Cmd::Bdat:
+      case Cmd::BdatLast:
+        return onBdat(*e.tx, e.cmd == Cmd::BdatLast, r, now);
     }
   }
 
@@ -513,6 +551,7 @@ struct SmtpClient::Impl {
         if (!kw.empty()) caps[kw] = params;
       }
       pipelining = caps.count("PIPELINING") > 0;
+      chunking = pipelining && caps.count("CHUNKING") > 0;
       goReady(now);
     } else if (r.cls == 5) {
       notes.push_back("EHLO rejected (" + r.flat + "), trying HELO");
@@ -529,6 +568,7 @@ struct SmtpClient::Impl {
     }
     caps.clear();
     pipelining = false;
+    chunking = false;
     goReady(now);
   }
 
@@ -546,7 +586,11 @@ struct SmtpClient::Impl {
     } else if (r.cls == 4 || r.cls == 5) {
       t.mail_failed = true;
       applyToOpen(t, r.code, r.flat);
-      if (!pipelining) endTransaction(t, now);
+      if (!pipelining) {
+        endTransaction(t, now);  // t is gone
+      } else if (t.bdat) {
+        stopChunks(t, now);
+      }
     } else {
       fail("unexpected reply to MAIL FROM: " + r.flat);
     }
@@ -567,7 +611,66 @@ struct SmtpClient::Impl {
         setRcpt(t, pos, r.cls == 5 ? Outcome::Failed : Outcome::Deferred, r.flat);
       }
     }
-    if (!pipelining) sendNextRcptOrData(t, now);
+    if (!pipelining) {
+      sendNextRcptOrData(t, now);  // may end t
+    } else if (t.bdat && t.accepted == 0 && !awaited(t, Cmd::Rcpt)) {
+      stopChunks(t, now);
+    }
+  }
+
+  bool awaited(const Tx& t, Cmd c) const {
+    return std::any_of(expect.begin(), expect.end(),
+                       [&](const Expect& e) { return e.tx == &t && e.cmd == c; });
+  }
+
+  // BDAT: no further chunk of t (the envelope or a chunk was refused); the chunks already in the
+  // output still go and get their replies. The transaction ends with the last awaited reply.
+  // May end t (and free it).
+  void stopChunks(Tx& t, SteadyClock::time_point now) {
+    if (body_tx == &t) {
+      body_tx = nullptr;
+      staged.clear();
+      t.body_done = true;
+      updateState(now);
+    }
+    endBdatIfComplete(t, now);
+  }
+
+  void endBdatIfComplete(Tx& t, SteadyClock::time_point now) {
+    if (t.done || !t.body_done || t.bdat_pending > 0) return;
+    bool waiting =
+        std::any_of(expect.begin(), expect.end(), [&](const Expect& e) { return e.tx == &t; });
+    if (waiting) return;
+    endTransaction(t, now);
+  }
+
+  // The reply to a BDAT chunk of t. After a refused envelope the far end discards the chunk and
+  // must say so (503/554); a refused chunk fails the open recipients and stops the chunks.
+  void onBdat(Tx& t, bool last, const Reply& r, SteadyClock::time_point now) {
+    --t.bdat_pending;
+    bool refused = t.mail_failed || t.accepted == 0;
+    if (r.cls == 2) {
+      if (refused) {
+        fail("far end accepted BDAT without a valid recipient: " + r.flat);
+        return;
+      }
+      if (last) {
+        for (size_t i = 0; i < t.rstate.size(); ++i) {
+          if (t.rstate[i] == RcptState::Accepted) setRcpt(t, i, Outcome::Delivered, r.flat);
+        }
+      }
+    } else if (r.cls == 4 || r.cls == 5) {
+      if (!refused && !t.bdat_error) {
+        t.bdat_error = true;
+        applyToOpen(t, r.code, r.flat);
+      }
+      stopChunks(t, now);  // may end t
+      return;
+    } else {
+      fail("unexpected reply to BDAT: " + r.flat);
+      return;
+    }
+    endBdatIfComplete(t, now);
   }
 
   void onData(Tx& t, const Reply& r, SteadyClock::time_point now) {
@@ -611,7 +714,7 @@ struct SmtpClient::Impl {
 
   // What we were doing, for a message about a lost or silent far end.
   std::string where() const {
-    if (body_tx != nullptr || dot_tx != nullptr) return "sending message body";
+    if (body_tx != nullptr || content_mark > sent_total) return "sending message body";
     if (!expect.empty()) return stage(expect.front().cmd);
     return "idle";
   }
@@ -644,10 +747,8 @@ struct SmtpClient::Impl {
         out += ".\r\n";
         body_tx = nullptr;
         t.body_done = true;
-        dot_tx = &t;
-        until_dot = out.size() - out_pos;
         // Its reply is awaited from now on; the deadline starts once the dot has gone out.
-        expect.push_back(Expect{Cmd::Dot, &t, 0, SteadyClock::time_point::max()});
+        expectContent(Cmd::Dot, t);
         updateState(now);
         return;
       }
@@ -655,12 +756,66 @@ struct SmtpClient::Impl {
     }
   }
 
-  void dotSent(SteadyClock::time_point now) {
-    dot_tx->dot_sent = true;
-    for (Expect& e : expect) {
-      if (e.cmd == Cmd::Dot && e.tx == dot_tx) e.deadline = now + opts.timeouts.final_dot;
+  // The reply to content just put in the output, awaited once its last byte has gone out.
+  void expectContent(Cmd c, Tx& t) {
+    content_mark = sent_total + (out.size() - out_pos);
+    expect.push_back(Expect{c, &t, 0, SteadyClock::time_point::max(), content_mark});
+  }
+
+  // BDAT: content is encoded into `staged` and framed as a chunk once it is big enough, or when
+  // the source is done (the LAST chunk). The output bound holds as for DATA: staged content counts
+  // against it, and a chunk's command line is small.
+  void fillChunks(SteadyClock::time_point now) {
+    size_t chunk_size = opts.max_output / 4;
+    while (body_tx != nullptr) {
+      Tx& t = *body_tx;
+      if (out_pos > 0) {
+        out.erase(0, out_pos);
+        out_pos = 0;
+      }
+      size_t used_room = out.size() + staged.size();
+      if (used_room > opts.max_output / 2) return;
+      size_t want = (opts.max_output - used_room - kReserve - kChunkLine) / 3;
+      auto chunk = t.job.content->next(want);
+      if (!chunk.ok()) {
+        t.result.content_error = true;
+        fail("cannot read the message content: " + chunk.error().message);
+        return;
+      }
+      if (chunk->size() > want) {
+        logf(LogLevel::Critical, "ContentSource returned %zu bytes when asked for at most %zu",
+             chunk->size(), want);
+        std::abort();
+      }
+      if (chunk->empty()) {
+        enc.finish(staged);
+        sendChunk(t, true);
+        body_tx = nullptr;
+        t.body_done = true;
+        updateState(now);
+        return;
+      }
+      enc.feed(*chunk, staged);
+      if (staged.size() >= chunk_size) sendChunk(t, false);
     }
-    dot_tx = nullptr;
+  }
+
+  void sendChunk(Tx& t, bool last) {
+    out += "BDAT " + std::to_string(staged.size()) + (last ? " LAST\r\n" : "\r\n");
+    out += staged;
+    staged.clear();
+    ++t.bdat_pending;
+    expectContent(last ? Cmd::BdatLast : Cmd::Bdat, t);
+  }
+
+  // Content expectations whose bytes have now gone out: their deadlines start.
+  void contentSent(SteadyClock::time_point now) {
+    for (Expect& e : expect) {
+      if (!awaitsContent(e.cmd) || e.deadline != SteadyClock::time_point::max()) continue;
+      if (e.end_mark > sent_total) break;
+      e.deadline = now + timeoutFor(e.cmd);
+      if (e.cmd != Cmd::Bdat) e.tx->dot_sent = true;
+    }
   }
   // --- the calls of the facade
 
@@ -697,7 +852,13 @@ struct SmtpClient::Impl {
   }
 
   std::string_view output() {
-    if (body_tx != nullptr && alive()) fillBody(last_progress);
+    if (body_tx != nullptr && alive()) {
+      if (body_tx->bdat) {
+        fillChunks(last_progress);
+      } else {
+        fillBody(last_progress);
+      }
+    }
     return std::string_view(out).substr(out_pos);
   }
 
@@ -708,11 +869,9 @@ struct SmtpClient::Impl {
       std::abort();
     }
     out_pos += n;
+    sent_total += n;
     if (n > 0) last_progress = now;
-    if (until_dot > 0) {
-      until_dot -= std::min(n, until_dot);
-      if (until_dot == 0 && dot_tx != nullptr) dotSent(now);
-    }
+    if (n > 0) contentSent(now);
     if (out_pos == out.size()) {
       out.clear();
       out_pos = 0;
@@ -727,7 +886,9 @@ struct SmtpClient::Impl {
   std::optional<SteadyClock::time_point> deadline() const {
     if (!alive()) return std::nullopt;
     // While content (or its final dot) is still going out, the channel must keep taking it.
-    if (body_tx != nullptr || dot_tx != nullptr) return last_progress + opts.timeouts.block;
+    if (body_tx != nullptr || content_mark > sent_total) {
+      return last_progress + opts.timeouts.block;
+    }
     if (!expect.empty()) return expect.front().deadline;
     return std::nullopt;
   }

@@ -9,10 +9,16 @@
 //    are reported through notes() and skipped. EHLO, HELO fallback on 5xx.
 //  - PIPELINING only when offered; SIZE, 8BITMIME, SMTPUTF8 and the DSN parameters (ENVID, RET,
 //    NOTIFY, ORCPT) only when offered. Many transactions per session, RSET between them.
+//  - CHUNKING (RFC 3030) when offered with PIPELINING: no DATA; MAIL, RCPT and the content as
+//    BDAT chunks (the last with LAST) go out without waiting, since a server that refused the
+//    envelope reads and discards a chunk (503/554). No dot-stuffing; otherwise the same encoding,
+//    so the far end stores the same bytes as with DATA. A refused chunk (or every recipient
+//    refused) stops further chunks; the LAST chunk's reply counts as the final dot's. With DATA,
+//    no content is ever sent before the 354.
 //  - The body is pulled from a ContentSource in chunks (never whole in memory), dot-stuffed, with
 //    CRLF only (bare CR or LF become CRLF) and lines over 998 octets folded; output is bounded.
-//  - Per-recipient outcome from each RCPT reply; a 4xx/5xx to MAIL, DATA or the final dot
-//    applies to every recipient of the transaction. Losing the session after the final dot was
+//  - Per-recipient outcome from each RCPT reply; a 4xx/5xx to MAIL, DATA, a BDAT chunk or the
+//    final dot applies to every recipient of the transaction not refused already. Losing the session after the final dot was
 //    sent and before its reply sets possible_duplicate (the caller logs it and retries).
 //  - Any reply that does not parse, or comes when none is expected, ends the session (Failed).
 //  - deadline() tells when the awaited reply is overdue (RFC 5321 4.5.3.2 values by default); the
@@ -73,10 +79,11 @@ class SmtpClient {
     std::string helo_name = "localhost";
     SmtpTimeouts timeouts;
     size_t max_output = 256 * 1024;  // bytes of body buffered ahead of the channel
-    // Added: with PIPELINING, become Ready as soon as a message's final dot is in the output, so
-    // that the next transaction's commands follow it in the same group (RFC 2920: the content
-    // may start a group) and a message costs one round trip instead of two. Then up to two
-    // transactions are open at once; takeResult() hands their results out in start() order, so
+    // Added: with PIPELINING, become Ready as soon as a message's final dot (or LAST chunk) is in
+    // the output, so that the next transaction's commands follow it in the same group (RFC 2920:
+    // the content may start a group) and a message costs one round trip instead of two. Then
+    // with DATA up to two transactions are open at once (the next waits for its 354), with BDAT
+    // as many as the caller starts; takeResult() hands their results out in start() order, so
     // the caller keeps its jobs in a FIFO. Off by default (one job at a time).
     bool overlap = false;
   };

@@ -5,10 +5,11 @@
 // the engine's output into the channel (a write that returned EAGAIN is repeated with the very
 // same bytes), the far end's stderr into the log line by line. When its engine is Ready it takes
 // the next job from the JobSource (with overlap, a second one while the previous final dot's reply
-// is pending), keeps still as a warm spare while `concurrency` other sessions work, or QUITs (at
-// the transaction cap, when the daemon stops, after idle_close). Results go back to the JobSource
-// as they arrive; jobs the session cannot finish are abandoned, never counted as delivered. How
-// many sessions run is the connection's decision (SshClient); a session only reports what it did.
+// is pending; with CHUNKING, up to 32 streamed back to back before the oldest reply), keeps still
+// as a warm spare while `concurrency` other sessions work, or QUITs (at the transaction cap, when
+// the daemon stops, after idle_close). Results go back to the JobSource as they arrive; jobs the
+// session cannot finish are abandoned, never counted as delivered. How many sessions run is the
+// connection's decision (SshClient); a session only reports what it did.
 // The first line on the far end's stdout may be the client's "dynmx-peer ..." confirmation (its
 // forced command echoes SSH_CONNECTION before exec'ing sendmail; man/dynmx-relay.7): a line that
 // starts with "dynmx-peer" is taken off before the engine sees anything and handed up in
@@ -16,8 +17,10 @@
 // at once, and ChannelStep::peer says NotPeerLine. The peer line is never an SMTP reply, and its
 // absence never holds delivery back (the first byte that cannot start "dynmx-peer" decides).
 // Failure behaviour: a channel error that breaks the transport comes back as connection_failure
-// (the connection is torn down); a refused exec or a session that ends before any transaction
-// comes back as session_failure (new sessions wait); nothing throws.
+// (the connection is torn down); a channel open the far end refuses (sshd MaxSessions) comes back
+// as channel_refused, holding no job (the connection learns its limit); a refused exec or a
+// session that ends before any transaction comes back as session_failure (new sessions wait);
+// nothing throws.
 #pragma once
 
 #include <chrono>
@@ -61,6 +64,7 @@ struct ChannelStep {
   std::string connection_failure;  // non-empty: the connection must be torn down
   std::string session_failure;     // non-empty: new SMTP sessions must wait
   std::optional<PeerLine> peer;    // set once per session: what its first line was
+  std::string channel_refused;     // non-empty: the far end refused this channel's open
 };
 
 class ChannelSession {
@@ -80,6 +84,8 @@ class ChannelSession {
   St state() const { return st_; }
   // Closed and freed: the connection may drop it.
   bool gone() const { return st_ == St::Closing && !ch_; }
+  // The far end refused to open its channel: it never held a session there.
+  bool refused() const { return refused_; }
   // Can take more transactions: not closing, under the cap, engine not ended.
   bool usable(uint32_t max_transactions) const;
   // Holds a job or runs a transaction.
@@ -122,7 +128,8 @@ class ChannelSession {
   SshChannel ch_;
   std::unique_ptr<SmtpClient> smtp_;
   // Jobs started in this session, oldest first; with SmtpClient::Options::overlap up to two (the
-  // next one starts while the previous final dot's reply is pending). std::deque: a Job's
+  // next one starts while the previous final dot's reply is pending), with CHUNKING up to 32.
+  // std::deque: a Job's
   // SmtpJob view points into it, and push_back/pop_front keep the others in place.
   std::deque<Job> jobs_;
   uint32_t transactions_ = 0;
@@ -134,6 +141,7 @@ class ChannelSession {
   PeerLineReader peer_;         // the first line of stdout: the client's dynmx-peer line?
   bool peer_reported_ = false;  // ChannelStep::peer was set
   bool quit_by_us_ = false;  // we ended it (idle, cap, stopping): not a failure of the far end
+  bool refused_ = false;     // the channel open was refused
 };
 
 // Sessions that hold a job or run a transaction.

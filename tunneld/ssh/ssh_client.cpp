@@ -86,6 +86,7 @@ void SshClient::reconfigure(const ClientConfig& c, const TunneldConfig& t,
                    t.remote_command != tcfg_.remote_command;
   cfg_ = c;
   tcfg_ = t;
+  channel_limit_ = 0;  // the far end's sshd may have been changed too: learn it again
   if (reconnect && state_ != State::Stopped) {
     logf(LogLevel::Info, "client=%s: configuration changed, reconnecting", cfg_.name.c_str());
     teardown(now, "configuration changed");
@@ -200,6 +201,7 @@ void SshClient::teardown(SteadyClock::time_point now, const std::string& reason)
   // Channels first: the session frees those still open when it goes.
   for (auto& c : chans_) c->abandon(jobs_, reason, unixNow());
   chans_.clear();
+  channel_went_ = open_after_close_ = refused_wait_ = false;
   drain_.leaveToSession();
   session_.close(&sock_);
   sock_.reset();
@@ -578,6 +580,12 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
   // as at the end of a channel's step, for all channels once all have had their turn).
   if (!progress)
     progress = std::any_of(chans_.begin(), chans_.end(), [](auto& c) { return c->inputQueued(); });
+  // One that held a session at the far end frees a slot there (a refused one never held one).
+  if (std::any_of(chans_.begin(), chans_.end(),
+                  [](auto& c) { return c->gone() && !c->refused(); })) {
+    channel_went_ = true;
+    refused_wait_ = false;
+  }
   auto gone = std::remove_if(chans_.begin(), chans_.end(), [](auto& c) { return c->gone(); });
   if (gone != chans_.end()) {
     chans_.erase(gone, chans_.end());
@@ -636,6 +644,7 @@ bool SshClient::stepChannel(ChannelSession& c, SteadyClock::time_point now) {
     return true;
   }
   if (!r.session_failure.empty()) sessionFailed(now, r.session_failure);
+  if (!r.channel_refused.empty()) channelRefused(now, r.channel_refused);
   return r.progress;
 }
 
@@ -661,6 +670,8 @@ bool SshClient::opening() const {
 // deliveries). Jobs themselves never run on more than `concurrency` sessions at a time.
 bool SshClient::openMoreChannels(SteadyClock::time_point now) {
   if (opening() || now < session_backoff_until_) return false;
+  // Every channel of ours holds a session at the far end until it is gone, ending ones too.
+  if (refused_wait_ || (channel_limit_ > 0 && chans_.size() >= channel_limit_)) return false;
   if (wantsPeerLine() && chans_.empty()) {
     // A relay client's lease needs the peer line of a session, mail or not: start one (it closes
     // after idle_close when nothing is due).
@@ -681,6 +692,8 @@ bool SshClient::openMoreChannels(SteadyClock::time_point now) {
   bool want = (usable < conc && !idle) || (usable == conc && fresh < conc && cap > 1);
   if (!want) return false;
   chans_.push_back(std::make_unique<ChannelSession>(now));
+  open_after_close_ = channel_went_;
+  channel_went_ = false;
   return true;
 }
 
@@ -723,6 +736,29 @@ void SshClient::reportTraffic(SteadyClock::time_point now) {
 void SshClient::reportMismatch() {
   if (!tunnels_) return;
   if (auto a = connectedAddr()) tunnels_->hostKeyMismatch(cfg_.name, *a);
+}
+
+// The far end refused a channel open: as many SMTP channels as are open now (the refused one
+// aside) is its limit, unless a channel of ours had just gone (its slot may not be free yet at
+// the far end). None at all (the idle channel took the only one) is a session failure.
+void SshClient::channelRefused(SteadyClock::time_point now, const std::string& why) {
+  // The refused one is gone already, like any that ended in this step.
+  auto open = static_cast<size_t>(
+      std::count_if(chans_.begin(), chans_.end(), [](auto& c) { return !c->gone(); }));
+  if (open == 0) {
+    // No channel of ours will go to clear refused_wait_: the session backoff paces the retry.
+    sessionFailed(now, why + " (sshd MaxSessions must be at least 2: the idle channel holds one)");
+    return;
+  }
+  refused_wait_ = true;
+  if (open_after_close_) return;
+  if (channel_limit_ == 0 || open < channel_limit_) {
+    channel_limit_ = open;
+    logf(LogLevel::Warning,
+         "client=%s: %s; at most %zu SMTP sessions on this connection from now on (sshd "
+         "MaxSessions %zu?)",
+         cfg_.name.c_str(), why.c_str(), open, open + 1);
+  }
 }
 
 void SshClient::sessionFailed(SteadyClock::time_point now, const std::string& why) {

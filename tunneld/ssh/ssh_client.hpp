@@ -13,14 +13,17 @@
 // fingerprints, and a warning is logged once per change of the presented key.
 // While connected and the queue has mail for the client, it decides how many exec channels run
 // (up to `concurrency` working, plus warm spares); each is a ChannelSession (channel_session.hpp)
-// running an SmtpClient. Results go back to the JobSource (finish/abandon); a transaction that
-// cannot end cleanly is abandoned, never counted as delivered. libssh2 is driven per its
-// non-blocking rules (the output gate of SshSession, session.hpp); the handles are owned by
-// SshSession and SshChannel, the socket by a UniqueFd. For a client with relay = true it also
-// opens one SMTP session at once after connecting, to read the client's dynmx-peer line, and
-// reports that line, the traffic, the loss of a confirmed connection and host-key mismatches to
-// its TunnelObserver (the daemon, which owns the relay leases). "Now" comes from step()'s caller and from
-// the TimeSource given to the constructor (unix time of results and status), never from the system.
+// running an SmtpClient. A channel open the far end refuses (sshd MaxSessions) fails no mail: it
+// teaches the client how many SMTP channels that far end allows (logged once per new limit, kept
+// across reconnects, forgotten on reconfigure), and no more are opened from then on. Results go
+// back to the JobSource (finish/abandon); a transaction that cannot end cleanly is abandoned, never
+// counted as delivered. libssh2 is driven per its non-blocking rules (the output gate of
+// SshSession, session.hpp); the handles are owned by SshSession and SshChannel, the socket by a
+// UniqueFd. For a client with relay = true it also opens one SMTP session at once after
+// connecting, to read the client's dynmx-peer line, and reports that line, the traffic, the loss
+// of a confirmed connection and host-key mismatches to its TunnelObserver (the daemon, which owns
+// the relay leases). "Now" comes from step()'s caller and from the TimeSource given to the constructor (unix
+// time of results and status), never from the system.
 #pragma once
 
 #include <netdb.h>
@@ -179,6 +182,7 @@ class SshClient {
   std::string identity() const;
 
   void sessionFailed(SteadyClock::time_point now, const std::string& why);
+  void channelRefused(SteadyClock::time_point now, const std::string& why);
   void fail(const std::string& why, SteadyClock::time_point now, bool count = true);
   void teardown(SteadyClock::time_point now, const std::string& reason);
   // libssh2's socket reads go through here (LIBSSH2_CALLBACK_RECV); *abstract is the client.
@@ -220,6 +224,13 @@ class SshClient {
   std::optional<HostKeyVerifier> verifier_;
   ChannelSessions chans_;          // SMTP sessions; at most one of them Opening at a time
   uint32_t session_failures_ = 0;  // SMTP sessions in a row that ended before any transaction
+  size_t channel_limit_ = 0;       // SMTP channels the far end allows (learned; 0: not known)
+  // sshd frees a closed session's slot a moment after our side sees the channel gone: an open
+  // right after a channel went may be refused for that alone. Such a refusal teaches nothing, and
+  // after any refusal no channel opens until one of ours has gone.
+  bool channel_went_ = false;      // a channel went since the last open attempt
+  bool open_after_close_ = false;  // the open now under way followed a channel that went
+  bool refused_wait_ = false;      // a refusal: wait for a channel to go
   SteadyClock::time_point session_backoff_until_{};
   SteadyClock::time_point now_hint_{};  // time of the last step, for deadline()
 
