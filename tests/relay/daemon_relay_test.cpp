@@ -7,10 +7,14 @@
 // Cases: a lease from the confirmed tunnel, a client without the echo, a forwarder, a stranger's
 // host key, lease_grace after the connection is lost, dynmxctl revoke with its hold-down, leases
 // across a restart, dynmx-tunneld killed (and its lease file whole after kill -9), dynmx-relaymap
-// killed (SIGCHLD, restart), a reload that turns relaying off.
+// killed (SIGCHLD, restart), a reload that turns relaying off, and an IPv6 tunnel (sshd on
+// 2001:db8::2, the daemon's source 2001:db8::1).
 // Runs in the private UTS and network namespaces main() (sendmail_relay_test.cpp) sets up. Waiting
 // is always for an event with a generous deadline; nothing asserts on elapsed time.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,6 +28,7 @@
 #include "tests/harness/harness.hpp"
 #include "tests/harness/test_sshd.hpp"
 #include "tests/relay/relay_smtp_util.hpp"
+#include "tests/relay/relaymap_test_util.hpp"
 
 namespace dynmx::relay {
 namespace {
@@ -46,6 +51,19 @@ constexpr const char* kDenied = "550 5.7.1 <friend@elsewhere.example>... Relayin
 
 bool contains(const std::string& hay, const std::string& needle) {
   return hay.find(needle) != std::string::npos;
+}
+
+// Whether main() made the IPv6 test addresses (2001:db8::1 .. ::3 on lo, root only): a socket
+// binds to 2001:db8::1.
+bool haveIpv6TestAddresses() {
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  inet_pton(AF_INET6, "2001:db8::1", &a.sin6_addr);
+  bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  close(fd);
+  return ok;
 }
 
 class DaemonRelayTest : public ::testing::Test {
@@ -135,7 +153,7 @@ class DaemonRelayTest : public ::testing::Test {
     ASSERT_TRUE(daemon_->wait(kLong));
   }
   void startSendmail() {
-    startRelaySendmail(dir_ / "sendmail", socket(), "", false, port_, sendmail_);
+    startRelaySendmail(dir_ / "sendmail", socket(), "", ipv6_, port_, sendmail_);
   }
 
   std::pair<int, std::string> ctl(const std::vector<std::string>& args) {
@@ -151,7 +169,7 @@ class DaemonRelayTest : public ::testing::Test {
   bool logged(const std::string& what) { return contains(log(), what); }
 
   std::string rcptFrom(const std::string& source, const std::string& rcpt) {
-    SmtpFrom s(source, "127.0.0.1", port_);
+    SmtpFrom s(source, contains(source, ":") ? "::1" : "127.0.0.1", port_);
     return s.rcpt(rcpt);
   }
 
@@ -197,6 +215,7 @@ class DaemonRelayTest : public ::testing::Test {
   std::unique_ptr<Process> daemon_;
   std::unique_ptr<Process> proxy_;
   Process sendmail_;
+  bool ipv6_ = false;  // sendmail listens on ::1 too
   uint16_t port_ = 0;
 };
 
@@ -403,6 +422,36 @@ TEST_F(DaemonRelayTest, ReloadWithRelayOffEndsTheLease) {
       << log();
   EXPECT_FALSE(leased()) << leases();
   EXPECT_THAT(rcptFrom("127.0.0.2", kOutside), StartsWith(kDenied));
+}
+
+// The daemon reaches the client's sshd over IPv6: sshd on 2001:db8::2, the daemon's source
+// 2001:db8::1 (main() gives the local route that preferred source). The client confirms the
+// peer, the lease is for its IPv6 address, and the relaymap answers sendmail's tagged,
+// uncompressed form (and Postfix's compressed one) for it.
+TEST_F(DaemonRelayTest, Ipv6TunnelLeasesTheClientsIpv6Address) {
+  if (!haveIpv6TestAddresses())
+    GTEST_SKIP() << "no private network namespace with IPv6 addresses (needs root)";
+  sshd_->setAddress("2001:db8::2");
+  startSshd(withEcho(smtpd()));
+  writeConfig("", "2001:db8::2");
+  startDaemon();
+  ipv6_ = true;
+  startSendmail();
+  ASSERT_TRUE(waitFor(
+      [&] { return logged("lease: client=home addr=2001:db8::2 source=tunnel expires="); }, kLong))
+      << log();
+  EXPECT_THAT(leases(), HasSubstr("2001:db8::2 "));
+  EXPECT_THAT(ctl({"leases", "--json"}).second,
+              HasSubstr("{\"leases\": [{\"address\": \"2001:db8::2\", \"client\": "
+                        "\"home\", \"source\": \"tunnel\""));
+  EXPECT_EQ(test::askOnce(socket(), "relay ipv6:2001:db8:0:0:0:0:0:2"), "OK OK");
+  EXPECT_EQ(test::askOnce(socket(), "relay 2001:db8::2"), "OK OK");
+  EXPECT_EQ(test::askOnce(socket(), "relay ipv6:2001:db8:0:0:0:0:0:1").rfind("NOTFOUND", 0), 0u);
+  EXPECT_EQ(rcptFrom("2001:db8::2", kOutside).substr(0, 3), "250");
+  EXPECT_THAT(rcptFrom("2001:db8::3", kOutside), StartsWith(kDenied));
+  EXPECT_THAT(rcptFrom("127.0.0.2", kOutside), StartsWith(kDenied));
+  spool("bob@home.test");
+  EXPECT_TRUE(waitFor([&] { return delivered() == 1; }, kLong)) << log();
 }
 
 }  // namespace

@@ -6,8 +6,8 @@
 //
 // main() moves the process into a private UTS namespace with a qualified host name (sendmail
 // otherwise waits for its own name) and, when it can, a private network namespace with lo up and
-// the two IPv6 addresses (and 192.0.2.1, for AI_ADDRCONFIG); every process started is stopped by
-// pid. daemon_relay_test.cpp runs in the same namespaces.
+// the IPv6 addresses 2001:db8::1 to ::3 (and 192.0.2.1, for AI_ADDRCONFIG); every process started
+// is stopped by pid. daemon_relay_test.cpp runs in the same namespaces.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -234,7 +234,7 @@ bool hostsFromFilesOnly() {
 }
 
 // A private UTS namespace with a dotted name, and a private network namespace with lo up and
-// two IPv6 test addresses (documentation prefix), when this process may make them.
+// three IPv6 test addresses (documentation prefix), when this process may make them.
 void isolate() {
   if (unshare(CLONE_NEWUTS) == 0) {
     const char name[] = "mx.dynmx-test.example";
@@ -251,9 +251,19 @@ void isolate() {
   // dynmx-tunneld uses, still returns IPv4 addresses in a namespace that has only loopback ones.
   runCommand({"/usr/sbin/ip", "addr", "add", "192.0.2.1/32", "dev", "lo"});
   bool ok = true;
-  for (const char* a : {"2001:db8::2/128", "2001:db8::3/128"}) {
+  for (const char* a : {"2001:db8::1/128", "2001:db8::2/128", "2001:db8::3/128"}) {
     ok = ok && runCommand({"/usr/sbin/ip", "-6", "addr", "add", a, "dev", "lo", "nodad"}) == 0;
   }
+  // A connection to 2001:db8::2 that binds no source would come from 2001:db8::2 itself (IPv6
+  // source selection prefers the destination when it is local), and a tunnel lease for the MX's
+  // own address is refused: its local route gets 2001:db8::1 as preferred source, as a real MX's
+  // address differs from its client's (daemon_relay_test.cpp's IPv6 tunnel). Clients that bind
+  // their source (SmtpFrom) are not affected.
+  ok = ok &&
+       runCommand({"/usr/sbin/ip", "-6", "route", "del", "local", "2001:db8::2", "dev", "lo",
+                   "table", "local"}) == 0 &&
+       runCommand({"/usr/sbin/ip", "-6", "route", "add", "local", "2001:db8::2", "dev", "lo",
+                   "table", "local", "src", "2001:db8::1"}) == 0;
   g_ipv6 = ok;
 }
 
