@@ -18,6 +18,7 @@
 
 #include <gtest/gtest.h>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "tests/harness/test_sshd.hpp"
@@ -42,6 +43,7 @@ class VethNamespace {
     ns_ = "dxci" + tag;
     host_if_ = "dxh" + tag;
     std::string peer_if = "dxp" + tag;
+    peer_if_ = peer_if;
     std::string net = "198.18." + std::to_string(p % 250) + ".";
     unsigned base = ((p / 250) % 60) * 4;
     host_addr_ = net + std::to_string(base + 1);
@@ -76,10 +78,12 @@ class VethNamespace {
   const std::string& peerAddr() const { return peer_addr_; }
   const std::string& hostAddr6() const { return host_addr6_; }
   const std::string& peerAddr6() const { return peer_addr6_; }
+  const std::string& hostIf() const { return host_if_; }
+  const std::string& peerIf() const { return peer_if_; }  // its name inside the namespace
 
  private:
   static bool run(const std::vector<std::string>& argv) { return runCommand(argv) == 0; }
-  std::string ns_, host_if_, host_addr_, peer_addr_, host_addr6_, peer_addr6_;
+  std::string ns_, host_if_, peer_if_, host_addr_, peer_addr_, host_addr6_, peer_addr6_;
   bool ok_ = false, ok6_ = false;
 };
 
@@ -145,7 +149,8 @@ class CheckinTest : public ::testing::Test {
 
   // Clients: home (relay = true), office (relay = false); neither is reachable (port 1 on
   // 127.0.0.9), so the daemon stays in backoff and a check-in's hint shows in its log.
-  void writeConfig(const std::string& tunneld_extra = "", const std::string& relay_extra = "") {
+  void writeConfig(const std::string& tunneld_extra = "", const std::string& relay_extra = "",
+                   const std::string& lease_lifetime = "20m") {
     std::string c;
     c += "[spool]\ndir = \"" + (dir / "spool") + "\"\n\n";
     c += "[tunneld]\ncontrol_socket = \"" + sock() + "\"\n";
@@ -154,8 +159,9 @@ class CheckinTest : public ::testing::Test {
     c += "reconnect_min = \"1m\"\nreconnect_max = \"10m\"\nconnect_timeout = \"5s\"\n";
     c += tunneld_extra + "\n";
     // The lease server's socket and the lease file in the test's directory, never the system's.
-    c += "[relay]\nlease_lifetime = \"20m\"\nsocket = \"" + (dir / "relay.sock") +
-         "\"\nlease_file = \"" + (dir / "leases/leases") + "\"\n" + relay_extra + "\n";
+    c += "[relay]\nlease_lifetime = \"" + lease_lifetime + "\"\nsocket = \"" +
+         (dir / "relay.sock") + "\"\nlease_file = \"" + (dir / "leases/leases") + "\"\n" +
+         relay_extra + "\n";
     for (const char* name : {"home", "office"}) {
       c += "[[client]]\nname = \"" + std::string(name) +
            "\"\nhost = \"127.0.0.9\"\nport = 1\nhost_key = \"" + tunnel_key.public_line +
@@ -289,6 +295,76 @@ TEST_F(CheckinTest, ThroughSshdLeasesTheTcpPeerAndNothingTheClientSays) {
   r = ssh(sshd, home, in_ns);
   EXPECT_EQ(r.rc, 75) << r.out;
   EXPECT_TRUE(contains(r.out, "dynmx-tunneld cannot be reached")) << r.out;
+}
+
+// A check-in from a new address ends the client's check-in lease at its old one at once (the
+// address moved); the new lease, never renewed, ends by itself after lease_lifetime. The client's
+// second address B is from 198.19.0.0/16 (in 198.18.0.0/15 as well), added to its side of the veth
+// pair, with a host route to it on this side so that sshd's answers find it.
+TEST_F(CheckinTest, CheckinFromANewAddressEndsTheLeaseAtTheOldOneAndLeasesExpire) {
+  VethNamespace ns;
+  ASSERT_TRUE(ns.ok()) << "cannot create a network namespace with a veth pair (ip netns)";
+  unsigned p = static_cast<unsigned>(getpid());
+  const std::string a = ns.peerAddr();
+  const std::string b =
+      "198.19." + std::to_string(p % 250) + "." + std::to_string(p / 250 % 250 + 1);
+  TempDir sd("dynmx-checkin-sshd");
+  ASSERT_EQ(chmod(sd.path().c_str(), 0700), 0);
+  TestSshd sshd(sd.path());
+  sshd.setAddress(ns.hostAddr());
+  KeyPair home = sshd.newClientKey("home_checkin", checkinCommand("home"));
+  sshd.start();
+  // Short enough to watch a lease end, long enough that the lease at A is still live when the
+  // check-in from B comes (else A would have expired, not been superseded).
+  writeConfig("", "", "20s");
+  startDaemon();
+  std::vector<std::string> in_ns{"/usr/sbin/ip", "netns", "exec", ns.name()};
+
+  // `dynmxctl leases` (as root) has a line ADDRESS CLIENT SOURCE GRANTED EXPIRES per lease.
+  auto leased = [&](const std::string& addr) {
+    auto [rc, out] = ctl({"leases"});
+    EXPECT_EQ(rc, 0) << out;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+      std::istringstream f(line);
+      std::string address, client, source;
+      if (f >> address >> client >> source && address == addr && client == "home" &&
+          source == "checkin")
+        return true;
+    }
+    return false;
+  };
+
+  Ssh r = ssh(sshd, home, in_ns);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(contains(r.out, "dynmx-checkin: client home from " + a + ": relay lease until 20"))
+      << r.out;
+  EXPECT_TRUE(leased(a)) << ctl({"leases"}).second;
+
+  ASSERT_EQ(runCommand({"/usr/sbin/ip", "netns", "exec", ns.name(), "ip", "addr", "add", b + "/32",
+                        "dev", ns.peerIf()}),
+            0);
+  ASSERT_EQ(runCommand({"/usr/sbin/ip", "route", "add", b + "/32", "dev", ns.hostIf()}), 0);
+  r = ssh(sshd, home, in_ns, b);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(contains(r.out, "dynmx-checkin: client home from " + b + ": relay lease until 20"))
+      << r.out;
+  EXPECT_TRUE(waitFor([&] {
+    return contains(
+        log(), "lease: client=home addr=" + a + " source=checkin ended (superseded by " + b + ")");
+  })) << log();
+  std::string listed = ctl({"leases"}).second;
+  EXPECT_TRUE(leased(b)) << listed;
+  EXPECT_FALSE(leased(a)) << listed;
+
+  // Nothing renews the lease at B: it ends, and the log says so.
+  EXPECT_TRUE(waitFor([&] { return !leased(b); }, kLong)) << ctl({"leases"}).second;
+  EXPECT_TRUE(waitFor(
+      [&] { return contains(log(), "lease: client=home addr=" + b + " source=checkin expired"); },
+      kLong))
+      << log();
+  // The lease at A ended by supersession, not by running out.
+  EXPECT_FALSE(contains(log(), "addr=" + a + " source=checkin expired")) << log();
 }
 
 TEST_F(CheckinTest, OverIPv6LeasesTheTcpPeer) {
