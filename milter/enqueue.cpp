@@ -23,7 +23,7 @@ EnqueueArgs parseEnqueueArgs(const std::vector<std::string>& args) {
   auto usage = [&](std::string why) {
     a.exit_code = kExitUsage;
     a.reason = std::move(why) +
-               "; usage: dynmx-enqueue [-c FILE] -f SENDER [--client NAME] [--queue-id ID] -- RCPT...";
+               "; usage: " + std::string(kEnqueueUsage);
     return a;
   };
   size_t i = 0;
@@ -56,6 +56,12 @@ EnqueueArgs parseEnqueueArgs(const std::vector<std::string>& args) {
       a.req.queue_id = *v;
     } else if (s == "--check-config") {
       a.check_config = true;
+    } else if (s == "-h" || s == "--help") {
+      a.help = true;
+      return a;
+    } else if (s == "--version") {
+      a.version = true;
+      return a;
     } else if (!s.empty() && s[0] == '-') {
       return usage("unknown option " + s);
     } else {

@@ -36,10 +36,14 @@ EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int i
 struct EnqueueArgs {
   std::string config_path = kDefaultConfigPath;
   bool check_config = false;
+  bool help = false;     // -h, --help: usage on stdout, exit 0
+  bool version = false;  // --version
   EnqueueRequest req;
   int exit_code = 0;
   std::string reason;
 };
 EnqueueArgs parseEnqueueArgs(const std::vector<std::string>& args);
+inline constexpr const char* kEnqueueUsage =
+    "dynmx-enqueue [-c FILE] -f SENDER [--client NAME] [--queue-id ID] -- RCPT...";
 
 }  // namespace dynmx

@@ -6,6 +6,7 @@
 #include "milter/enqueue.hpp"
 #include "shared/log.hpp"
 #include "shared/sysexits.hpp"
+#include "shared/version.hpp"
 
 int main(int argc, char** argv) {
   using namespace dynmx;
@@ -13,6 +14,16 @@ int main(int argc, char** argv) {
   // A mailer's stderr ends up in bounces and logs: one line, no noise. Logs go to syslog.
   logInit("dynmx-enqueue", false);
   EnqueueArgs a = parseEnqueueArgs(args);
+  if (a.help) {
+    std::printf("usage: %s\n       dynmx-enqueue [-c FILE] --check-config\n"
+                "       dynmx-enqueue --help | --version\n",
+                kEnqueueUsage);
+    return kExitOk;
+  }
+  if (a.version) {
+    printVersion("dynmx-enqueue");
+    return kExitOk;
+  }
   if (a.exit_code != 0) {
     std::fprintf(stderr, "dynmx-enqueue: %s\n", a.reason.c_str());
     return a.exit_code;

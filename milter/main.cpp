@@ -21,6 +21,7 @@
 #include "shared/log.hpp"
 #include "shared/spool.hpp"
 #include "shared/sysexits.hpp"
+#include "shared/version.hpp"
 
 namespace {
 
@@ -30,7 +31,8 @@ void usage(std::FILE* to) {
                "  -c, --config FILE   configuration (default %s)\n"
                "  -f, --foreground    stay in the foreground and log to stderr\n"
                "      --check-config  check the configuration, print \"config OK\" or the errors\n"
-               "  -h, --help          this text\n",
+               "  -h, --help          this text\n"
+               "      --version       the version\n",
                dynmx::kDefaultConfigPath);
 }
 
@@ -52,6 +54,7 @@ std::optional<int> parseOptions(int argc, char** argv, Options& o) {
                                  {"foreground", no_argument, nullptr, 'f'},
                                  {"check-config", no_argument, nullptr, 'C'},
                                  {"help", no_argument, nullptr, 'h'},
+                                 {"version", no_argument, nullptr, 'V'},
                                  {nullptr, 0, nullptr, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "c:fh", kLong, nullptr)) != -1) {
@@ -67,6 +70,9 @@ std::optional<int> parseOptions(int argc, char** argv, Options& o) {
         break;
       case 'h':
         usage(stdout);
+        return dynmx::kExitOk;
+      case 'V':
+        dynmx::printVersion("dynmx-milter");
         return dynmx::kExitOk;
       default:
         usage(stderr);

@@ -19,6 +19,7 @@
 #include "shared/config.hpp"
 #include "shared/log.hpp"
 #include "shared/sysexits.hpp"
+#include "shared/version.hpp"
 #include "tunneld/control/control.hpp"
 #include "tunneld/relay/checkin.hpp"
 #include "tunneld/relay/lease.hpp"
@@ -32,6 +33,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: dynmx-checkin [-c FILE] NAME\n"
     "       dynmx-checkin [-c FILE] --check-config\n"
+    "       dynmx-checkin --help | --version\n"
     "       the forced command of a client's check-in key in authorized_keys:\n"
     "       command=\"/usr/sbin/dynmx-checkin NAME\",restrict ssh-ed25519 AAAA...\n";
 constexpr int kDaemonTimeoutMs = 20000;
@@ -69,6 +71,9 @@ int main(int argc, char** argv) {
       check_config = true;
     } else if (a == "-h" || a == "--help") {
       std::fputs(kUsage, stdout);
+      return kExitOk;
+    } else if (a == "--version") {
+      printVersion("dynmx-checkin");
       return kExitOk;
     } else if (!a.empty() && a[0] == '-') {
       return usage(("unknown option " + a).c_str());

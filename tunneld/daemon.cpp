@@ -27,6 +27,7 @@
 #include "shared/log.hpp"
 #include "shared/privileges.hpp"
 #include "shared/sysexits.hpp"
+#include "shared/version.hpp"
 #include "tunneld/relay/checkin.hpp"
 
 namespace dynmx::tunneld {
@@ -656,7 +657,7 @@ int Daemon::run() {
 namespace {
 
 void usage(FILE* f) {
-  fprintf(f, "usage: dynmx-tunneld [-c FILE] [-f|--foreground] [--check-config]\n");
+  fprintf(f, "usage: dynmx-tunneld [-c FILE] [-f|--foreground] [--check-config] [--version]\n");
 }
 
 Status writePidFile(const std::string& path) {
@@ -703,6 +704,9 @@ std::optional<int> parseOptions(int argc, char** argv, Options& o) {
       o.check = true;
     else if (a == "-h" || a == "--help") {
       usage(stdout);
+      return kExitOk;
+    } else if (a == "--version") {
+      printVersion("dynmx-tunneld");
       return kExitOk;
     } else {
       usage(stderr);

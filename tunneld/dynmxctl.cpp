@@ -15,14 +15,16 @@
 #include <vector>
 
 #include "shared/config.hpp"
+#include "shared/version.hpp"
 #include "tunneld/control/control.hpp"
 
 using namespace dynmx;
 
-static int usage() {
-  std::fprintf(stderr,
+static int usage(std::FILE* to = stderr) {
+  std::fprintf(to,
                "usage: dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]\n"
                "       dynmxctl [-c FILE] --check-config\n"
+               "       dynmxctl --help | --version\n"
                "commands: status | queue | flush [CLIENT] | hold ID | release ID | reload |\n"
                "          leases [--json] | revoke ADDRESS |\n"
                "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
@@ -112,7 +114,10 @@ int main(int argc, char** argv) {
     } else if (a == "--check-config") {
       check_config = true;
     } else if (a == "-h" || a == "--help") {
-      usage();
+      usage(stdout);
+      return EX_OK;
+    } else if (a == "--version") {
+      printVersion("dynmxctl");
       return EX_OK;
     } else if (!a.empty() && a[0] == '-') {
       return usage();

@@ -1,5 +1,6 @@
 // check_config_test.cpp: every dynmx program takes -c FILE --check-config and answers the same way:
-// "config OK" and exit 0, or every error as file:line:col: key: message and exit 78 (EX_CONFIG).
+// "config OK" and exit 0, or every error as file:line:col: key: message and exit 78 (EX_CONFIG);
+// and every program answers --help and --version alike: on standard output, exit 0.
 #include <sys/wait.h>
 #include <sysexits.h>
 
@@ -47,6 +48,34 @@ TEST(CheckConfig, EveryProgramListsEveryErrorWithItsLocation) {
               std::string::npos)
         << prog << ": " << err;
     EXPECT_EQ(out.find("config OK"), std::string::npos) << prog;
+  }
+}
+
+// Runs `program arg` and returns its exit status, with stdout and stderr.
+int runOne(const std::string& program, const std::string& arg, std::string* out,
+           std::string* err, const TempDir& dir) {
+  SpawnOptions o;
+  std::string base = dir / (program + arg);
+  o.stdout_path = base + ".out";
+  o.stderr_path = base + ".err";
+  Process p({binDir() + "/" + program, arg}, o);
+  auto st = p.wait(std::chrono::seconds(60));
+  *out = readFile(base + ".out");
+  *err = readFile(base + ".err");
+  return st && WIFEXITED(*st) ? WEXITSTATUS(*st) : -1;
+}
+
+TEST(CommandLine, EveryProgramAnswersHelpAndVersionOnStandardOutput) {
+  TempDir dir("dynmx-cmdline");
+  for (std::string prog : {"dynmx-milter", "dynmx-enqueue", "dynmx-tunneld", "dynmxctl",
+                           "dynmx-checkin", "dynmx-relaymap"}) {
+    std::string out, err;
+    EXPECT_EQ(runOne(prog, "--help", &out, &err, dir), 0) << prog << ": " << err;
+    EXPECT_EQ(out.rfind("usage: " + prog, 0), 0u) << prog << ": " << out;
+    EXPECT_EQ(err, "") << prog;
+    EXPECT_EQ(runOne(prog, "--version", &out, &err, dir), 0) << prog << ": " << err;
+    EXPECT_EQ(out, prog + " (dynmx) " DYNMX_VERSION "\n") << prog;
+    EXPECT_EQ(err, "") << prog;
   }
 }
 

@@ -24,6 +24,7 @@
 #include "shared/clock.hpp"
 #include "shared/log.hpp"
 #include "shared/sysexits.hpp"
+#include "shared/version.hpp"
 #include "tunneld/relay/relaymap_server.hpp"
 #include "tunneld/relay/sandbox.hpp"
 
@@ -88,10 +89,20 @@ bool isStreamSocket(int fd, bool listening) {
 int main(int argc, char** argv) {
   using namespace dynmx;
   Args a;
+  constexpr const char* kUsage =
+      "usage: dynmx-relaymap --listen-fd N --feed-fd N [--user NAME] "
+      "[--allow-unsandboxed] [--stderr] [--max-connections N] [--idle-timeout S]\n"
+      "       (started by dynmx-tunneld, not by hand; see dynmx-relaymap(8))\n";
+  if (argc == 2 && (std::string_view(argv[1]) == "--help" || std::string_view(argv[1]) == "-h")) {
+    std::fputs(kUsage, stdout);
+    return kExitOk;
+  }
+  if (argc == 2 && std::string_view(argv[1]) == "--version") {
+    printVersion("dynmx-relaymap");
+    return kExitOk;
+  }
   if (!parseArgs(argc, argv, a)) {
-    std::fprintf(stderr,
-                 "usage: dynmx-relaymap --listen-fd N --feed-fd N [--user NAME] "
-                 "[--allow-unsandboxed] [--stderr] [--max-connections N] [--idle-timeout S]\n");
+    std::fputs(kUsage, stderr);
     return kExitUsage;
   }
   // Nothing inherited but what we serve on; then the log (its socket opens now, before the
