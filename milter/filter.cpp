@@ -10,17 +10,22 @@
 // Negotiation: the MTA must offer SMFIF_DELRCPT; when it does not, the connection is refused at
 // negotiation (SMFIS_REJECT: with sendmail's F=T or Postfix's milter_default_action = tempfail
 // the mail is tempfailed, never passed on) and the reason is logged.
+//
+// Stopping: guarded() is also the gate of filter.hpp's stop: once closed, a callback does nothing
+// (tempfail where it has a reply) and the stopper waits for the ones still running.
 #include "milter/filter.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <condition_variable>
 #include <ctime>
 #include <exception>
 #include <libmilter/mfdef.h>
 #include <mutex>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "shared/log.hpp"
@@ -41,6 +46,33 @@ struct Conn {
   std::optional<std::string> pending_error;  // from a no-reply stage, reported at eom
 };
 
+// The stop gate: how many callbacks run now, whether new ones may start, and every live
+// connection (so that the stopper can drop their unfinished messages once no callback runs).
+std::mutex g_gate_mu;
+std::condition_variable g_gate_cv;
+size_t g_running = 0;
+bool g_closed = false;
+std::unordered_set<Conn*> g_conns;
+
+// Holds the gate open for one callback; `entered` is false when stopping (do nothing then).
+class GatePass {
+ public:
+  GatePass() {
+    std::lock_guard<std::mutex> lock(g_gate_mu);
+    if (g_closed) return;
+    ++g_running;
+    entered = true;
+  }
+  ~GatePass() {
+    if (!entered) return;
+    std::lock_guard<std::mutex> lock(g_gate_mu);
+    if (--g_running == 0) g_gate_cv.notify_all();
+  }
+  GatePass(const GatePass&) = delete;
+  GatePass& operator=(const GatePass&) = delete;
+  bool entered = false;
+};
+
 Conn* conn(SMFICTX* ctx) {
   return static_cast<Conn*>(smfi_getpriv(ctx));
 }
@@ -49,6 +81,10 @@ Conn& ensureConn(SMFICTX* ctx) {
   Conn* c = conn(ctx);
   if (!c) {
     c = new Conn;
+    {
+      std::lock_guard<std::mutex> lock(g_gate_mu);
+      g_conns.insert(c);
+    }
     smfi_setpriv(ctx, c);
   }
   return *c;
@@ -102,6 +138,14 @@ enum class Kind { Replies, NoReply, Housekeeping };
 // The one exception boundary between dynmx and libmilter.
 template <class F>
 sfsistat guarded(SMFICTX* ctx, const char* stage, Kind kind, F&& f) noexcept {
+  GatePass pass;
+  if (!pass.entered) {
+    // Stopping: the process exits in a moment and the MTA retries (its connection closes).
+    if (kind != Kind::Replies) return SMFIS_CONTINUE;
+    static char code[] = "421", xcode[] = "4.3.2", text[] = "dynmx-milter is stopping, try again";
+    smfi_setreply(ctx, code, xcode, text);
+    return SMFIS_TEMPFAIL;
+  }
   std::string why;
   try {
     return f();
@@ -314,6 +358,10 @@ sfsistat xxClose(SMFICTX* ctx) {
   return guarded(ctx, "close", Kind::Housekeeping, [&]() -> sfsistat {
     Conn* c = conn(ctx);
     smfi_setpriv(ctx, nullptr);
+    if (c) {
+      std::lock_guard<std::mutex> lock(g_gate_mu);
+      g_conns.erase(c);
+    }
     delete c;
     return SMFIS_CONTINUE;
   });
@@ -357,6 +405,33 @@ void setSnapshot(std::shared_ptr<const Snapshot> snap) {
 std::shared_ptr<const Snapshot> currentSnapshot() {
   std::lock_guard<std::mutex> lock(g_mu);
   return g_snap;
+}
+
+void closeGate() {
+  std::lock_guard<std::mutex> lock(g_gate_mu);
+  g_closed = true;
+}
+
+bool waitIdle(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(g_gate_mu);
+  return g_gate_cv.wait_until(lock, deadline, [] { return g_running == 0; });
+}
+
+void waitIdle() {
+  std::unique_lock<std::mutex> lock(g_gate_mu);
+  g_gate_cv.wait(lock, [] { return g_running == 0; });
+}
+
+size_t discardOpenMessages() {
+  // The gate is closed and no callback runs: nothing else touches a connection any more.
+  std::lock_guard<std::mutex> lock(g_gate_mu);
+  size_t n = 0;
+  for (Conn* c : g_conns) {
+    if (!c->msg) continue;
+    c->msg.reset();  // removes its temporary files
+    ++n;
+  }
+  return n;
 }
 
 }  // namespace dynmx::milter

@@ -6,8 +6,15 @@
 // snapshot their message started with). Every callback runs through one wrapper that turns an
 // exception into SMFIS_TEMPFAIL (or, with on_error = "accept", lets the mail pass) and a log line:
 // nothing ever unwinds into libmilter.
+//
+// Stopping: closeGate() makes every later callback return at once (tempfail where the stage has a
+// reply) without touching its connection; waitIdle() waits for the callbacks already running (an
+// end of message finishes its spool commit); discardOpenMessages() then removes the temporary
+// files of messages still in the middle of their DATA, so that exiting leaves nothing half-written.
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <libmilter/mfapi.h>
 #include <memory>
 
@@ -23,6 +30,13 @@ struct smfiDesc& filterDescription();
 void install(Spool* spool, std::shared_ptr<const Snapshot> snap);
 void setSnapshot(std::shared_ptr<const Snapshot> snap);
 std::shared_ptr<const Snapshot> currentSnapshot();
+
+// Stopping (see above); main() calls them in this order from its signal thread, then exits.
+void closeGate();
+// Returns false when callbacks were still running at `deadline` (it keeps waiting when asked to).
+bool waitIdle(std::chrono::steady_clock::time_point deadline);
+void waitIdle();
+size_t discardOpenMessages();
 
 // The macros requested from the MTA per stage (smfi_setsymlist), also used in the man page.
 inline constexpr const char* kConnectMacros = "j {daemon_name} {client_addr}";

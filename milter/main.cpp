@@ -2,18 +2,32 @@
 //
 // Wiring only: options, configuration, socket, privileges, then smfi_main(). Every start-up
 // failure is reported with what failed (on stderr and in the log) and a sysexits code.
+//
+// Stopping: libmilter alone takes up to 5 s: its accept loop holds a lock across a poll() of 5 s
+// (MI_CHK_TIME in its sources), and smfi_stop(), like its own signal thread, needs that lock to
+// close the socket. So smfi_main() runs in a thread of its own and the main thread waits for
+// SIGTERM, SIGINT and SIGHUP itself (Linux hands a signal sent to the process to the main thread
+// first when it waits for it). On one it starts smfi_stop() in a thread of its own, closes the
+// callbacks' gate (new callbacks tempfail), lets the running callbacks finish (an end of message
+// completes its spool commit), removes the temporary files of messages still in their DATA and
+// the Unix socket, logs "stopped" and exits 0 without waiting for libmilter's loop; the MTA sees
+// its connection close and retries. Should libmilter's thread take the signal instead,
+// smfi_main() returns when its loop ends and the same steps follow: slower, never unsafe.
 //   dynmx-milter [-c FILE] [-f] [--check-config]
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <libmilter/mfapi.h>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "milter/daemon.hpp"
 #include "milter/filter.hpp"
@@ -113,6 +127,55 @@ int startUp(const dynmx::Config& cfg, dynmx::Spool& spool, bool foreground) {
   return kExitOk;
 }
 
+// How long the stop waits for running callbacks before it says so in the log (it keeps waiting:
+// cutting a spool commit short would leave a half-written temporary file).
+constexpr auto kStopPatience = std::chrono::milliseconds(800);
+
+// Runs smfi_main() in its own thread and waits in this one for a stopping signal (or for
+// smfi_main() to return by itself, which it announces with SIGTERM to this thread). Never returns.
+[[noreturn]] void runUntilStopped(const sigset_t& stop_signals, const std::string& socket_path) {
+  using namespace dynmx;
+  static std::atomic<int> rc{MI_SUCCESS};
+  static std::atomic<bool> returned{false};
+  pthread_t main_thread = pthread_self();
+  std::thread([main_thread]() {
+    rc = smfi_main();
+    returned = true;
+    pthread_kill(main_thread, SIGTERM);
+  }).detach();
+  int sig = 0;
+  while (sigwait(&stop_signals, &sig) != 0) {
+  }
+  auto started = std::chrono::steady_clock::now();
+  if (returned) {
+    logf(LogLevel::Notice, "stopping: libmilter's loop ended by itself");
+  } else {
+    logf(LogLevel::Notice, "stopping on SIG%s", sigabbrev_np(sig));
+  }
+  // smfi_stop() waits for the lock that libmilter's accept loop holds across its poll() of up to
+  // 5 s (the old stop time): let it finish in its own thread. Until this process exits, the
+  // closed gate tempfails every new connection.
+  std::thread([]() { smfi_stop(); }).detach();
+  milter::closeGate();
+  if (!milter::waitIdle(started + kStopPatience)) {
+    logf(LogLevel::Warning, "stopping: waiting for end-of-message spool commits to finish");
+    milter::waitIdle();
+  }
+  size_t dropped = milter::discardOpenMessages();
+  if (dropped)
+    logf(LogLevel::Notice, "stopping: %zu unfinished message(s) dropped; the MTA retries them",
+         dropped);
+  // libmilter removes its socket when its loop ends, which may be seconds away: do it now (an
+  // error, e.g. a directory this user may not write, leaves a stale socket that the next start
+  // removes).
+  if (!socket_path.empty()) unlink(socket_path.c_str());
+  bool failed = returned && rc != MI_SUCCESS;
+  logf(LogLevel::Notice, "stopped%s", failed ? " after an error in libmilter" : "");
+  // libmilter's threads still run: leave without static destructors under their feet.
+  std::fflush(nullptr);
+  _exit(failed ? kExitSoftware : kExitOk);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -122,8 +185,8 @@ int main(int argc, char** argv) {
   if (o.check) return checkConfigCommand(o.path, ConfigRole::Milter, stdout, stderr);
 
   logInit("dynmx-milter", o.foreground);
-  // libmilter's signal thread waits for SIGHUP, SIGTERM and SIGINT, but only from smfi_main()
-  // on; block them now so that one arriving during start-up waits for it instead of killing us.
+  // Blocked in every thread from now on: one arriving during start-up waits for the main thread's
+  // sigwait in runUntilStopped() instead of killing us.
   sigset_t early;
   sigemptyset(&early);
   for (int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&early, sig);
@@ -147,7 +210,6 @@ int main(int argc, char** argv) {
   logf(LogLevel::Notice, "starting: socket %s, spool %s, %zu client(s), on_error=%s",
        cfg.milter.socket.text.c_str(), cfg.spool.dir.c_str(), cfg.clients.size(),
        cfg.milter.on_error == OnError::Accept ? "accept" : "tempfail");
-  int rc = smfi_main();
-  logf(LogLevel::Notice, "stopped%s", rc == MI_SUCCESS ? "" : " after an error in libmilter");
-  return rc == MI_SUCCESS ? kExitOk : kExitSoftware;
+  runUntilStopped(early, cfg.milter.socket.kind == SocketSpec::Kind::Unix ? cfg.milter.socket.path
+                                                                          : std::string());
 }
