@@ -2,10 +2,11 @@
 //
 // dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]: sends one request (see control.hpp), prints the
 // reply's body on stdout (an error reply on stderr). `leases` is shown as a table, or with
-// `leases --json` as one JSON object {"leases": [...], "holds": [...]}; the daemon's reply is
-// machine-readable either way (control.hpp), and dynmxctl only formats it. Exit status: 0 done; 1
-// the daemon refused (ERR reply); 64 usage; 69 the daemon is not reachable; 76 the reply did not
-// parse; 78 the configuration named with -c cannot be loaded.
+// `leases --json` as one JSON object {"leases": [...], "holds": [...]}; `queue` one line per
+// message with its arrival as a date, or with `queue --json` as {"queue": [...]}; the daemon's
+// reply is machine-readable either way (control.hpp), and dynmxctl only formats it. Exit status: 0
+// done; 1 the daemon refused (ERR reply); 64 usage; 69 the daemon is not reachable; 76 the reply
+// did not parse; 78 the configuration named with -c cannot be loaded.
 #include <sys/stat.h>
 #include <sysexits.h>
 
@@ -21,13 +22,14 @@
 using namespace dynmx;
 
 static int usage(std::FILE* to = stderr) {
-  std::fprintf(to,
-               "usage: dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]\n"
-               "       dynmxctl [-c FILE] --check-config\n"
-               "       dynmxctl --help | --version\n"
-               "commands: status | queue | flush [CLIENT] | hold ID | release ID | reload |\n"
-               "          leases [--json] | revoke ADDRESS |\n"
-               "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
+  std::fprintf(
+      to,
+      "usage: dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]\n"
+      "       dynmxctl [-c FILE] --check-config\n"
+      "       dynmxctl --help | --version\n"
+      "commands: status | queue [--json] | flush [CLIENT] | hold ID | release ID | reload |\n"
+      "          leases [--json] | revoke ADDRESS |\n"
+      "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
   return EX_USAGE;
 }
 
@@ -100,6 +102,47 @@ static int printLeases(const std::vector<std::string>& lines, bool json) {
   return EX_OK;
 }
 
+// The `queue` reply with arrival as a date, or as JSON {"queue": [...]}; EX_PROTOCOL when a line
+// does not parse (the human form then prints the line as it came).
+static int printQueue(const std::vector<std::string>& lines, bool json) {
+  std::vector<tunneld::QueueLine> q;
+  for (auto& l : lines) {
+    auto p = tunneld::parseQueueLine(l);
+    if (!p) {
+      if (json) {
+        std::fprintf(stderr, "dynmxctl: %s\n", p.error().message.c_str());
+        return EX_PROTOCOL;
+      }
+      std::printf("%s\n", l.c_str());
+      continue;
+    }
+    if (!json) {
+      std::string text = tunneld::formatQueueLine(*p);
+      std::string raw = " arrival=" + std::to_string(p->arrival) + " ";
+      size_t at = text.find(raw);
+      if (at != std::string::npos)
+        text.replace(at, raw.size(), " arrival=" + iso(p->arrival) + " ");
+      std::printf("%s\n", text.c_str());
+    }
+    q.push_back(std::move(*p));
+  }
+  if (!json) return EX_OK;
+  std::string o = "{\"queue\": [";
+  for (size_t i = 0; i < q.size(); ++i) {
+    auto& m = q[i];
+    o += std::string(i ? ", " : "") + "{\"id\": " + jsonString(m.id) +
+         ", \"state\": " + jsonString(m.state) + ", \"client\": " + jsonString(m.client) +
+         ", \"size\": " + std::to_string(m.size) + ", \"arrival\": " + jsonString(iso(m.arrival)) +
+         ", \"arrival_unix\": " + std::to_string(m.arrival) +
+         ", \"sender\": " + jsonString(m.sender) + ", \"recipients\": [";
+    for (size_t r = 0; r < m.rcpts.size(); ++r) o += (r ? ", " : "") + jsonString(m.rcpts[r]);
+    o += "], \"attempts\": " + std::to_string(m.attempts) + "}";
+  }
+  o += "]}";
+  std::printf("%s\n", o.c_str());
+  return EX_OK;
+}
+
 int main(int argc, char** argv) {
   std::string config, socket_path;
   bool config_given = false, check_config = false;
@@ -130,9 +173,10 @@ int main(int argc, char** argv) {
                               stderr);
   if (i >= argc) return usage();
   std::string request;
-  bool leases = std::string(argv[i]) == "leases", json = false;
+  bool leases = std::string(argv[i]) == "leases", queue = std::string(argv[i]) == "queue";
+  bool json = false;
   for (; i < argc; ++i) {
-    if (leases && std::string(argv[i]) == "--json") {
+    if ((leases || queue) && std::string(argv[i]) == "--json") {
       json = true;
       continue;
     }
@@ -163,6 +207,7 @@ int main(int argc, char** argv) {
     return reply.error().code == 0 ? EX_PROTOCOL : EX_UNAVAILABLE;
   }
   if (leases && reply->ok) return printLeases(reply->lines, json);
+  if (queue && reply->ok) return printQueue(reply->lines, json);
   for (auto& l : reply->lines) std::printf("%s\n", l.c_str());
   if (!reply->ok) {
     std::fprintf(stderr, "dynmxctl: %s\n", reply->error.c_str());

@@ -132,3 +132,47 @@ TEST(ControlLeases, ParserRefusesWhatIsNotALeaseLine) {
     EXPECT_FALSE(parseLeaseLine(bad).ok()) << bad;
   }
 }
+
+TEST(ControlQueue, LinesRoundTrip) {
+  std::vector<QueueLine> lines = {
+      {"0197a3c5e4f20001",
+       "deferred",
+       "home",
+       "alice@example.org",
+       {"bob@home.test"},
+       1432,
+       1790000000,
+       2},
+      {"0197a3c5e4f20002",
+       "active",
+       "<bounce>",
+       "",
+       {"a@x.test", "b \"q\"@y.test"},
+       7,
+       1790000001,
+       0},
+      {"0197a3c5e4f20003", "hold", "office", "x@y", {}, 0, 1, 0},
+  };
+  for (auto& l : lines) {
+    auto text = formatQueueLine(l);
+    auto back = parseQueueLine(text);
+    ASSERT_TRUE(back.ok()) << text << ": " << back.error().message;
+    EXPECT_EQ(*back, l) << text;
+  }
+  EXPECT_EQ(formatQueueLine(lines[0]),
+            "0197a3c5e4f20001 deferred client=home size=1432 arrival=1790000000 "
+            "from=<alice@example.org> to=<bob@home.test> attempts=2");
+}
+
+TEST(ControlQueue, ParserRefusesWhatIsNotAQueueLine) {
+  for (const char* bad : {"", "id", "id active", "id active client=a size=1 arrival=2",
+                          "id active client=a size=x arrival=2 from=<> to=",
+                          "id active client= size=1 arrival=2 from=<> to=",
+                          "id active client=a size=1 arrival=-2 from=<> to=",
+                          "id active client=a size=1 arrival=2 from=<> to=x",
+                          "id active client=a size=1 arrival=2 from=<> to=<x",
+                          "id active client=a size=1 arrival=2 from=<> to=<x> attempts=z",
+                          "id active client=a size=1 arrival=2 from=<x to=<y>"}) {
+    EXPECT_FALSE(parseQueueLine(bad).ok()) << bad;
+  }
+}

@@ -593,6 +593,42 @@ TEST_F(DaemonTest, HeldMessageWaitsUntilReleased) {
   ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
 }
 
+// `queue` shows the arrival as a date; `queue --json` is valid JSON (checked by python3's parser)
+// with the documented fields, strings escaped.
+TEST_F(DaemonTest, QueueShowsArrivalAsADateAndAsJson) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  sshd->stop();
+  startDaemon();
+  const std::string sender = "q\"uo\\te@origin.test";
+  std::string id =
+      spool("Subject: listed\r\n\r\nhi\r\n", {"bob@alpha.test", "carol@alpha.test"}, sender);
+  ASSERT_TRUE(waitFor([&] { return contains(ctl({"queue"}).second, id); }, kLong));
+  auto human = ctl({"queue"});
+  EXPECT_EQ(human.first, 0);
+  EXPECT_TRUE(contains(human.second, id + " ")) << human.second;
+  EXPECT_TRUE(contains(human.second, " arrival=20")) << human.second;
+  EXPECT_TRUE(
+      contains(human.second, "Z from=<" + sender + "> to=<bob@alpha.test>,<carol@alpha.test>"))
+      << human.second;
+  auto json = ctl({"queue", "--json"});
+  ASSERT_EQ(json.first, 0) << json.second;
+  const char* check =
+      "import json, sys, datetime\n"
+      "d = json.load(sys.stdin)\n"
+      "m = [m for m in d['queue'] if m['id'] == sys.argv[1]][0]\n"
+      "assert m['client'] == 'alpha', m\n"
+      "assert m['sender'] == sys.argv[2], m\n"
+      "assert m['recipients'] == ['bob@alpha.test', 'carol@alpha.test'], m\n"
+      "assert m['state'] in ('active', 'deferred', 'in-flight'), m\n"
+      "assert isinstance(m['size'], int) and m['size'] > 0, m\n"
+      "assert isinstance(m['attempts'], int), m\n"
+      "t = datetime.datetime.strptime(m['arrival'], '%Y-%m-%dT%H:%M:%SZ')\n"
+      "assert int(t.replace(tzinfo=datetime.timezone.utc).timestamp()) == m['arrival_unix'], m\n";
+  std::string out;
+  EXPECT_EQ(runCommand({"/usr/bin/python3", "-c", check, id, sender}, &out, json.second), 0) << json.second;
+}
+
 TEST_F(DaemonTest, FarEndRefusingEverySessionIsRetriedWithBackoffAndMailStays) {
   startSshd(smtpd() + " --maildir " + maildir() + " --greeting-reply '554 5.3.2 not today'");
   writeConfig();

@@ -169,6 +169,83 @@ Result<LeaseLine> parseLeaseLine(std::string_view line) {
   return l;
 }
 
+std::string formatQueueLine(const QueueLine& q) {
+  std::string line = q.id + " " + q.state + " client=" + q.client +
+                     " size=" + std::to_string(q.size) + " arrival=" + std::to_string(q.arrival) +
+                     " from=<" + q.sender + "> to=";
+  for (size_t i = 0; i < q.rcpts.size(); ++i) line += (i ? ",<" : "<") + q.rcpts[i] + ">";
+  if (q.attempts > 0) line += " attempts=" + std::to_string(q.attempts);
+  return line;
+}
+
+namespace {
+
+bool decimal(std::string_view s, int64_t& out) {
+  if (s.empty() || s.size() > 18) return false;
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  out = v;
+  return true;
+}
+
+// Takes "KEY=VALUE " off the front of `rest` into `value`.
+bool takeField(std::string_view& rest, std::string_view key, std::string_view& value) {
+  if (rest.substr(0, key.size()) != key) return false;
+  size_t sp = rest.find(' ', key.size());
+  if (sp == std::string_view::npos) return false;
+  value = rest.substr(key.size(), sp - key.size());
+  rest.remove_prefix(sp + 1);
+  return true;
+}
+
+}  // namespace
+
+Result<QueueLine> parseQueueLine(std::string_view line) {
+  auto bad = [&](const char* why) {
+    return Error{0, std::string("queue line \"") + std::string(line.substr(0, 200)) + "\": " + why};
+  };
+  QueueLine q;
+  std::string_view rest = line, v;
+  size_t sp = rest.find(' ');
+  if (sp == 0 || sp == std::string_view::npos) return bad("expected ID STATE");
+  q.id = std::string(rest.substr(0, sp));
+  rest.remove_prefix(sp + 1);
+  sp = rest.find(' ');
+  if (sp == 0 || sp == std::string_view::npos) return bad("expected ID STATE");
+  q.state = std::string(rest.substr(0, sp));
+  rest.remove_prefix(sp + 1);
+  if (!takeField(rest, "client=", v) || v.empty()) return bad("expected client=");
+  q.client = std::string(v);
+  if (!takeField(rest, "size=", v) || !decimal(v, q.size)) return bad("expected size=OCTETS");
+  if (!takeField(rest, "arrival=", v) || !decimal(v, q.arrival))
+    return bad("expected arrival=UNIX");
+  if (rest.substr(0, 6) != "from=<") return bad("expected from=<");
+  rest.remove_prefix(6);
+  size_t to = rest.find("> to=");
+  if (to == std::string_view::npos) return bad("expected > to=");
+  q.sender = std::string(rest.substr(0, to));
+  rest.remove_prefix(to + 5);
+  if (size_t at = rest.rfind(" attempts="); at != std::string_view::npos) {
+    if (!decimal(rest.substr(at + 10), q.attempts)) return bad("bad attempts=");
+    rest = rest.substr(0, at);
+  }
+  while (!rest.empty()) {
+    if (rest[0] != '<') return bad("expected <RECIPIENT>");
+    size_t end = rest.find(">,<");
+    if (end == std::string_view::npos) {
+      if (rest.back() != '>') return bad("expected <RECIPIENT>");
+      q.rcpts.emplace_back(rest.substr(1, rest.size() - 2));
+      break;
+    }
+    q.rcpts.emplace_back(rest.substr(1, end - 1));
+    rest.remove_prefix(end + 2);
+  }
+  return q;
+}
+
 std::string formatControlReply(const ControlReply& r) {
   std::string out = r.ok ? "OK\n" : "ERR " + r.error + "\n";
   for (auto& l : r.lines) {

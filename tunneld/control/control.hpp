@@ -69,6 +69,19 @@ struct LeaseLine {
 };
 std::string formatLeaseLine(const LeaseLine& l);
 Result<LeaseLine> parseLeaseLine(std::string_view line);
+// One body line of the `queue` reply (QueueManager::listQueue), and its reader (dynmxctl):
+//   ID STATE client=CLIENT size=OCTETS arrival=UNIX from=<SENDER> to=<RCPT>[,<RCPT>...]
+//   [ attempts=N]
+// Sender and recipients are printable() copies (no spaces or control bytes are added; an address
+// holding "> to=" or ">,<" itself is read at its first such mark). Errors name the line.
+struct QueueLine {
+  std::string id, state, client, sender;
+  std::vector<std::string> rcpts;
+  int64_t size = 0, arrival = 0, attempts = 0;
+  bool operator==(const QueueLine&) const = default;
+};
+std::string formatQueueLine(const QueueLine& q);
+Result<QueueLine> parseQueueLine(std::string_view line);
 // Parses a whole reply as read from the socket (for dynmxctl and tests).
 Result<ControlReply> parseControlReply(std::string_view text);
 
