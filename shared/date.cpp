@@ -1,4 +1,4 @@
-// date.cpp: RFC 5322 dates (see date.hpp).
+// date.cpp: RFC 5322 and ISO 8601 dates (see date.hpp).
 #include "shared/date.hpp"
 
 #include <cstdio>
@@ -19,5 +19,21 @@ std::string rfc5322Date(int64_t t) {
                 tm.tm_sec);
   return buf;
 }
+
+}  // namespace dynmx
+
+namespace dynmx {
+
+std::string isoUtc(int64_t unix_time) {
+  time_t t = static_cast<time_t>(unix_time);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[80];
+  (void)std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900,
+                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+  return buf;
+}
+
+std::string isoUtcOrDash(int64_t unix_time) { return unix_time > 0 ? isoUtc(unix_time) : "-"; }
 
 }  // namespace dynmx

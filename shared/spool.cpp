@@ -33,6 +33,7 @@
 #include <random>
 
 #include "shared/log.hpp"
+#include "shared/text.hpp"
 
 namespace dynmx {
 namespace {
@@ -69,12 +70,6 @@ const std::array<uint32_t, 256>& crcTable() {
     return t;
   }();
   return table;
-}
-
-std::string hex8(uint32_t v) {
-  char b[9];
-  (void)std::snprintf(b, sizeof b, "%08" PRIx32, v);
-  return b;
 }
 
 // Values are percent-encoded: bytes outside '!'..'~' and '%' itself become %XX, so a value is never
@@ -117,18 +112,6 @@ std::optional<std::string> decode(std::string_view v) {
       return std::nullopt;
     } else {
       out += c;
-    }
-  }
-  return out;
-}
-
-std::vector<std::string_view> splitSpaces(std::string_view s) {
-  std::vector<std::string_view> out;
-  size_t start = 0;
-  for (size_t i = 0; i <= s.size(); ++i) {
-    if (i == s.size() || s[i] == ' ') {
-      out.push_back(s.substr(start, i - start));
-      start = i + 1;
     }
   }
   return out;

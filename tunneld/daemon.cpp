@@ -24,6 +24,7 @@
 #include <ctime>
 #include <optional>
 
+#include "shared/date.hpp"
 #include "shared/log.hpp"
 #include "shared/privileges.hpp"
 #include "shared/sysexits.hpp"
@@ -33,16 +34,6 @@
 namespace dynmx::tunneld {
 
 namespace {
-
-std::string isoTime(int64_t t) {
-  if (t <= 0) return "-";
-  char buf[32];
-  time_t tt = static_cast<time_t>(t);
-  tm tmv;
-  gmtime_r(&tt, &tmv);
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tmv);
-  return buf;
-}
 
 }  // namespace
 
@@ -415,10 +406,10 @@ std::vector<std::string> Daemon::statusLines() {
     ClientStatus s = e.client->status();
     std::string l = "client " + name + ": " + s.state;
     if (s.state == "connected")
-      l += " to " + s.address + " since " + isoTime(s.connected_since);
+      l += " to " + s.address + " since " + isoUtcOrDash(s.connected_since);
     else if (!s.address.empty())
       l += " (" + s.address + ")";
-    if (s.backoff_until) l += ", next attempt " + isoTime(s.backoff_until);
+    if (s.backoff_until) l += ", next attempt " + isoUtcOrDash(s.backoff_until);
     lines.push_back(l);
     if (!s.kex.empty())
       lines.push_back("  ssh: kex " + s.kex + ", hostkey " + s.hostkey + ", cipher " + s.cipher +
@@ -433,7 +424,7 @@ std::vector<std::string> Daemon::statusLines() {
                     std::to_string(q.deferred) + ", hold " + std::to_string(q.hold) +
                     ", in flight " + std::to_string(q.in_flight) + ", channels " +
                     std::to_string(s.channels) +
-                    (q.oldest_arrival ? ", oldest " + isoTime(q.oldest_arrival) : ""));
+                    (q.oldest_arrival ? ", oldest " + isoUtcOrDash(q.oldest_arrival) : ""));
     if (!s.last_error.empty()) lines.push_back("  last error: " + s.last_error);
     for (auto& l : leaseStatusLines(name)) lines.push_back(std::move(l));
     qs.erase(name);

@@ -48,10 +48,6 @@ std::string relaymapProgram() {
   return DYNMX_RELAYMAP_PATH;
 }
 
-std::string isoOrDash(int64_t t) {
-  return t > 0 ? isoUtc(t) : "-";
-}
-
 }  // namespace
 
 Status Daemon::initRelay() {
@@ -220,8 +216,8 @@ std::vector<std::string> Daemon::leaseStatusLines(const std::string& client) {
   if (!leases_) return lines;
   for (const Lease& l : leases_->leasesOf(client, leaseNow()))
     lines.push_back(std::string("  lease: ") + l.addr.str() + " " + leaseSourceName(l.source) +
-                    (l.connected ? " (connected)" : "") + ", granted " + isoOrDash(l.granted) +
-                    ", expires " + isoOrDash(l.expires));
+                    (l.connected ? " (connected)" : "") + ", granted " + isoUtcOrDash(l.granted) +
+                    ", expires " + isoUtcOrDash(l.expires));
   return lines;
 }
 
@@ -248,10 +244,10 @@ ControlReply Daemon::revokeReply(const std::string& address) {
   }
   RevokeResult res = leases_->revoke(*addr, leaseNow());
   logf(LogLevel::Notice, "lease: addr=%s held down until %s (dynmxctl revoke)", addr->str().c_str(),
-       isoOrDash(res.held_until).c_str());
+       isoUtcOrDash(res.held_until).c_str());
   leaseEvents(res.events);
   r.lines.push_back(addr->str() + ": " + std::to_string(res.events.size()) +
-                    " lease(s) revoked, held down until " + isoOrDash(res.held_until));
+                    " lease(s) revoked, held down until " + isoUtcOrDash(res.held_until));
   return r;
 }
 

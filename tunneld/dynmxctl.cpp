@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "shared/date.hpp"
 #include "shared/config.hpp"
 #include "shared/version.hpp"
 #include "tunneld/control/control.hpp"
@@ -31,15 +32,6 @@ static int usage(std::FILE* to = stderr) {
       "          leases [--json] | revoke ADDRESS |\n"
       "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
   return EX_USAGE;
-}
-
-static std::string iso(int64_t t) {
-  char buf[32];
-  time_t tt = static_cast<time_t>(t);
-  tm tmv;
-  gmtime_r(&tt, &tmv);
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tmv);
-  return buf;
 }
 
 static std::string jsonString(const std::string& s) {
@@ -76,15 +68,15 @@ static int printLeases(const std::vector<std::string>& lines, bool json) {
       auto& l = leases[i];
       o += std::string(i ? ", " : "") + "{\"address\": " + jsonString(l.address) +
            ", \"client\": " + jsonString(l.client) + ", \"source\": " + jsonString(l.source) +
-           ", \"granted\": " + jsonString(iso(l.granted)) +
-           ", \"expires\": " + jsonString(iso(l.expires)) +
+           ", \"granted\": " + jsonString(isoUtc(l.granted)) +
+           ", \"expires\": " + jsonString(isoUtc(l.expires)) +
            ", \"granted_unix\": " + std::to_string(l.granted) +
            ", \"expires_unix\": " + std::to_string(l.expires) + "}";
     }
     o += "], \"holds\": [";
     for (size_t i = 0; i < holds.size(); ++i)
       o += std::string(i ? ", " : "") + "{\"address\": " + jsonString(holds[i].address) +
-           ", \"until\": " + jsonString(iso(holds[i].expires)) +
+           ", \"until\": " + jsonString(isoUtc(holds[i].expires)) +
            ", \"until_unix\": " + std::to_string(holds[i].expires) + "}";
     o += "]}";
     std::printf("%s\n", o.c_str());
@@ -96,9 +88,9 @@ static int printLeases(const std::vector<std::string>& lines, bool json) {
     std::printf("%-39s %-16s %-8s %-20s %s\n", "ADDRESS", "CLIENT", "SOURCE", "GRANTED", "EXPIRES");
   for (auto& l : leases)
     std::printf("%-39s %-16s %-8s %-20s %s\n", l.address.c_str(), l.client.c_str(),
-                l.source.c_str(), iso(l.granted).c_str(), iso(l.expires).c_str());
+                l.source.c_str(), isoUtc(l.granted).c_str(), isoUtc(l.expires).c_str());
   for (auto& h : holds)
-    std::printf("%s: held down until %s\n", h.address.c_str(), iso(h.expires).c_str());
+    std::printf("%s: held down until %s\n", h.address.c_str(), isoUtc(h.expires).c_str());
   return EX_OK;
 }
 
@@ -121,7 +113,7 @@ static int printQueue(const std::vector<std::string>& lines, bool json) {
       std::string raw = " arrival=" + std::to_string(p->arrival) + " ";
       size_t at = text.find(raw);
       if (at != std::string::npos)
-        text.replace(at, raw.size(), " arrival=" + iso(p->arrival) + " ");
+        text.replace(at, raw.size(), " arrival=" + isoUtc(p->arrival) + " ");
       std::printf("%s\n", text.c_str());
     }
     q.push_back(std::move(*p));
@@ -132,7 +124,7 @@ static int printQueue(const std::vector<std::string>& lines, bool json) {
     auto& m = q[i];
     o += std::string(i ? ", " : "") + "{\"id\": " + jsonString(m.id) +
          ", \"state\": " + jsonString(m.state) + ", \"client\": " + jsonString(m.client) +
-         ", \"size\": " + std::to_string(m.size) + ", \"arrival\": " + jsonString(iso(m.arrival)) +
+         ", \"size\": " + std::to_string(m.size) + ", \"arrival\": " + jsonString(isoUtc(m.arrival)) +
          ", \"arrival_unix\": " + std::to_string(m.arrival) +
          ", \"sender\": " + jsonString(m.sender) + ", \"recipients\": [";
     for (size_t r = 0; r < m.rcpts.size(); ++r) o += (r ? ", " : "") + jsonString(m.rcpts[r]);

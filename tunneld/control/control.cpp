@@ -35,6 +35,18 @@ bool validArg(std::string_view s) {
   }
   return true;
 }
+
+// A non-negative decimal of at most 18 digits (the times and sizes of reply lines).
+bool decimal(std::string_view s, int64_t& out) {
+  if (s.empty() || s.size() > 18) return false;
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  out = v;
+  return true;
+}
 }  // namespace
 
 namespace {
@@ -141,22 +153,12 @@ Result<LeaseLine> parseLeaseLine(std::string_view line) {
   auto bad = [&](const char* why) {
     return Error{0, std::string("lease line \"") + std::string(line.substr(0, 200)) + "\": " + why};
   };
-  auto number = [](std::string_view s, int64_t& out) {
-    if (s.empty() || s.size() > 18) return false;
-    int64_t v = 0;
-    for (char c : s) {
-      if (c < '0' || c > '9') return false;
-      v = v * 10 + (c - '0');
-    }
-    out = v;
-    return true;
-  };
   LeaseLine l;
   if (f.size() == 3 && f[0] == "hold") {
     l.hold = true;
     if (!InetAddr::parse(f[1])) return bad("not an address");
     l.address = std::string(f[1]);
-    if (!number(f[2], l.expires)) return bad("bad time");
+    if (!decimal(f[2], l.expires)) return bad("bad time");
     return l;
   }
   if (f.size() != 5) return bad("expected ADDRESS CLIENT SOURCE GRANTED EXPIRES");
@@ -165,7 +167,7 @@ Result<LeaseLine> parseLeaseLine(std::string_view line) {
   l.address = std::string(f[0]);
   l.client = std::string(f[1]);
   l.source = std::string(f[2]);
-  if (!number(f[3], l.granted) || !number(f[4], l.expires)) return bad("bad time");
+  if (!decimal(f[3], l.granted) || !decimal(f[4], l.expires)) return bad("bad time");
   return l;
 }
 
@@ -179,17 +181,6 @@ std::string formatQueueLine(const QueueLine& q) {
 }
 
 namespace {
-
-bool decimal(std::string_view s, int64_t& out) {
-  if (s.empty() || s.size() > 18) return false;
-  int64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + (c - '0');
-  }
-  out = v;
-  return true;
-}
 
 // Takes "KEY=VALUE " off the front of `rest` into `value`.
 bool takeField(std::string_view& rest, std::string_view key, std::string_view& value) {

@@ -87,14 +87,4 @@ void logLeaseEvents(const std::vector<LeaseEvent>& events) {
   for (const auto& e : events) logLine(e.level(), e.line());
 }
 
-std::string isoUtc(int64_t unix_time) {
-  time_t t = static_cast<time_t>(unix_time);
-  struct tm tm {};
-  gmtime_r(&t, &tm);
-  char buf[80];
-  (void)std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900,
-                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-  return buf;
-}
-
 }  // namespace dynmx::tunneld

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "shared/clock.hpp"
+#include "shared/date.hpp"
 #include "shared/inet_addr.hpp"
 #include "shared/log.hpp"
 
@@ -140,8 +141,5 @@ class LeaseClock {
 
 // Logs each event's line at its level (shared/log.hpp).
 void logLeaseEvents(const std::vector<LeaseEvent>& events);
-
-// "2026-11-30T01:02:03Z"
-std::string isoUtc(int64_t unix_time);
 
 }  // namespace dynmx::tunneld

@@ -17,30 +17,13 @@
 
 #include "shared/fd.hpp"
 #include "shared/log.hpp"
+#include "shared/text.hpp"
 
 namespace dynmx::tunneld {
 namespace {
 
 constexpr std::string_view kVersionLine = "dynmx-leases 1";
 constexpr size_t kMaxClientName = 64;
-
-std::string hex8(uint32_t v) {
-  char b[9];
-  (void)std::snprintf(b, sizeof b, "%08" PRIx32, v);
-  return b;
-}
-
-std::vector<std::string_view> split(std::string_view s) {
-  std::vector<std::string_view> out;
-  size_t start = 0;
-  for (size_t i = 0; i <= s.size(); ++i) {
-    if (i == s.size() || s[i] == ' ') {
-      out.push_back(s.substr(start, i - start));
-      start = i + 1;
-    }
-  }
-  return out;
-}
 
 std::optional<int64_t> parseTime(std::string_view s) {
   if (s.empty() || s.size() > 18 || (s.size() > 1 && s[0] == '0')) return std::nullopt;
@@ -84,7 +67,7 @@ std::optional<InetAddr> parseAddr(std::string_view s) {
 }
 
 Status parseRecord(std::string_view line, LeaseSnapshot& s) {
-  auto f = split(line);
+  auto f = splitSpaces(line);
   if (f[0] == "lease" && f.size() == 6) {
     auto addr = parseAddr(f[2]);
     auto source = leaseSourceFromName(f[3]);
@@ -128,7 +111,7 @@ Result<LeaseSnapshot> parseLeaseFile(std::string_view bytes) {
   // The end line is the last line.
   size_t end_at = bytes.rfind('\n', bytes.size() - 2) + 1;
   std::string_view end_line = bytes.substr(end_at, bytes.size() - 1 - end_at);
-  auto ef = split(end_line);
+  auto ef = splitSpaces(end_line);
   if (ef.size() != 3 || ef[0] != "end") return Error{0, "torn: no end line"};
   auto count = parseTime(ef[1]);
   auto crc = parseHex8(ef[2]);
