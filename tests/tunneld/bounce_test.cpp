@@ -240,8 +240,14 @@ TEST_F(SenderTest, ArgvIsExactlyPrefixPlusFlagsAndStdinHasTheMessage) {
 // with SIGTERM or that never hears of its own children would be a bad guest.
 TEST_F(SenderTest, ChildStartsWithNoBlockedSignalsAndSigpipeAtItsDefault) {
   std::string out = dir_.path() + "/status";
-  std::string p = script("status", "cat >/dev/null; grep -E '^Sig(Blk|Ign):' /proc/$$/status > '" +
-                                       out + "'\n");
+  // Read with shell builtins only: while the shell waits for a child (grep, say) it blocks signals
+  // itself, and /proc would show that mask instead of the one it was started with (seen as a
+  // flaky failure under load). After `cat` has been reaped the shell's mask is its own again.
+  std::string p = script("status",
+                         "cat >/dev/null\n"
+                         "while IFS= read -r l; do case $l in SigBlk:*|SigIgn:*) "
+                         "printf '%s\\n' \"$l\";; esac; done < /proc/$$/status > '" +
+                             out + "'\n");
   sigset_t block, old;
   sigemptyset(&block);
   for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) sigaddset(&block, sig);
