@@ -55,7 +55,7 @@ constexpr std::string_view kTunneldKeys[] = {
     "keepalive",      "connect_timeout", "reconnect_min",  "reconnect_max", "retry_min",
     "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
     "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
-    "pid_file"};
+    "pid_file",       "metrics_listen"};
 constexpr std::string_view kRelayKeys[] = {
     "socket",         "socket_mode", "socket_group", "user",       "lease_grace",
     "lease_lifetime", "revoke_hold", "mx_addresses", "lease_file", "checkin_user"};
@@ -640,6 +640,16 @@ class Loader {
                    if (auto s = accountName(v, key, true, "a user name")) c.user = *s;
                  } else if (k == "pid_file") {
                    if (auto s = absolutePath(v, key, /*allow_empty=*/true)) c.pid_file = *s;
+                 } else if (k == "metrics_listen") {
+                   auto s = string(v, key, "an address and port");
+                   if (!s || s->empty()) return;  // "" is the same as leaving it out
+                   if (auto a = ListenAddress::parse(*s))
+                     c.metrics_listen = *a;
+                   else
+                     fail(v, key,
+                          "expected an address and port such as \"127.0.0.1:9187\" or "
+                          "\"[::1]:9187\", got " +
+                              quoted(*s));
                  } else {
                    readRetryKey(k, v, key, c.retry);
                  }
@@ -1205,6 +1215,42 @@ std::string formatDuration(Seconds d) {
   return out;
 }
 
+std::optional<ListenAddress> ListenAddress::parse(std::string_view text) {
+  std::string_view host, port;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find("]:");
+    if (close == std::string_view::npos) return std::nullopt;
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+    // [IPv6] only, without sendmail's "IPv6:" tag that InetAddr::parse also takes.
+    if (host.find(':') == std::string_view::npos || host.substr(0, 1) == "I" ||
+        host.substr(0, 1) == "i")
+      return std::nullopt;
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return std::nullopt;
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return std::nullopt;  // IPv6 needs brackets
+  }
+  if (host.empty() || host.front() == '[') return std::nullopt;
+  auto addr = InetAddr::parse(host);
+  if (!addr || port.empty() || port.size() > 5 || (port.size() > 1 && port[0] == '0'))
+    return std::nullopt;
+  uint32_t p = 0;
+  for (char c : port) {
+    if (c < '0' || c > '9') return std::nullopt;
+    p = p * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (p == 0 || p > 65535) return std::nullopt;
+  return ListenAddress{*addr, static_cast<uint16_t>(p)};
+}
+
+std::string ListenAddress::str() const {
+  std::string a = addr.str();
+  return (addr.isV4() ? a : "[" + a + "]") + ":" + std::to_string(port);
+}
+
 const ClientConfig* Config::findClient(std::string_view name) const {
   for (const auto& c : clients)
     if (c.name == name) return &c;
@@ -1290,14 +1336,18 @@ void diffRetry(const RetryPolicy& a, const RetryPolicy& b, const std::string& pr
 }
 
 void diffPart(const TunneldStartup& a, const TunneldStartup& b, KeyDiff& out) {
-  const auto& [control_socket, control_group, control_mode, user, pid_file, sendmail] = a;
-  const auto& [control_socket2, control_group2, control_mode2, user2, pid_file2, sendmail2] = b;
+  const auto& [control_socket, control_group, control_mode, user, pid_file, sendmail,
+               metrics_listen] = a;
+  const auto& [control_socket2, control_group2, control_mode2, user2, pid_file2, sendmail2,
+               metrics_listen2] = b;
   out.add("tunneld.control_socket", control_socket != control_socket2);
   out.add("tunneld.control_group", control_group != control_group2);
   out.add("tunneld.control_mode", control_mode != control_mode2);
   out.add("tunneld.user", user != user2);
   out.add("tunneld.pid_file", pid_file != pid_file2);
   out.add("tunneld.sendmail", sendmail != sendmail2);
+  // The listening socket is bound at start-up, before privileges are dropped: a restart.
+  out.add("tunneld.metrics_listen", metrics_listen != metrics_listen2);
 }
 
 void diffPart(const TunneldReloadable& a, const TunneldReloadable& b, KeyDiff& out) {

@@ -98,6 +98,15 @@ struct RetryPolicy {
 };
 
 // ---- [tunneld]
+// An address and port to listen on, "127.0.0.1:9187" or "[::1]:9187" (inet_pton forms only).
+struct ListenAddress {
+  InetAddr addr;
+  uint16_t port = 0;
+  static std::optional<ListenAddress> parse(std::string_view text);
+  std::string str() const;  // as parse() takes it
+  bool operator==(const ListenAddress&) const = default;
+};
+
 struct TunneldStartup {
   std::string control_socket = "/run/dynmx/tunneld.sock";
   std::string control_group;  // empty: leave the group as created
@@ -106,6 +115,8 @@ struct TunneldStartup {
   std::string pid_file;  // empty: none
   // argv prefix for bounces; the bounce sender is built with it at start-up
   std::vector<std::string> sendmail = {"/usr/sbin/sendmail"};
+  // HTTP endpoint for a Prometheus scrape (GET /metrics); unset: none.
+  std::optional<ListenAddress> metrics_listen;
 };
 struct TunneldReloadable {
   std::string identity = "/etc/dynmx/id_ed25519";  // private key used for every client by default

@@ -63,13 +63,15 @@ struct ResolveSlot {
 };
 
 SshClient::SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs,
-                     Waker& waker, const TimeSource& time, TunnelObserver* tunnels)
+                     Waker& waker, const TimeSource& time, TunnelObserver* tunnels,
+                     Metrics* metrics)
     : cfg_(std::move(client)),
       tcfg_(tunneld),
       jobs_(jobs),
       waker_(waker),
       time_(time),
       tunnels_(tunnels),
+      counters_(metrics ? metrics->client(cfg_.name) : own_counters_),
       rng_(std::random_device{}()) {
   backoff_until_ = time_.steady();  // first attempt at once
 }
@@ -281,6 +283,7 @@ bool SshClient::tryNextAddress(SteadyClock::time_point now) {
     int one = 1;
     setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     relay_ = cfg_.host + "[" + ip + "]:" + std::to_string(cfg_.port);
+    ++counters_.connection_attempts;
     if (connect(fd.get(), addr, static_cast<socklen_t>(sa.size())) != 0 && errno != EINPROGRESS) {
       last_error_ = "connect to " + relay_ + ": " + strerror(errno);
       logf(LogLevel::Info, "client=%s: %s", cfg_.name.c_str(), last_error_.c_str());
@@ -409,7 +412,10 @@ bool SshClient::stepHandshake(SteadyClock::time_point now) {
   int rc = libssh2_session_handshake(session_.get(), sock_.get());
   if (rc == LIBSSH2_ERROR_EAGAIN) {
     session_.blocked(rc, &state_);
-    if (now >= attempt_deadline_) fail("SSH handshake with " + relay_ + ": timed out", now);
+    if (now >= attempt_deadline_) {
+      ++counters_.handshake_failures;
+      fail("SSH handshake with " + relay_ + ": timed out", now);
+    }
     return now >= attempt_deadline_;
   }
   if (rc != 0) return handshakeFailed(rc, now);
@@ -446,6 +452,7 @@ bool SshClient::handshakeFailed(int rc, SteadyClock::time_point now) {
     mismatch_state_ = "host-key-mismatch";
     return true;
   }
+  ++counters_.handshake_failures;
   fail(why, now);
   return true;
 }
@@ -513,6 +520,7 @@ bool SshClient::stepAuth(SteadyClock::time_point now) {
   }
   session_.released(&state_);
   if (rc != 0) {
+    ++counters_.auth_failures;
     fail("authentication as " + cfg_.user + " at " + relay_ + " with " + id +
              " refused: " + session_.lastError(),
          now);
@@ -637,6 +645,7 @@ bool SshClient::keepAlive(SteadyClock::time_point now) {
 bool SshClient::stepChannel(ChannelSession& c, SteadyClock::time_point now) {
   ChannelContext ctx{session_, jobs_, time_, cfg_, tcfg_, relay_, stopping_, chans_};
   ChannelStep r = c.step(ctx, now);
+  counters_.sent_bytes += r.bytes_written;
   if (r.transaction_done) session_failures_ = 0;
   if (r.peer && wantsPeerLine()) peerLine(*r.peer, now);
   if (!r.connection_failure.empty()) {
@@ -734,6 +743,7 @@ void SshClient::reportTraffic(SteadyClock::time_point now) {
 }
 
 void SshClient::reportMismatch() {
+  ++counters_.host_key_mismatches;
   if (!tunnels_) return;
   if (auto a = connectedAddr()) tunnels_->hostKeyMismatch(cfg_.name, *a);
 }

@@ -45,6 +45,7 @@
 #include "shared/private_key.hpp"
 #include "shared/result.hpp"
 #include "tunneld/delivery/delivery.hpp"
+#include "tunneld/metrics/metrics.hpp"
 #include "tunneld/relay/peer_check.hpp"
 #include "tunneld/ssh/channel.hpp"
 #include "tunneld/ssh/channel_session.hpp"
@@ -113,9 +114,11 @@ class SshClient {
   // `time` gives unix time for results and status (and the steady time of bytes received); it
   // must outlive the client. The daemon passes dynmx::systemTime().
   // `tunnels` (may be null: no relay leases) hears of peer lines, traffic, losses and host-key
-  // mismatches; it must outlive the client.
+  // mismatches; it must outlive the client. `metrics` (may be null: counters of its own) is where
+  // the connection attempts, handshake, host-key and authentication failures and the bytes sent
+  // are counted, under the client's name; it must outlive the client.
   SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs, Waker& waker,
-            const TimeSource& time, TunnelObserver* tunnels = nullptr);
+            const TimeSource& time, TunnelObserver* tunnels = nullptr, Metrics* metrics = nullptr);
   ~SshClient();
   SshClient(const SshClient&) = delete;
   SshClient& operator=(const SshClient&) = delete;
@@ -201,6 +204,8 @@ class SshClient {
   Waker& waker_;
   const TimeSource& time_;
   TunnelObserver* tunnels_;
+  ClientCounters own_counters_;  // when no Metrics was given
+  ClientCounters& counters_;
   State state_ = State::Backoff;
   bool stopping_ = false;
   SteadyClock::time_point stop_deadline_{};
