@@ -120,6 +120,9 @@ struct TunneldStartup {
 };
 struct TunneldReloadable {
   std::string identity = "/etc/dynmx/id_ed25519";  // private key used for every client by default
+  // Key rotation: identity = ["NEW", "OLD"] puts NEW in identity (tried first) and OLD here
+  // (tried when NEW is refused); "" when identity names one key.
+  std::string identity_old;
   std::string known_hosts = "/etc/dynmx/known_hosts";
   Seconds keepalive{30};
   Seconds connect_timeout{30};
@@ -165,6 +168,7 @@ struct ClientConfig {
   std::vector<std::string> domains;  // lower case; ".example.org" means every subdomain of it
   std::string host_key;  // "" | "ssh-ed25519 AAAA..." (pinned line) | "SHA256:base64"
   std::string identity;  // "" means [tunneld] identity
+  std::string identity_old;  // the second key of identity = ["NEW", "OLD"]; "" when none
   uint32_t concurrency = 8;
   RetryPolicy retry;  // [tunneld] values unless overridden
   bool relay = false;                       // may hold relay leases ([relay])
@@ -174,6 +178,14 @@ struct ClientConfig {
   // The private key this client logs in with: its own identity, else [tunneld] identity.
   const std::string& identityFile(const TunneldConfig& t) const {
     return identity.empty() ? t.identity : identity;
+  }
+  // Every key this client may log in with, in the order they are tried: the client's own
+  // identity (one or two keys), else [tunneld] identity's.
+  std::vector<std::string> identityFiles(const TunneldConfig& t) const {
+    const std::string& first = identity.empty() ? t.identity : identity;
+    const std::string& old = identity.empty() ? t.identity_old : identity_old;
+    if (old.empty()) return {first};
+    return {first, old};
   }
 };
 

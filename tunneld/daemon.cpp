@@ -94,7 +94,8 @@ Status Daemon::init() {
   if (!wake_fd_) return sysError(errno, "eventfd");
 
   for (const auto& c : cfg_.clients) {
-    if (auto st = checkPrivateKeyFile(c.identityFile(cfg_.tunneld)); !st) return st;
+    for (const std::string& key : c.identityFiles(cfg_.tunneld))
+      if (auto st = checkPrivateKeyFile(key); !st) return st;
   }
   if (auto st = spool_.prepare(); !st) return st;
   bounces_ =
@@ -428,6 +429,7 @@ std::vector<std::string> Daemon::statusLines() {
                       (s.expected_fp.empty() ? std::string("(none known)") : s.expected_fp));
     else if (!s.presented_fp.empty())
       lines.push_back("  host key: " + s.presented_fp);
+    if (!s.login_key.empty()) lines.push_back("  login key: " + s.login_key);
     auto q = qs[name];
     lines.push_back("  queue: active " + std::to_string(q.active) + ", deferred " +
                     std::to_string(q.deferred) + ", hold " + std::to_string(q.hold) +

@@ -478,6 +478,22 @@ INSTANTIATE_TEST_SUITE_P(
                 "tunneld.identity", "expected an absolute path"},
         BadCase{"KnownHostsRelative", "[tunneld]\nknown_hosts = \"~/.ssh/known_hosts\"\n", 2, 15,
                 "tunneld.known_hosts", "expected an absolute path"},
+        BadCase{"IdentityThreeKeys",
+                "[tunneld]\nidentity = [\"/k/new\", \"/k/old\", \"/k/older\"]\n", 2, 12,
+                "tunneld.identity", "got an array of 3 keys"},
+        BadCase{"IdentityEmptyArray", "[tunneld]\nidentity = []\n", 2, 12, "tunneld.identity",
+                "an array of two (the new key first, then the old one), got []"},
+        BadCase{"IdentityElementNotAString", "[tunneld]\nidentity = [\"/k/new\", 7]\n", 2, 23,
+                "tunneld.identity[1]", "expected an absolute path"},
+        BadCase{"IdentityElementRelative", "[tunneld]\nidentity = [\"k/new\", \"/k/old\"]\n", 2,
+                13, "tunneld.identity[0]", "expected an absolute path"},
+        BadCase{"IdentitySameKeyTwice", "[tunneld]\nidentity = [\"/k/a\", \"/k/a\"]\n", 2, 21,
+                "tunneld.identity[1]", "the same key as tunneld.identity[0]"},
+        BadCase{"IdentityNotAPathOrArray", "[tunneld]\nidentity = 1\n", 2, 12, "tunneld.identity",
+                "expected an absolute path, or an array of two"},
+        BadCase{"ClientIdentityThreeKeys",
+                client("a", "[\"a.example\"]", "identity = [\"/a\", \"/b\", \"/c\"]\n"), 6,
+                12, "client[0].identity", "got an array of 3 keys"},
         BadCase{"MetricsListenHostName", "[tunneld]\nmetrics_listen = \"localhost:9187\"\n", 2, 18,
                 "tunneld.metrics_listen", "expected an address and port such as"},
         BadCase{"MetricsListenNoPort", "[tunneld]\nmetrics_listen = \"127.0.0.1\"\n", 2, 18,
@@ -1322,6 +1338,54 @@ TEST(LoadConfig, MetricsListenIsOffByDefaultAndEmptyMeansOff) {
   ASSERT_TRUE(r.config->tunneld.metrics_listen);
   EXPECT_EQ(r.config->tunneld.metrics_listen->port, 9187);
   EXPECT_FALSE(r.config->tunneld.metrics_listen->addr.isV4());
+}
+
+TEST(IdentityRotation, AnArrayOfTwoKeysIsTheNewOneThenTheOldOne) {
+  auto r = parseConfig(
+      "[tunneld]\nidentity = [\"/k/new\", \"/k/old\"]\n" +
+          client("a", "[\"a.example\"]") +
+          client("b", "[\"b.example\"]", "identity = [\"/k/b-new\", \"/k/b-old\"]\n") +
+          client("c", "[\"c.example\"]", "identity = [\"/k/c\"]\n"),
+      kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  const TunneldConfig& t = r.config->tunneld;
+  EXPECT_EQ(t.identity, "/k/new");
+  EXPECT_EQ(t.identity_old, "/k/old");
+  EXPECT_EQ(r.config->clients[0].identityFiles(t), (std::vector<std::string>{"/k/new", "/k/old"}));
+  EXPECT_EQ(r.config->clients[1].identityFiles(t),
+            (std::vector<std::string>{"/k/b-new", "/k/b-old"}));
+  EXPECT_EQ(r.config->clients[2].identityFiles(t), (std::vector<std::string>{"/k/c"}));
+  // A single string is one key, as before.
+  r = parseConfig("[tunneld]\nidentity = \"/k/one\"\n", kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  EXPECT_EQ(r.config->tunneld.identity_old, "");
+  EXPECT_EQ(ClientConfig{}.identityFiles(r.config->tunneld), (std::vector<std::string>{"/k/one"}));
+}
+
+TEST(IdentityRotation, OldKeyReadableByOthersIsAnErrorAtItsOwnPlace) {
+  test::TempDir dir("dynmx-config");
+  std::string fresh = dir / "new";
+  std::string old = dir / "old";
+  test::writeFile(fresh, "key", 0600);
+  test::writeFile(old, "key", 0644);
+  auto r = parseConfig(
+      "[tunneld]\nidentity = [\"" + fresh + "\",\n  \"" + old + "\"]\n", kPath,
+      ConfigRole::Tunneld);
+  ASSERT_EQ(r.errors.size(), 1u) << allErrors(r);
+  EXPECT_EQ(r.errors[0].key, "tunneld.identity[1]");
+  EXPECT_EQ(r.errors[0].where.line, 3u);
+  EXPECT_EQ(r.errors[0].where.col, 3u);
+  EXPECT_NE(r.errors[0].message.find("chmod 600 " + old), std::string::npos) << r.errors[0].str();
+}
+
+TEST(IdentityRotation, ChangingEitherKeyIsTakenByAReload) {
+  auto a = parseConfig("[tunneld]\nidentity = [\"/k/new\", \"/k/old\"]\n", kPath);
+  auto b = parseConfig("[tunneld]\nidentity = \"/k/new\"\n", kPath);
+  ASSERT_TRUE(a.config && b.config);
+  ReloadPlan p = planReload(*a.config, *b.config, ConfigRole::Tunneld);
+  EXPECT_EQ(p.taken, (std::vector<std::string>{"tunneld.identity"}));
+  EXPECT_TRUE(p.waiting.empty());
+  EXPECT_EQ(p.config.tunneld.identity_old, "");
 }
 }  // namespace
 }  // namespace dynmx

@@ -5,7 +5,8 @@
 // and step() advances it as far as it can without blocking. States:
 //   backoff -> resolving (helper thread) -> connecting (non-blocking connect, connect_timeout)
 //   -> handshake (pinned cipher/MAC/kex, host-key method restricted to the stored key's type)
-//   -> host-key check (before authentication) -> authenticating (identity file, private mode)
+//   -> host-key check (before authentication) -> authenticating (each identity key in turn, the
+//      new one first during a key rotation; a key that group or others can read is not used)
 //   -> connected (keepalive; dead after 3 keepalives without a byte received)
 // A failure anywhere closes the connection and waits reconnectDelay() (capped exponential backoff,
 // full jitter, reset only after the connection stayed up kStableAfter). A host key that does not
@@ -102,6 +103,7 @@ struct ClientStatus {
   std::string presented_fp, expected_fp;
   std::string last_error;
   int64_t connected_since = 0;
+  std::string login_key;  // the identity file the connection logged in with (while connected)
   uint32_t failures = 0;
   size_t channels = 0;
   size_t in_flight = 0;
@@ -182,7 +184,6 @@ class SshClient {
   bool stepStopping(SteadyClock::time_point now, bool progress);
   bool openMoreChannels(SteadyClock::time_point now);
   bool opening() const;
-  std::string identity() const;
 
   void sessionFailed(SteadyClock::time_point now, const std::string& why);
   void channelRefused(SteadyClock::time_point now, const std::string& why);
@@ -246,6 +247,12 @@ class SshClient {
   std::string warned_fp_;  // presented key we already warned about
   std::string last_error_;
   std::vector<std::string> last_kh_warnings_;
+  // Authentication: the identity keys to try on this connection, the next one, the refusals so
+  // far, and the key of the last successful login (key rotation: status and log name it).
+  std::vector<std::string> auth_keys_;
+  size_t auth_index_ = 0;
+  std::string auth_refusals_;
+  std::string login_key_;
   int64_t backoff_until_unix_ = 0;
   int64_t connected_since_unix_ = 0;
 
