@@ -1398,9 +1398,9 @@ void diffPart(const TunneldReloadable& a, const TunneldReloadable& b, KeyDiff& o
   const auto& [identity, identity_old, known_hosts, keepalive, connect_timeout, reconnect_min,
                reconnect_max, retry, idle_close, max_transactions, bounce_from, remote_command,
                hostname] = a;
-  const auto& [identity2, identity_old2, known_hosts2, keepalive2, connect_timeout2,
-               reconnect_min2, reconnect_max2, retry2, idle_close2, max_transactions2,
-               bounce_from2, remote_command2, hostname2] = b;
+  const auto& [identity2, identity_old2, known_hosts2, keepalive2, connect_timeout2, reconnect_min2,
+               reconnect_max2, retry2, idle_close2, max_transactions2, bounce_from2,
+               remote_command2, hostname2] = b;
   // Both keys of identity are one key of the file; a change reconnects the clients using it.
   out.add("tunneld.identity", identity != identity2 || identity_old != identity_old2);
   out.add("tunneld.known_hosts", known_hosts != known_hosts2);

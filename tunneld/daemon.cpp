@@ -168,9 +168,9 @@ void Daemon::applyClients() {
     auto it = clients_.find(c.name);
     if (it == clients_.end()) {
       ClientEntry e;
-      e.client = std::make_unique<SshClient>(
-          c, cfg_.tunneld, *jobs_, *this, systemTime(),
-          leases_ ? static_cast<TunnelObserver*>(this) : nullptr, &metrics_);
+      e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
+                                             leases_ ? static_cast<TunnelObserver*>(this) : nullptr,
+                                             &metrics_);
       auto [pos, ok] = clients_.emplace(c.name, std::move(e));
       (void)ok;
       service(pos->second);

@@ -45,9 +45,9 @@ struct Parsed {
 
 Parsed parseMetrics(const std::string& text, const char* format) {
   Parsed p;
-  int rc = runCommand(
-      {"/usr/bin/python3", std::string(DYNMX_TESTS_DIR) + "/metrics_parse.py", format}, &p.raw,
-      text);
+  int rc =
+      runCommand({"/usr/bin/python3", std::string(DYNMX_TESTS_DIR) + "/metrics_parse.py", format},
+                 &p.raw, text);
   if (rc != 0) return Parsed{};
   size_t at = 0;
   while (at < p.raw.size()) {
@@ -263,8 +263,8 @@ TEST_F(DaemonMetricsTest, CountersMoveAsMailMovesAndTheHttpEndpointServesTheSame
       },
       kLong))
       << ctl({"metrics"}).second;
-  Parsed mismatch = parseMetrics(body(http(metrics_port, "GET /metrics HTTP/1.1\r\n\r\n")),
-                                 "prometheus");
+  Parsed mismatch =
+      parseMetrics(body(http(metrics_port, "GET /metrics HTTP/1.1\r\n\r\n")), "prometheus");
   EXPECT_GE(mismatch.at("dynmx_host_key_mismatches_total" + kAlpha), 1);
   EXPECT_GT(mismatch.at("dynmx_connection_attempts_total" + kAlpha),
             after.at("dynmx_connection_attempts_total" + kAlpha));

@@ -95,8 +95,8 @@ class KeyRotationTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    if (HasFailure()) std::cerr << "---- daemon log ----\n" << log() << "---- status ----\n"
-                                << status();
+    if (HasFailure())
+      std::cerr << "---- daemon log ----\n" << log() << "---- status ----\n" << status();
     daemon.reset();
     sshd.reset();
   }

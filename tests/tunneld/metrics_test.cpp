@@ -5,7 +5,6 @@
 // our idea of the format, is what the tests check. The HTTP parser is tested from a table of
 // requests, byte-split where it matters (a scrape may arrive in pieces).
 #include <gtest/gtest.h>
-
 #include <string>
 #include <vector>
 
@@ -183,8 +182,8 @@ TEST(MetricsHttpRequest, ParsesRequestsFromATable) {
       {"GET /metrics HTTP/1.0\n\n", S::Complete, 0, "GET", "/metrics", ""},
       {"\r\nHEAD /metrics?x=1 HTTP/1.1\r\nACCEPT: a/b\r\naccept:  c/d \r\n\r\n", S::Complete, 0,
        "HEAD", "/metrics", "a/b, c/d"},
-      {"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", S::Complete, 0, "POST",
-       "/metrics", ""},
+      {"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", S::Complete, 0, "POST", "/metrics",
+       ""},
       {"GET /metrics HTTP/1.1\r\nHost: x\r\n", S::Incomplete, 0, "", "", ""},
       {"GET /met", S::Incomplete, 0, "", "", ""},
       {"", S::Incomplete, 0, "", "", ""},

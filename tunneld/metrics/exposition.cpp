@@ -1,7 +1,6 @@
 // exposition.cpp: the text of the metrics (see exposition.hpp); one Family per metric family.
 #include "tunneld/metrics/exposition.hpp"
 
-
 namespace dynmx::tunneld {
 
 namespace {
@@ -108,14 +107,12 @@ struct CounterFamily {
   uint64_t ClientCounters::*field;
 };
 const CounterFamily kCounters[] = {
-    {{"dynmx_recipients_delivered", "counter", "",
-      "Recipients the client's far end accepted."},
+    {{"dynmx_recipients_delivered", "counter", "", "Recipients the client's far end accepted."},
      &ClientCounters::delivered},
     {{"dynmx_recipients_deferred", "counter", "",
       "Recipient attempts that failed temporarily (tried again later)."},
      &ClientCounters::deferred},
-    {{"dynmx_recipients_bounced", "counter", "",
-      "Recipients the far end refused permanently."},
+    {{"dynmx_recipients_bounced", "counter", "", "Recipients the far end refused permanently."},
      &ClientCounters::bounced},
     {{"dynmx_recipients_expired", "counter", "",
       "Recipients that failed after queue_lifetime without a delivery."},
@@ -192,7 +189,8 @@ ExpositionFormat negotiateFormat(std::string_view accept) {
     std::string_view range = accept.substr(i, comma - i);
     size_t semi = range.find(';');
     range = range.substr(0, semi);
-    while (!range.empty() && (range.front() == ' ' || range.front() == '\t')) range.remove_prefix(1);
+    while (!range.empty() && (range.front() == ' ' || range.front() == '\t'))
+      range.remove_prefix(1);
     while (!range.empty() && (range.back() == ' ' || range.back() == '\t')) range.remove_suffix(1);
     if (range == "application/openmetrics-text") return ExpositionFormat::OpenMetrics;
     i = comma + 1;

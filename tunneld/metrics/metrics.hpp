@@ -24,10 +24,10 @@ struct ClientCounters {
   uint64_t auth_failures = 0;        // logins refused (every identity key was refused)
   uint64_t sent_bytes = 0;           // bytes written into the SMTP channels (before SSH)
   // results.cpp, one per recipient
-  uint64_t delivered = 0;  // accepted by the far end
-  uint64_t deferred = 0;   // temporary failure, or the session broke: tried again later
-  uint64_t bounced = 0;    // permanent refusal by the far end
-  uint64_t expired = 0;    // still pending after queue_lifetime: failed without an attempt
+  uint64_t delivered = 0;     // accepted by the far end
+  uint64_t deferred = 0;      // temporary failure, or the session broke: tried again later
+  uint64_t bounced = 0;       // permanent refusal by the far end
+  uint64_t expired = 0;       // still pending after queue_lifetime: failed without an attempt
   int64_t last_delivery = 0;  // unix seconds of the last recipient delivered; 0: none yet
 };
 

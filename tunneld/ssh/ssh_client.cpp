@@ -84,8 +84,7 @@ void SshClient::reconfigure(const ClientConfig& c, const TunneldConfig& t,
                             SteadyClock::time_point now) {
   bool reconnect = c.host != cfg_.host || c.port != cfg_.port || c.user != cfg_.user ||
                    c.host_key != cfg_.host_key || c.identityFiles(t) != cfg_.identityFiles(tcfg_) ||
-                   t.known_hosts != tcfg_.known_hosts ||
-                   t.remote_command != tcfg_.remote_command;
+                   t.known_hosts != tcfg_.known_hosts || t.remote_command != tcfg_.remote_command;
   cfg_ = c;
   tcfg_ = t;
   channel_limit_ = 0;  // the far end's sshd may have been changed too: learn it again
