@@ -462,8 +462,10 @@ MetricsSnapshot Daemon::metricsSnapshot() {
   for (auto& [name, counters] : metrics_.clients()) m.clients[name].counters = counters;
   for (auto& [name, e] : clients_) {
     ClientSnapshot& c = m.clients[name];
+    ClientStatus st = e.client->status();
     c.configured = true;
-    c.connected = e.client->status().state == "connected";
+    c.connected = st.state == "connected";
+    c.login_key = st.login_key;
   }
   for (const ClientQueueStatus& q : queue_->status()) {
     if (q.notifications) {

@@ -214,6 +214,10 @@ TEST_F(DaemonMetricsTest, CountersMoveAsMailMovesAndTheHttpEndpointServesTheSame
   EXPECT_EQ(before.at("dynmx_host_key_mismatches_total" + kAlpha), 0);
   EXPECT_EQ(before.at("dynmx_build_info{version=\"" DYNMX_VERSION "\"}"), 1);
   EXPECT_GT(before.at("dynmx_start_time_seconds{}"), 1.7e9);
+  EXPECT_EQ(
+      before.at("dynmx_client_login_key_info{client=\"alpha\",key=\"" + key.private_path + "\"}"),
+      1)
+      << before.raw;
   double bytes_before = before.at("dynmx_sent_bytes_total" + kAlpha);
 
   std::string content = "Subject: metrics\r\n\r\n" + std::string(5000, 'x') + "\r\n";

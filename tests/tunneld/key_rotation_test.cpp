@@ -140,6 +140,13 @@ TEST_F(KeyRotationTest, BothKeysDeliverTheNewOneIsTriedFirstAndTheLogNamesTheKey
   EXPECT_EQ(count(log(), "(user " + sshd->user() + ", key " + fresh.private_path + ", "), 2u)
       << log();
   EXPECT_EQ(count(log(), "key " + old.private_path + ", "), 1u) << log();
+  // The metrics say the same, for a monitoring system that counts the clients still on the old key.
+  std::string metrics;
+  runCommand({bin + "/dynmxctl", "-s", dir / "ctl.sock", "metrics"}, &metrics);
+  EXPECT_NE(metrics.find("dynmx_client_login_key_info{client=\"alpha\",key=\"" +
+                         fresh.private_path + "\"} 1\n"),
+            std::string::npos)
+      << metrics;
 }
 
 TEST_F(KeyRotationTest, NeitherKeyAcceptedNamesBothInTheError) {

@@ -36,6 +36,7 @@ MetricsSnapshot sample() {
   ClientSnapshot& a = s.clients["alpha"];
   a.configured = true;
   a.connected = true;
+  a.login_key = "/etc/dynmx/id_ed25519.new";
   a.counters.delivered = 3;
   a.counters.deferred = 1;
   a.counters.bounced = 2;
@@ -71,6 +72,9 @@ TEST(MetricsExposition, OpenMetricsParsesWithTheRealParserAndCarriesEveryValue) 
            "family dynmx_start_time_seconds gauge seconds",
            "sample dynmx_start_time_seconds{} 1764470000.0",
            "sample dynmx_client_connected{client=\"alpha\"} 1.0",
+           "family dynmx_client_login_key info -",
+           "sample dynmx_client_login_key_info{client=\"alpha\",key=\"/etc/dynmx/id_ed25519.new\"} "
+           "1.0",
            "sample dynmx_queue_messages{client=\"alpha\",state=\"active\"} 9.0",
            "sample dynmx_queue_messages{client=\"alpha\",state=\"deferred\"} 10.0",
            "sample dynmx_queue_messages{client=\"alpha\",state=\"hold\"} 11.0",
@@ -111,6 +115,9 @@ TEST(MetricsExposition, PrometheusTextParsesWithTheRealParser) {
            "sample dynmx_recipients_delivered_total{client=\"alpha\"} 3.0",
            "sample dynmx_sent_bytes_total{client=\"alpha\"} 12345.0",
            "sample dynmx_client_connected{client=\"alpha\"} 1.0",
+           "family dynmx_client_login_key_info gauge -",
+           "sample dynmx_client_login_key_info{client=\"alpha\",key=\"/etc/dynmx/id_ed25519.new\"} "
+           "1.0",
        })
     EXPECT_TRUE(contains(p, std::string(want) + "\n")) << want << "\n" << p;
 }

@@ -91,6 +91,9 @@ constexpr Family kStart{"dynmx_start_time_seconds", "gauge", "seconds",
                         "When dynmx-tunneld started, in seconds since the epoch."};
 constexpr Family kConnected{"dynmx_client_connected", "gauge", "",
                             "1 while the client's SSH connection is up and verified, else 0."};
+constexpr Family kLoginKey{"dynmx_client_login_key", "info", "",
+                           "The identity key the client's connection logged in with (while "
+                           "connected; see KEY ROTATION in dynmx-tunneld(8))."};
 constexpr Family kQueue{"dynmx_queue_messages", "gauge", "",
                         "Messages queued for the client, by state (active, deferred, hold, "
                         "in_flight)."};
@@ -149,6 +152,10 @@ std::string renderMetrics(const MetricsSnapshot& s, ExpositionFormat f) {
   w.family(kConnected);
   for (auto& [name, c] : s.clients)
     if (c.configured) w.sample({{"client", name}}, c.connected ? 1 : 0);
+  w.family(kLoginKey);
+  for (auto& [name, c] : s.clients)
+    if (c.configured && c.connected && !c.login_key.empty())
+      w.sample({{"client", name}, {"key", c.login_key}}, 1);
   w.family(kQueue);
   for (auto& [name, c] : s.clients) {
     w.sample({{"client", name}, {"state", "active"}}, c.active);

@@ -27,6 +27,7 @@ enum class ExpositionFormat { OpenMetrics, Prometheus };
 struct ClientSnapshot {
   bool configured = false;  // in the running configuration (else: removed by a reload)
   bool connected = false;
+  std::string login_key;  // while connected: the identity file it logged in with
   ClientCounters counters;
   // Messages of the client by queue state: active, deferred, hold, in_flight.
   uint64_t active = 0, deferred = 0, hold = 0, in_flight = 0;
