@@ -55,7 +55,7 @@ constexpr std::string_view kTunneldKeys[] = {
     "keepalive",      "connect_timeout", "reconnect_min",  "reconnect_max", "retry_min",
     "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
     "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
-    "pid_file"};
+    "pid_file",       "metrics_listen"};
 constexpr std::string_view kRelayKeys[] = {
     "socket",         "socket_mode", "socket_group", "user",       "lease_grace",
     "lease_lifetime", "revoke_hold", "mx_addresses", "lease_file", "checkin_user"};
@@ -605,7 +605,7 @@ class Loader {
                  } else if (k == "control_mode") {
                    mode(v, key, c.control_mode);
                  } else if (k == "identity") {
-                   if (auto s = absolutePath(v, key)) c.identity = *s;
+                   readIdentity(v, key, /*allow_empty=*/false, c.identity, c.identity_old);
                  } else if (k == "known_hosts") {
                    if (auto s = absolutePath(v, key)) c.known_hosts = *s;
                  } else if (k == "keepalive") {
@@ -640,12 +640,58 @@ class Loader {
                    if (auto s = accountName(v, key, true, "a user name")) c.user = *s;
                  } else if (k == "pid_file") {
                    if (auto s = absolutePath(v, key, /*allow_empty=*/true)) c.pid_file = *s;
+                 } else if (k == "metrics_listen") {
+                   auto s = string(v, key, "an address and port");
+                   if (!s || s->empty()) return;  // "" is the same as leaving it out
+                   if (auto a = ListenAddress::parse(*s))
+                     c.metrics_listen = *a;
+                   else
+                     fail(v, key,
+                          "expected an address and port such as \"127.0.0.1:9187\" or "
+                          "\"[::1]:9187\", got " +
+                              quoted(*s));
                  } else {
                    readRetryKey(k, v, key, c.retry);
                  }
                });
     orderCheck("tunneld.reconnect_min", c.reconnect_min, "tunneld.reconnect_max", c.reconnect_max);
     orderCheck("tunneld.retry_min", c.retry.retry_min, "tunneld.retry_max", c.retry.retry_max);
+  }
+
+  // identity: a path, or an array of one or two (key rotation: the new key first, tried first,
+  // then the old one). The elements' places are kept (seen_) for the checks of the files.
+  void readIdentity(const toml::node& v, const std::string& key, bool allow_empty,
+                    std::string& first, std::string& old) {
+    constexpr const char* kExpected =
+        "an absolute path, or an array of two (the new key first, then the old one)";
+    if (v.is_string()) {
+      if (auto s = absolutePath(v, key, allow_empty)) {
+        first = *s;
+        old.clear();
+      }
+      return;
+    }
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    if (a->empty() || a->size() > 2)
+      return fail(v, key,
+                  std::string("expected ") + kExpected + ", got " +
+                      (a->empty() ? std::string("[]")
+                                  : "an array of " + std::to_string(a->size()) + " keys"));
+    std::vector<std::string> paths;
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      seen_[ekey] = at(*a->get(i));
+      if (auto s = absolutePath(*a->get(i), ekey)) paths.push_back(*s);
+    }
+    if (paths.size() != a->size()) {
+      bad_.insert(key);
+      return;
+    }
+    if (paths.size() == 2 && paths[0] == paths[1])
+      return fail(*a->get(1), key + "[1]", "the same key as " + key + "[0], " + quoted(paths[0]));
+    first = paths[0];
+    old = paths.size() == 2 ? paths[1] : "";
   }
 
   void readSendmail(const toml::node& v, const std::string& key) {
@@ -749,7 +795,7 @@ class Loader {
               c.host_key = trimmed;
             } else if (k == "identity") {
               // "" is the same as leaving it out: use [tunneld] identity.
-              if (auto s = absolutePath(v, key, /*allow_empty=*/true)) c.identity = *s;
+              readIdentity(v, key, /*allow_empty=*/true, c.identity, c.identity_old);
             } else if (k == "concurrency") {
               if (auto n = integer(v, key, 1, kMaxConcurrency))
                 c.concurrency = static_cast<uint32_t>(*n);
@@ -986,7 +1032,7 @@ class Loader {
       if (c.identity.empty()) {
         default_identity_used = true;
       } else if (!bad_.count(prefix + ".identity")) {
-        checkPrivateKey(c.identity, prefix + ".identity", tunneld);
+        checkIdentity(c.identity, c.identity_old, prefix + ".identity", tunneld);
       }
       if (tunneld && c.host_key.empty() && !bad_.count(prefix + ".host_key") &&
           !bad_.count("tunneld.known_hosts")) {
@@ -1010,8 +1056,8 @@ class Loader {
     }
     if (!bad_.count("tunneld.identity") &&
         (!tunneld || default_identity_used || seen_.count("tunneld.identity")))
-      checkPrivateKey(t.identity, "tunneld.identity",
-                      tunneld && (default_identity_used || seen_.count("tunneld.identity")));
+      checkIdentity(t.identity, t.identity_old, "tunneld.identity",
+                    tunneld && (default_identity_used || seen_.count("tunneld.identity")));
     if (tunneld && !bad_.count("tunneld.known_hosts")) {
       struct stat st {};
       if (::stat(t.known_hosts.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 002))
@@ -1027,6 +1073,14 @@ class Loader {
   SourceLoc where(const std::string& key) const {
     auto it = seen_.find(key);
     return it != seen_.end() ? it->second : SourceLoc{path_, 0, 0};
+  }
+
+  // Both keys of an identity, each at its own place when it was written as an array.
+  void checkIdentity(const std::string& first, const std::string& old, const std::string& key,
+                     bool must_exist) {
+    bool array = seen_.count(key + "[0]") != 0;
+    checkPrivateKey(first, array ? key + "[0]" : key, must_exist);
+    if (!old.empty()) checkPrivateKey(old, key + "[1]", must_exist);
   }
 
   // A private key must be a regular file that only its owner can read. Outside tunneld (which
@@ -1205,6 +1259,42 @@ std::string formatDuration(Seconds d) {
   return out;
 }
 
+std::optional<ListenAddress> ListenAddress::parse(std::string_view text) {
+  std::string_view host, port;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find("]:");
+    if (close == std::string_view::npos) return std::nullopt;
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+    // [IPv6] only, without sendmail's "IPv6:" tag that InetAddr::parse also takes.
+    if (host.find(':') == std::string_view::npos || host.substr(0, 1) == "I" ||
+        host.substr(0, 1) == "i")
+      return std::nullopt;
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return std::nullopt;
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return std::nullopt;  // IPv6 needs brackets
+  }
+  if (host.empty() || host.front() == '[') return std::nullopt;
+  auto addr = InetAddr::parse(host);
+  if (!addr || port.empty() || port.size() > 5 || (port.size() > 1 && port[0] == '0'))
+    return std::nullopt;
+  uint32_t p = 0;
+  for (char c : port) {
+    if (c < '0' || c > '9') return std::nullopt;
+    p = p * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (p == 0 || p > 65535) return std::nullopt;
+  return ListenAddress{*addr, static_cast<uint16_t>(p)};
+}
+
+std::string ListenAddress::str() const {
+  std::string a = addr.str();
+  return (addr.isV4() ? a : "[" + a + "]") + ":" + std::to_string(port);
+}
+
 const ClientConfig* Config::findClient(std::string_view name) const {
   for (const auto& c : clients)
     if (c.name == name) return &c;
@@ -1290,23 +1380,29 @@ void diffRetry(const RetryPolicy& a, const RetryPolicy& b, const std::string& pr
 }
 
 void diffPart(const TunneldStartup& a, const TunneldStartup& b, KeyDiff& out) {
-  const auto& [control_socket, control_group, control_mode, user, pid_file, sendmail] = a;
-  const auto& [control_socket2, control_group2, control_mode2, user2, pid_file2, sendmail2] = b;
+  const auto& [control_socket, control_group, control_mode, user, pid_file, sendmail,
+               metrics_listen] = a;
+  const auto& [control_socket2, control_group2, control_mode2, user2, pid_file2, sendmail2,
+               metrics_listen2] = b;
   out.add("tunneld.control_socket", control_socket != control_socket2);
   out.add("tunneld.control_group", control_group != control_group2);
   out.add("tunneld.control_mode", control_mode != control_mode2);
   out.add("tunneld.user", user != user2);
   out.add("tunneld.pid_file", pid_file != pid_file2);
   out.add("tunneld.sendmail", sendmail != sendmail2);
+  // The listening socket is bound at start-up, before privileges are dropped: a restart.
+  out.add("tunneld.metrics_listen", metrics_listen != metrics_listen2);
 }
 
 void diffPart(const TunneldReloadable& a, const TunneldReloadable& b, KeyDiff& out) {
-  const auto& [identity, known_hosts, keepalive, connect_timeout, reconnect_min, reconnect_max,
-               retry, idle_close, max_transactions, bounce_from, remote_command, hostname] = a;
-  const auto& [identity2, known_hosts2, keepalive2, connect_timeout2, reconnect_min2,
+  const auto& [identity, identity_old, known_hosts, keepalive, connect_timeout, reconnect_min,
+               reconnect_max, retry, idle_close, max_transactions, bounce_from, remote_command,
+               hostname] = a;
+  const auto& [identity2, identity_old2, known_hosts2, keepalive2, connect_timeout2, reconnect_min2,
                reconnect_max2, retry2, idle_close2, max_transactions2, bounce_from2,
                remote_command2, hostname2] = b;
-  out.add("tunneld.identity", identity != identity2);
+  // Both keys of identity are one key of the file; a change reconnects the clients using it.
+  out.add("tunneld.identity", identity != identity2 || identity_old != identity_old2);
   out.add("tunneld.known_hosts", known_hosts != known_hosts2);
   out.add("tunneld.keepalive", keepalive != keepalive2);
   out.add("tunneld.connect_timeout", connect_timeout != connect_timeout2);
@@ -1344,10 +1440,10 @@ void diffPart(const RelayReloadable& a, const RelayReloadable& b, KeyDiff& out) 
 std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig& b,
                                        bool routing_only) {
   // name: the clients are matched by it; loc: where it is written, not what it says.
-  const auto& [name, host, port, user, domains, host_key, identity, concurrency, retry, relay,
-               relay_networks, loc] = a;
-  const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, concurrency2, retry2,
-               relay2, relay_networks2, loc2] = b;
+  const auto& [name, host, port, user, domains, host_key, identity, identity_old, concurrency,
+               retry, relay, relay_networks, loc] = a;
+  const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, identity_old2,
+               concurrency2, retry2, relay2, relay_networks2, loc2] = b;
   KeyDiff out;
   if (!routing_only) {
     out.add("host", host != host2);
@@ -1357,7 +1453,7 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
   out.add("domains", domains != domains2);
   if (routing_only) return out.keys;
   out.add("host_key", host_key != host_key2);
-  out.add("identity", identity != identity2);
+  out.add("identity", identity != identity2 || identity_old != identity_old2);
   out.add("concurrency", concurrency != concurrency2);
   diffRetry(retry, retry2, "", out);
   out.add("relay", relay != relay2);

@@ -98,6 +98,15 @@ struct RetryPolicy {
 };
 
 // ---- [tunneld]
+// An address and port to listen on, "127.0.0.1:9187" or "[::1]:9187" (inet_pton forms only).
+struct ListenAddress {
+  InetAddr addr;
+  uint16_t port = 0;
+  static std::optional<ListenAddress> parse(std::string_view text);
+  std::string str() const;  // as parse() takes it
+  bool operator==(const ListenAddress&) const = default;
+};
+
 struct TunneldStartup {
   std::string control_socket = "/run/dynmx/tunneld.sock";
   std::string control_group;  // empty: leave the group as created
@@ -106,9 +115,14 @@ struct TunneldStartup {
   std::string pid_file;  // empty: none
   // argv prefix for bounces; the bounce sender is built with it at start-up
   std::vector<std::string> sendmail = {"/usr/sbin/sendmail"};
+  // HTTP endpoint for a Prometheus scrape (GET /metrics); unset: none.
+  std::optional<ListenAddress> metrics_listen;
 };
 struct TunneldReloadable {
   std::string identity = "/etc/dynmx/id_ed25519";  // private key used for every client by default
+  // Key rotation: identity = ["NEW", "OLD"] puts NEW in identity (tried first) and OLD here
+  // (tried when NEW is refused); "" when identity names one key.
+  std::string identity_old;
   std::string known_hosts = "/etc/dynmx/known_hosts";
   Seconds keepalive{30};
   Seconds connect_timeout{30};
@@ -154,6 +168,7 @@ struct ClientConfig {
   std::vector<std::string> domains;  // lower case; ".example.org" means every subdomain of it
   std::string host_key;  // "" | "ssh-ed25519 AAAA..." (pinned line) | "SHA256:base64"
   std::string identity;  // "" means [tunneld] identity
+  std::string identity_old;  // the second key of identity = ["NEW", "OLD"]; "" when none
   uint32_t concurrency = 8;
   RetryPolicy retry;  // [tunneld] values unless overridden
   bool relay = false;                       // may hold relay leases ([relay])
@@ -163,6 +178,14 @@ struct ClientConfig {
   // The private key this client logs in with: its own identity, else [tunneld] identity.
   const std::string& identityFile(const TunneldConfig& t) const {
     return identity.empty() ? t.identity : identity;
+  }
+  // Every key this client may log in with, in the order they are tried: the client's own
+  // identity (one or two keys), else [tunneld] identity's.
+  std::vector<std::string> identityFiles(const TunneldConfig& t) const {
+    const std::string& first = identity.empty() ? t.identity : identity;
+    const std::string& old = identity.empty() ? t.identity_old : identity_old;
+    if (old.empty()) return {first};
+    return {first, old};
   }
 };
 

@@ -12,6 +12,8 @@ packages=(
   clang libclang-rt-14-dev
   # tests/tools/long_functions
   clang-tidy python3
+  # the metrics tests read the output with its parsers
+  python3-prometheus-client
   # the Debian package (tests/package)
   debhelper lintian
   # real parts for the tests and the demo

@@ -94,13 +94,16 @@ Status Daemon::init() {
   if (!wake_fd_) return sysError(errno, "eventfd");
 
   for (const auto& c : cfg_.clients) {
-    if (auto st = checkPrivateKeyFile(c.identityFile(cfg_.tunneld)); !st) return st;
+    for (const std::string& key : c.identityFiles(cfg_.tunneld))
+      if (auto st = checkPrivateKeyFile(key); !st) return st;
   }
   if (auto st = spool_.prepare(); !st) return st;
   bounces_ =
       std::make_unique<SendmailBounceSender>(cfg_.tunneld.sendmail, std::chrono::seconds(120));
   handoffs_ = std::make_unique<ThreadHandoffRunner>([this] { wake(); });
-  queue_ = std::make_unique<QueueManager>(spool_, cfg_, *bounces_, kRemovalSync, handoffs_.get());
+  queue_ = std::make_unique<QueueManager>(spool_, cfg_, *bounces_, kRemovalSync, handoffs_.get(),
+                                          &metrics_);
+  start_time_ = time_.unixSeconds();
   jobs_ = std::make_unique<QueueJobSource>(*queue_);
 
   inotify_fd_.reset(inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
@@ -118,6 +121,13 @@ Status Daemon::init() {
   control_fd_ = std::move(*fd);
   control_owned_ = true;
   if (auto st = initRelay(); !st) return st;
+  if (cfg_.tunneld.metrics_listen) {
+    metrics_http_ = std::make_unique<MetricsHttpServer>(
+        loop_, [this](ExpositionFormat f) { return renderMetrics(metricsSnapshot(), f); });
+    if (auto st = metrics_http_->open(*cfg_.tunneld.metrics_listen); !st) return st;
+    logf(LogLevel::Info, "metrics: serving GET /metrics on %s",
+         cfg_.tunneld.metrics_listen->str().c_str());
+  }
 
   loop_.watch(signal_fd_.get(), POLLIN, [this](short) { onSignal(); });
   loop_.watch(wake_fd_.get(), POLLIN, [this](short) {
@@ -158,9 +168,9 @@ void Daemon::applyClients() {
     auto it = clients_.find(c.name);
     if (it == clients_.end()) {
       ClientEntry e;
-      e.client =
-          std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
-                                      leases_ ? static_cast<TunnelObserver*>(this) : nullptr);
+      e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
+                                             leases_ ? static_cast<TunnelObserver*>(this) : nullptr,
+                                             &metrics_);
       auto [pos, ok] = clients_.emplace(c.name, std::move(e));
       (void)ok;
       service(pos->second);
@@ -419,6 +429,7 @@ std::vector<std::string> Daemon::statusLines() {
                       (s.expected_fp.empty() ? std::string("(none known)") : s.expected_fp));
     else if (!s.presented_fp.empty())
       lines.push_back("  host key: " + s.presented_fp);
+    if (!s.login_key.empty()) lines.push_back("  login key: " + s.login_key);
     auto q = qs[name];
     lines.push_back("  queue: active " + std::to_string(q.active) + ", deferred " +
                     std::to_string(q.deferred) + ", hold " + std::to_string(q.hold) +
@@ -442,6 +453,37 @@ std::vector<std::string> Daemon::statusLines() {
                     ", hold " + std::to_string(q.hold));
   }
   return lines;
+}
+
+MetricsSnapshot Daemon::metricsSnapshot() {
+  MetricsSnapshot m;
+  m.version = kVersion;
+  m.start_time = start_time_;
+  for (auto& [name, counters] : metrics_.clients()) m.clients[name].counters = counters;
+  for (auto& [name, e] : clients_) {
+    ClientSnapshot& c = m.clients[name];
+    ClientStatus st = e.client->status();
+    c.configured = true;
+    c.connected = st.state == "connected";
+    c.login_key = st.login_key;
+  }
+  for (const ClientQueueStatus& q : queue_->status()) {
+    if (q.notifications) {
+      m.notifications_active += q.active;
+      m.notifications_deferred += q.deferred;
+      m.notifications_hold += q.hold;
+      m.notifications_in_flight += q.in_flight;
+      continue;
+    }
+    ClientSnapshot& c = m.clients[q.client];
+    c.active = q.active;
+    c.deferred = q.deferred;
+    c.hold = q.hold;
+    c.in_flight = q.in_flight;
+  }
+  m.incoming = spool_.list(QueueState::Incoming).size();
+  m.corrupt = spool_.list(QueueState::Corrupt).size();
+  return m;
 }
 
 ControlReply Daemon::handleRequest(const ControlRequest& req) {
@@ -512,6 +554,16 @@ ControlReply Daemon::handleRequest(const ControlRequest& req) {
     case ControlRequest::Command::Checkin:
       r = checkin(req);
       break;
+    case ControlRequest::Command::Metrics: {
+      std::string text = renderMetrics(metricsSnapshot(), ExpositionFormat::OpenMetrics);
+      for (size_t at = 0; at < text.size();) {
+        size_t nl = text.find('\n', at);
+        if (nl == std::string::npos) nl = text.size();
+        r.lines.push_back(text.substr(at, nl - at));
+        at = nl + 1;
+      }
+      break;
+    }
   }
   return r;
 }

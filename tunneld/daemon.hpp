@@ -19,6 +19,9 @@
 // The admin socket answers each request only when the peer's credentials allow it (access.hpp);
 // "checkin CLIENT ADDRESS" (dynmx-checkin) grants a check-in lease and, at most once per
 // kCheckinHintInterval per client, makes that client's connection try again at once.
+// Metrics: the queue and the SSH clients count into one Metrics registry; `metrics` on the admin
+// socket and, with [tunneld] metrics_listen, GET /metrics over HTTP (MetricsHttpServer, opened by
+// init() before privileges are dropped) render the same snapshot of it (metricsSnapshot()).
 #pragma once
 
 #include <chrono>
@@ -35,6 +38,9 @@
 #include "tunneld/control/access.hpp"
 #include "tunneld/control/control.hpp"
 #include "tunneld/event_loop.hpp"
+#include "tunneld/metrics/exposition.hpp"
+#include "tunneld/metrics/http_server.hpp"
+#include "tunneld/metrics/metrics.hpp"
 #include "tunneld/queue/bounce.hpp"
 #include "tunneld/queue/handoff.hpp"
 #include "tunneld/queue/queue_manager.hpp"
@@ -103,6 +109,7 @@ class Daemon : public Waker, public TunnelObserver {
   void closeControl(int fd);
   void beginShutdown();
   std::vector<std::string> statusLines();
+  MetricsSnapshot metricsSnapshot();
   // Relay leases (daemon_relay.cpp).
   Status initRelay();
   void leaseEvents(const std::vector<LeaseEvent>& events);
@@ -119,6 +126,8 @@ class Daemon : public Waker, public TunnelObserver {
   Config cfg_;
   const TimeSource& time_;
   Spool spool_;
+  Metrics metrics_;  // before the queue and the clients that count into it
+  int64_t start_time_ = 0;
   std::unique_ptr<SendmailBounceSender> bounces_;
   // Between bounces_ (its thread sends with it) and queue_ (which starts hand-offs on it).
   std::unique_ptr<ThreadHandoffRunner> handoffs_;
@@ -128,6 +137,7 @@ class Daemon : public Waker, public TunnelObserver {
   std::map<std::string, ClientEntry> clients_;
   std::vector<ClientEntry> retiring_;  // removed by a reload, finishing their work
   std::map<int, std::unique_ptr<ControlConn>> conns_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;  // when metrics_listen is set
   UniqueFd signal_fd_;
   UniqueFd inotify_fd_;
   UniqueFd wake_fd_;

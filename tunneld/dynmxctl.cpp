@@ -29,7 +29,7 @@ static int usage(std::FILE* to = stderr) {
       "       dynmxctl [-c FILE] --check-config\n"
       "       dynmxctl --help | --version\n"
       "commands: status | queue [--json] | flush [CLIENT] | hold ID | release ID | reload |\n"
-      "          leases [--json] | revoke ADDRESS |\n"
+      "          leases [--json] | revoke ADDRESS | metrics |\n"
       "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
   return EX_USAGE;
 }

@@ -30,6 +30,8 @@ class TestSshd {
 
   // Adds `command="COMMAND",restrict KEY` to authorized_keys (takes effect on the next login).
   void authorize(const KeyPair& key, const std::string& command);
+  // Empties authorized_keys: no key logs in until authorize() adds one again (next login).
+  void revokeAll();
   // A new client key pair in dir, authorized with `command`.
   KeyPair newClientKey(const std::string& name, const std::string& command,
                        const std::string& type = "ed25519");

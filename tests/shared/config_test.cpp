@@ -478,6 +478,30 @@ INSTANTIATE_TEST_SUITE_P(
                 "tunneld.identity", "expected an absolute path"},
         BadCase{"KnownHostsRelative", "[tunneld]\nknown_hosts = \"~/.ssh/known_hosts\"\n", 2, 15,
                 "tunneld.known_hosts", "expected an absolute path"},
+        BadCase{"IdentityThreeKeys",
+                "[tunneld]\nidentity = [\"/k/new\", \"/k/old\", \"/k/older\"]\n", 2, 12,
+                "tunneld.identity", "got an array of 3 keys"},
+        BadCase{"IdentityEmptyArray", "[tunneld]\nidentity = []\n", 2, 12, "tunneld.identity",
+                "an array of two (the new key first, then the old one), got []"},
+        BadCase{"IdentityElementNotAString", "[tunneld]\nidentity = [\"/k/new\", 7]\n", 2, 23,
+                "tunneld.identity[1]", "expected an absolute path"},
+        BadCase{"IdentityElementRelative", "[tunneld]\nidentity = [\"k/new\", \"/k/old\"]\n", 2,
+                13, "tunneld.identity[0]", "expected an absolute path"},
+        BadCase{"IdentitySameKeyTwice", "[tunneld]\nidentity = [\"/k/a\", \"/k/a\"]\n", 2, 21,
+                "tunneld.identity[1]", "the same key as tunneld.identity[0]"},
+        BadCase{"IdentityNotAPathOrArray", "[tunneld]\nidentity = 1\n", 2, 12, "tunneld.identity",
+                "expected an absolute path, or an array of two"},
+        BadCase{"ClientIdentityThreeKeys",
+                client("a", "[\"a.example\"]", "identity = [\"/a\", \"/b\", \"/c\"]\n"), 6,
+                12, "client[0].identity", "got an array of 3 keys"},
+        BadCase{"MetricsListenHostName", "[tunneld]\nmetrics_listen = \"localhost:9187\"\n", 2, 18,
+                "tunneld.metrics_listen", "expected an address and port such as"},
+        BadCase{"MetricsListenNoPort", "[tunneld]\nmetrics_listen = \"127.0.0.1\"\n", 2, 18,
+                "tunneld.metrics_listen", "got \"127.0.0.1\""},
+        BadCase{"MetricsListenV6WithoutBrackets", "[tunneld]\nmetrics_listen = \"::1:9187\"\n",
+                2, 18, "tunneld.metrics_listen", "[::1]:9187"},
+        BadCase{"MetricsListenNotAString", "[tunneld]\nmetrics_listen = 9187\n", 2, 18,
+                "tunneld.metrics_listen", "expected an address and port"},
         BadCase{"PidFileRelative", "[tunneld]\npid_file = \"t.pid\"\n", 2, 12, "tunneld.pid_file",
                 "expected an absolute path"},
         BadCase{"SendmailEmpty", "[tunneld]\nsendmail = []\n", 2, 12, "tunneld.sendmail", "got []"},
@@ -891,6 +915,7 @@ void expectDefaults(const Config& c) {
   EXPECT_EQ(t.hostname, u.hostname);
   EXPECT_EQ(t.user, u.user);
   EXPECT_EQ(t.pid_file, u.pid_file);
+  EXPECT_EQ(t.metrics_listen, u.metrics_listen);
   const auto &r = c.relay, &q = d.relay;
   EXPECT_EQ(r.socket, q.socket);
   EXPECT_EQ(r.socket_mode, q.socket_mode);
@@ -943,7 +968,7 @@ TEST(SampleConfig, ShowsEveryKeyWithItsDefault) {
         "keepalive",      "connect_timeout", "reconnect_min",  "reconnect_max", "retry_min",
         "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
         "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
-        "pid_file"}},
+        "pid_file",       "metrics_listen"}},
       {"[relay]",
        {"socket", "socket_mode", "socket_group", "user", "lease_grace", "lease_lifetime",
         "revoke_hold", "mx_addresses", "lease_file"}},
@@ -1189,6 +1214,8 @@ TEST(RestartOnlyDifferences, SeparatesRestartKeysFromReloadableOnes) {
        "\"0600\"\nuser = \"dynmx\"\npid_file = \"/run/t.pid\"\n",
        {"tunneld.control_socket", "tunneld.control_group", "tunneld.control_mode", "tunneld.user",
         "tunneld.pid_file"}},
+      // The metrics endpoint is bound at start-up, before privileges are dropped.
+      {"[tunneld]\nmetrics_listen = \"127.0.0.1:9187\"\n", {"tunneld.metrics_listen"}},
   };
   for (const auto& c : cases) {
     auto next = parseConfig(c.text, kPath);
@@ -1263,5 +1290,102 @@ TEST(ClientIdentityFile, IsTheClientsOwnElseTheTunneldDefault) {
   EXPECT_EQ(c.identityFile(t), "/etc/dynmx/id_home");
 }
 
+
+TEST(ListenAddress, ParsesAddressAndPortFromATable) {
+  struct Case {
+    const char* text;
+    const char* str;  // nullptr: refused
+  } cases[] = {
+      {"127.0.0.1:9187", "127.0.0.1:9187"},
+      {"[::1]:9187", "[::1]:9187"},
+      {"0.0.0.0:1", "0.0.0.0:1"},
+      {"192.0.2.7:65535", "192.0.2.7:65535"},
+      {"[2001:DB8::1]:80", "[2001:db8::1]:80"},
+      {"127.0.0.1:0", nullptr},
+      {"127.0.0.1:65536", nullptr},
+      {"127.0.0.1:09187", nullptr},
+      {"127.0.0.1:", nullptr},
+      {":9187", nullptr},
+      {"::1:9187", nullptr},
+      {"[127.0.0.1]:9187", nullptr},
+      {"[IPv6:::1]:9187", nullptr},
+      {"[::1]9187", nullptr},
+      {"localhost:9187", nullptr},
+      {"127.0.0.1:91a7", nullptr},
+      {"127.0.0.1:9187 ", nullptr},
+  };
+  for (const auto& c : cases) {
+    auto a = ListenAddress::parse(c.text);
+    if (!c.str) {
+      EXPECT_FALSE(a) << c.text;
+      continue;
+    }
+    ASSERT_TRUE(a) << c.text;
+    EXPECT_EQ(a->str(), c.str);
+    EXPECT_EQ(ListenAddress::parse(a->str()), a) << c.text;
+  }
+}
+
+TEST(LoadConfig, MetricsListenIsOffByDefaultAndEmptyMeansOff) {
+  auto r = parseConfig("", kPath);
+  ASSERT_TRUE(r.config);
+  EXPECT_FALSE(r.config->tunneld.metrics_listen);
+  r = parseConfig("[tunneld]\nmetrics_listen = \"\"\n", kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  EXPECT_FALSE(r.config->tunneld.metrics_listen);
+  r = parseConfig("[tunneld]\nmetrics_listen = \"[::1]:9187\"\n", kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  ASSERT_TRUE(r.config->tunneld.metrics_listen);
+  EXPECT_EQ(r.config->tunneld.metrics_listen->port, 9187);
+  EXPECT_FALSE(r.config->tunneld.metrics_listen->addr.isV4());
+}
+
+TEST(IdentityRotation, AnArrayOfTwoKeysIsTheNewOneThenTheOldOne) {
+  auto r = parseConfig(
+      "[tunneld]\nidentity = [\"/k/new\", \"/k/old\"]\n" +
+          client("a", "[\"a.example\"]") +
+          client("b", "[\"b.example\"]", "identity = [\"/k/b-new\", \"/k/b-old\"]\n") +
+          client("c", "[\"c.example\"]", "identity = [\"/k/c\"]\n"),
+      kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  const TunneldConfig& t = r.config->tunneld;
+  EXPECT_EQ(t.identity, "/k/new");
+  EXPECT_EQ(t.identity_old, "/k/old");
+  EXPECT_EQ(r.config->clients[0].identityFiles(t), (std::vector<std::string>{"/k/new", "/k/old"}));
+  EXPECT_EQ(r.config->clients[1].identityFiles(t),
+            (std::vector<std::string>{"/k/b-new", "/k/b-old"}));
+  EXPECT_EQ(r.config->clients[2].identityFiles(t), (std::vector<std::string>{"/k/c"}));
+  // A single string is one key, as before.
+  r = parseConfig("[tunneld]\nidentity = \"/k/one\"\n", kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  EXPECT_EQ(r.config->tunneld.identity_old, "");
+  EXPECT_EQ(ClientConfig{}.identityFiles(r.config->tunneld), (std::vector<std::string>{"/k/one"}));
+}
+
+TEST(IdentityRotation, OldKeyReadableByOthersIsAnErrorAtItsOwnPlace) {
+  test::TempDir dir("dynmx-config");
+  std::string fresh = dir / "new";
+  std::string old = dir / "old";
+  test::writeFile(fresh, "key", 0600);
+  test::writeFile(old, "key", 0644);
+  auto r = parseConfig(
+      "[tunneld]\nidentity = [\"" + fresh + "\",\n  \"" + old + "\"]\n", kPath,
+      ConfigRole::Tunneld);
+  ASSERT_EQ(r.errors.size(), 1u) << allErrors(r);
+  EXPECT_EQ(r.errors[0].key, "tunneld.identity[1]");
+  EXPECT_EQ(r.errors[0].where.line, 3u);
+  EXPECT_EQ(r.errors[0].where.col, 3u);
+  EXPECT_NE(r.errors[0].message.find("chmod 600 " + old), std::string::npos) << r.errors[0].str();
+}
+
+TEST(IdentityRotation, ChangingEitherKeyIsTakenByAReload) {
+  auto a = parseConfig("[tunneld]\nidentity = [\"/k/new\", \"/k/old\"]\n", kPath);
+  auto b = parseConfig("[tunneld]\nidentity = \"/k/new\"\n", kPath);
+  ASSERT_TRUE(a.config && b.config);
+  ReloadPlan p = planReload(*a.config, *b.config, ConfigRole::Tunneld);
+  EXPECT_EQ(p.taken, (std::vector<std::string>{"tunneld.identity"}));
+  EXPECT_TRUE(p.waiting.empty());
+  EXPECT_EQ(p.config.tunneld.identity_old, "");
+}
 }  // namespace
 }  // namespace dynmx

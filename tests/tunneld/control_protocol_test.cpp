@@ -36,6 +36,8 @@ TEST(ControlRequest, ParserTable) {
       {"revoke ipv6:2001:db8:0:0:0:0:0:1", true, ControlRequest::Command::Revoke, "2001:db8::1"},
       {"", false, {}, ""},
       {"status now", false, {}, ""},
+      {"metrics", true, ControlRequest::Command::Metrics, ""},
+      {"metrics alpha", false, {}, ""},
       {"hold", false, {}, ""},
       {"hold a b", false, {}, ""},
       {"flush a b", false, {}, ""},

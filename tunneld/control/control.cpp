@@ -67,9 +67,10 @@ constexpr CommandSpec kCommands[] = {
     {"leases", ControlRequest::Command::Leases, 0, 0},
     {"revoke", ControlRequest::Command::Revoke, 1, 1},
     {"checkin", ControlRequest::Command::Checkin, 2, 2},
+    {"metrics", ControlRequest::Command::Metrics, 0, 0},
 };
 constexpr const char* kExpected =
-    "expected status, queue, flush, hold, release, reload, leases, revoke or checkin";
+    "expected status, queue, flush, hold, release, reload, leases, revoke, checkin or metrics";
 
 // The words of a request line, split at spaces and tabs.
 std::vector<std::string_view> splitWords(std::string_view line) {

@@ -30,6 +30,7 @@
 #include "shared/config.hpp"
 #include "shared/spool.hpp"
 #include "tunneld/delivery/delivery.hpp"
+#include "tunneld/metrics/metrics.hpp"
 #include "tunneld/queue/bounce.hpp"
 #include "tunneld/queue/handoff.hpp"
 #include "tunneld/queue/queue_manager.hpp"
@@ -65,6 +66,8 @@ struct QueueManager::Impl {
   Spool& spool;
   Config cfg;
   BounceSender& bounces;
+  Metrics own_metrics;  // when the caller gives none
+  Metrics& metrics;     // results.cpp counts every recipient's outcome here
   std::string hostname;
   std::map<std::string, Entry> msgs;
   // Per client: (due, id) of Messages that may be handed out (not in flight, held or stuck).
@@ -87,7 +90,7 @@ struct QueueManager::Impl {
   SpoolRemover remover;
 
   Impl(Spool& s, const Config& c, BounceSender& b, std::chrono::milliseconds removal_sync,
-       HandoffRunner* r);
+       HandoffRunner* r, Metrics* m);
 
   // --- queue_manager.cpp: intake, removal, administration
   void reconfigure(const Config& c);

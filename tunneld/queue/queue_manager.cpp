@@ -57,8 +57,13 @@ seconds retryDelay(const RetryPolicy& p, uint32_t attempts, seconds age) {
 // Intake.
 
 QueueManager::Impl::Impl(Spool& s, const Config& c, BounceSender& b,
-                         std::chrono::milliseconds removal_sync, HandoffRunner* r)
-    : spool(s), cfg(c), bounces(b), runner(r ? r : &inline_runner), remover(s, removal_sync) {
+                         std::chrono::milliseconds removal_sync, HandoffRunner* r, Metrics* m)
+    : spool(s),
+      cfg(c),
+      bounces(b),
+      metrics(m ? *m : own_metrics),
+      runner(r ? r : &inline_runner),
+      remover(s, removal_sync) {
   setHostname();
 }
 
@@ -268,8 +273,9 @@ std::vector<std::string> QueueManager::Impl::listQueue() const {
 // The facade: forwards, and marks the cached next wakeup stale on every call that may change it.
 
 QueueManager::QueueManager(Spool& spool, const Config& cfg, BounceSender& bounces,
-                           std::chrono::milliseconds removal_sync, HandoffRunner* handoffs)
-    : impl_(std::make_shared<Impl>(spool, cfg, bounces, removal_sync, handoffs)) {}
+                           std::chrono::milliseconds removal_sync, HandoffRunner* handoffs,
+                           Metrics* metrics)
+    : impl_(std::make_shared<Impl>(spool, cfg, bounces, removal_sync, handoffs, metrics)) {}
 
 void QueueManager::reconfigure(const Config& cfg) {
   impl_->wake_dirty = true;

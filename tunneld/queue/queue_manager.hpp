@@ -28,6 +28,7 @@
 #include "shared/config.hpp"
 #include "shared/spool.hpp"
 #include "tunneld/delivery/delivery.hpp"
+#include "tunneld/metrics/metrics.hpp"
 #include "tunneld/queue/bounce.hpp"
 #include "tunneld/queue/handoff.hpp"
 #include "tunneld/queue/spool_remover.hpp"
@@ -60,10 +61,11 @@ struct ClientQueueStatus {
 class QueueManager {
  public:
   // removal_sync: see SpoolRemover. handoffs: runs the hand-offs of notifications to `bounces`
-  // (nullptr: at once, in the caller); it must outlive this object.
+  // (nullptr: at once, in the caller); it must outlive this object. metrics: where the outcome
+  // of every recipient is counted (nullptr: a registry of its own); it must outlive this object.
   QueueManager(Spool& spool, const Config& cfg, BounceSender& bounces,
                std::chrono::milliseconds removal_sync = kRemovalSync,
-               HandoffRunner* handoffs = nullptr);
+               HandoffRunner* handoffs = nullptr, Metrics* metrics = nullptr);
 
   // Applies a new configuration (clients, retry policy); messages of a client that no longer exists
   // stay where they are and are reported in status.

@@ -57,6 +57,22 @@ bool completesMessage(const SpoolMessage& m, const TransactionResult& result) {
   return all_delivered && std::all_of(done.begin(), done.end(), [](bool d) { return d; });
 }
 
+// The metrics count what the log lines say, one per recipient attempt.
+void countOutcome(ClientCounters& c, Outcome o, int64_t now) {
+  switch (o) {
+    case Outcome::Delivered:
+      ++c.delivered;
+      c.last_delivery = now;
+      break;
+    case Outcome::Deferred:
+      ++c.deferred;
+      break;
+    case Outcome::Failed:
+      ++c.bounced;
+      break;
+  }
+}
+
 }  // namespace
 
 bool QueueManager::Impl::allFinal(const SpoolMessage& m) {
@@ -160,6 +176,7 @@ bool QueueManager::Impl::recordResults(Entry& e, const TransactionResult& result
       continue;
     }
     logAttempt(m, r.index, relay, now, outcomeName(r.outcome), r.reply);
+    countOutcome(metrics.client(m.env.client), r.outcome, now);
     if (completes) continue;
     if (r.outcome == Outcome::Failed) {
       failed.push_back(r.index);
@@ -263,6 +280,7 @@ bool QueueManager::Impl::expireIfDue(Entry& e, int64_t now) {
                    ? "expired, returned to sender"
                    : "expired, not returned (NOTIFY)",
                r.reply);
+    ++metrics.client(e.msg.env.client).expired;
     std::string reply = r.reply;
     if (auto s = spool.recordRecipient(e.msg, i, RcptState::Failed, reply, now); !s) {
       markStuck(e, s.error().message);

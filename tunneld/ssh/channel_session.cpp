@@ -302,6 +302,7 @@ bool ChannelSession::writeOutput(const ChannelContext& ctx, SteadyClock::time_po
     }
     ssize_t n = ch_.write(wbuf_.data(), wbuf_.size());
     if (n > 0) {
+      out.bytes_written += static_cast<size_t>(n);
       ctx.ssh.released(this);
       auto st = smtp_->state();
       if (st != SmtpClient::State::Closed && st != SmtpClient::State::Failed)

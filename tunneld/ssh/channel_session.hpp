@@ -65,6 +65,7 @@ struct ChannelStep {
   std::string session_failure;     // non-empty: new SMTP sessions must wait
   std::optional<PeerLine> peer;    // set once per session: what its first line was
   std::string channel_refused;     // non-empty: the far end refused this channel's open
+  size_t bytes_written = 0;        // taken by the channel (for the metrics)
 };
 
 class ChannelSession {

@@ -63,13 +63,15 @@ struct ResolveSlot {
 };
 
 SshClient::SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs,
-                     Waker& waker, const TimeSource& time, TunnelObserver* tunnels)
+                     Waker& waker, const TimeSource& time, TunnelObserver* tunnels,
+                     Metrics* metrics)
     : cfg_(std::move(client)),
       tcfg_(tunneld),
       jobs_(jobs),
       waker_(waker),
       time_(time),
       tunnels_(tunnels),
+      counters_(metrics ? metrics->client(cfg_.name) : own_counters_),
       rng_(std::random_device{}()) {
   backoff_until_ = time_.steady();  // first attempt at once
 }
@@ -81,9 +83,8 @@ SshClient::~SshClient() {
 void SshClient::reconfigure(const ClientConfig& c, const TunneldConfig& t,
                             SteadyClock::time_point now) {
   bool reconnect = c.host != cfg_.host || c.port != cfg_.port || c.user != cfg_.user ||
-                   c.host_key != cfg_.host_key || c.identity != cfg_.identity ||
-                   t.identity != tcfg_.identity || t.known_hosts != tcfg_.known_hosts ||
-                   t.remote_command != tcfg_.remote_command;
+                   c.host_key != cfg_.host_key || c.identityFiles(t) != cfg_.identityFiles(tcfg_) ||
+                   t.known_hosts != tcfg_.known_hosts || t.remote_command != tcfg_.remote_command;
   cfg_ = c;
   tcfg_ = t;
   channel_limit_ = 0;  // the far end's sshd may have been changed too: learn it again
@@ -281,6 +282,7 @@ bool SshClient::tryNextAddress(SteadyClock::time_point now) {
     int one = 1;
     setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     relay_ = cfg_.host + "[" + ip + "]:" + std::to_string(cfg_.port);
+    ++counters_.connection_attempts;
     if (connect(fd.get(), addr, static_cast<socklen_t>(sa.size())) != 0 && errno != EINPROGRESS) {
       last_error_ = "connect to " + relay_ + ": " + strerror(errno);
       logf(LogLevel::Info, "client=%s: %s", cfg_.name.c_str(), last_error_.c_str());
@@ -409,7 +411,10 @@ bool SshClient::stepHandshake(SteadyClock::time_point now) {
   int rc = libssh2_session_handshake(session_.get(), sock_.get());
   if (rc == LIBSSH2_ERROR_EAGAIN) {
     session_.blocked(rc, &state_);
-    if (now >= attempt_deadline_) fail("SSH handshake with " + relay_ + ": timed out", now);
+    if (now >= attempt_deadline_) {
+      ++counters_.handshake_failures;
+      fail("SSH handshake with " + relay_ + ": timed out", now);
+    }
     return now >= attempt_deadline_;
   }
   if (rc != 0) return handshakeFailed(rc, now);
@@ -446,6 +451,7 @@ bool SshClient::handshakeFailed(int rc, SteadyClock::time_point now) {
     mismatch_state_ = "host-key-mismatch";
     return true;
   }
+  ++counters_.handshake_failures;
   fail(why, now);
   return true;
 }
@@ -486,21 +492,32 @@ bool SshClient::checkHostKey(SteadyClock::time_point now) {
          relay_.c_str(), chk.presented_fp.c_str());
     warned_fp_.clear();
   }
-  if (auto st = checkPrivateKeyFile(identity()); !st) {
-    logf(LogLevel::Error, "client=%s: %s", cfg_.name.c_str(), st.error().message.c_str());
-    fail(st.error().message, now);
+  // Every identity key that is private (a key group or others can read is not used, and said
+  // so), in the order they are tried: during a key rotation the new one first.
+  auth_keys_.clear();
+  auth_index_ = 0;
+  auth_refusals_.clear();
+  std::string problems;
+  for (const std::string& key : cfg_.identityFiles(tcfg_)) {
+    if (auto st = checkPrivateKeyFile(key); !st) {
+      logf(LogLevel::Error, "client=%s: %s", cfg_.name.c_str(), st.error().message.c_str());
+      problems += (problems.empty() ? "" : "; ") + st.error().message;
+      continue;
+    }
+    auth_keys_.push_back(key);
+  }
+  if (auth_keys_.empty()) {
+    fail(problems, now);
     return true;
   }
   state_ = State::Auth;
   return true;
 }
 
-std::string SshClient::identity() const {
-  return cfg_.identityFile(tcfg_);
-}
-
+// Public-key authentication with each identity key in turn, in the same session (sshd allows
+// several attempts): the first one accepted is the login key (logged, and shown by status).
 bool SshClient::stepAuth(SteadyClock::time_point now) {
-  std::string id = identity();
+  const std::string& id = auth_keys_[auth_index_];
   int rc = libssh2_userauth_publickey_fromfile_ex(session_.get(), cfg_.user.c_str(),
                                                   static_cast<unsigned>(cfg_.user.size()), nullptr,
                                                   id.c_str(), nullptr);
@@ -513,11 +530,18 @@ bool SshClient::stepAuth(SteadyClock::time_point now) {
   }
   session_.released(&state_);
   if (rc != 0) {
-    fail("authentication as " + cfg_.user + " at " + relay_ + " with " + id +
-             " refused: " + session_.lastError(),
+    auth_refusals_ += (auth_refusals_.empty() ? "" : ", ") + id + ": " + session_.lastError();
+    // A refusal that ended the session (a disconnect, or sshd's MaxAuthTries) leaves nothing to
+    // try the next key on: it waits for the next connection.
+    if (++auth_index_ < auth_keys_.size() && rc != LIBSSH2_ERROR_SOCKET_DISCONNECT &&
+        rc != LIBSSH2_ERROR_SOCKET_SEND && rc != LIBSSH2_ERROR_SOCKET_RECV)
+      return true;
+    ++counters_.auth_failures;
+    fail("authentication as " + cfg_.user + " at " + relay_ + " refused (" + auth_refusals_ + ")",
          now);
     return true;
   }
+  login_key_ = id;
   state_ = State::OpenDrain;
   return true;
 }
@@ -552,9 +576,9 @@ void SshClient::connected(SteadyClock::time_point now) {
   last_error_.clear();
   mismatch_state_.clear();
   logf(LogLevel::Info,
-       "client=%s: connected to %s (user %s, kex %s, hostkey %s %s, cipher %s, mac %s)",
-       cfg_.name.c_str(), relay_.c_str(), cfg_.user.c_str(), kex_.c_str(), hostkey_.c_str(),
-       presented_fp_.c_str(), cipher_.c_str(), mac_.c_str());
+       "client=%s: connected to %s (user %s, key %s, kex %s, hostkey %s %s, cipher %s, mac %s)",
+       cfg_.name.c_str(), relay_.c_str(), cfg_.user.c_str(), login_key_.c_str(), kex_.c_str(),
+       hostkey_.c_str(), presented_fp_.c_str(), cipher_.c_str(), mac_.c_str());
   jobs_.clientUp(cfg_.name, unixNow());
 }
 
@@ -637,6 +661,7 @@ bool SshClient::keepAlive(SteadyClock::time_point now) {
 bool SshClient::stepChannel(ChannelSession& c, SteadyClock::time_point now) {
   ChannelContext ctx{session_, jobs_, time_, cfg_, tcfg_, relay_, stopping_, chans_};
   ChannelStep r = c.step(ctx, now);
+  counters_.sent_bytes += r.bytes_written;
   if (r.transaction_done) session_failures_ = 0;
   if (r.peer && wantsPeerLine()) peerLine(*r.peer, now);
   if (!r.connection_failure.empty()) {
@@ -734,6 +759,7 @@ void SshClient::reportTraffic(SteadyClock::time_point now) {
 }
 
 void SshClient::reportMismatch() {
+  ++counters_.host_key_mismatches;
   if (!tunnels_) return;
   if (auto a = connectedAddr()) tunnels_->hostKeyMismatch(cfg_.name, *a);
 }
@@ -811,6 +837,7 @@ ClientStatus SshClient::status() const {
   s.expected_fp = expected_fp_;
   s.last_error = last_error_;
   s.connected_since = connected_since_unix_;
+  if (state_ == State::Connected) s.login_key = login_key_;
   s.failures = failures_;
   s.channels = chans_.size();
   for (auto& c : chans_) s.in_flight += c->inFlight();

@@ -5,7 +5,8 @@
 // and step() advances it as far as it can without blocking. States:
 //   backoff -> resolving (helper thread) -> connecting (non-blocking connect, connect_timeout)
 //   -> handshake (pinned cipher/MAC/kex, host-key method restricted to the stored key's type)
-//   -> host-key check (before authentication) -> authenticating (identity file, private mode)
+//   -> host-key check (before authentication) -> authenticating (each identity key in turn, the
+//      new one first during a key rotation; a key that group or others can read is not used)
 //   -> connected (keepalive; dead after 3 keepalives without a byte received)
 // A failure anywhere closes the connection and waits reconnectDelay() (capped exponential backoff,
 // full jitter, reset only after the connection stayed up kStableAfter). A host key that does not
@@ -45,6 +46,7 @@
 #include "shared/private_key.hpp"
 #include "shared/result.hpp"
 #include "tunneld/delivery/delivery.hpp"
+#include "tunneld/metrics/metrics.hpp"
 #include "tunneld/relay/peer_check.hpp"
 #include "tunneld/ssh/channel.hpp"
 #include "tunneld/ssh/channel_session.hpp"
@@ -101,6 +103,7 @@ struct ClientStatus {
   std::string presented_fp, expected_fp;
   std::string last_error;
   int64_t connected_since = 0;
+  std::string login_key;  // the identity file the connection logged in with (while connected)
   uint32_t failures = 0;
   size_t channels = 0;
   size_t in_flight = 0;
@@ -113,9 +116,11 @@ class SshClient {
   // `time` gives unix time for results and status (and the steady time of bytes received); it
   // must outlive the client. The daemon passes dynmx::systemTime().
   // `tunnels` (may be null: no relay leases) hears of peer lines, traffic, losses and host-key
-  // mismatches; it must outlive the client.
+  // mismatches; it must outlive the client. `metrics` (may be null: counters of its own) is where
+  // the connection attempts, handshake, host-key and authentication failures and the bytes sent
+  // are counted, under the client's name; it must outlive the client.
   SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs, Waker& waker,
-            const TimeSource& time, TunnelObserver* tunnels = nullptr);
+            const TimeSource& time, TunnelObserver* tunnels = nullptr, Metrics* metrics = nullptr);
   ~SshClient();
   SshClient(const SshClient&) = delete;
   SshClient& operator=(const SshClient&) = delete;
@@ -179,7 +184,6 @@ class SshClient {
   bool stepStopping(SteadyClock::time_point now, bool progress);
   bool openMoreChannels(SteadyClock::time_point now);
   bool opening() const;
-  std::string identity() const;
 
   void sessionFailed(SteadyClock::time_point now, const std::string& why);
   void channelRefused(SteadyClock::time_point now, const std::string& why);
@@ -201,6 +205,8 @@ class SshClient {
   Waker& waker_;
   const TimeSource& time_;
   TunnelObserver* tunnels_;
+  ClientCounters own_counters_;  // when no Metrics was given
+  ClientCounters& counters_;
   State state_ = State::Backoff;
   bool stopping_ = false;
   SteadyClock::time_point stop_deadline_{};
@@ -241,6 +247,12 @@ class SshClient {
   std::string warned_fp_;  // presented key we already warned about
   std::string last_error_;
   std::vector<std::string> last_kh_warnings_;
+  // Authentication: the identity keys to try on this connection, the next one, the refusals so
+  // far, and the key of the last successful login (key rotation: status and log name it).
+  std::vector<std::string> auth_keys_;
+  size_t auth_index_ = 0;
+  std::string auth_refusals_;
+  std::string login_key_;
   int64_t backoff_until_unix_ = 0;
   int64_t connected_since_unix_ = 0;
 
