@@ -27,8 +27,8 @@ ControlAccessRules rules() {
   return r;
 }
 
-const std::vector<C> kAll = {C::Status, C::Queue,  C::Flush,  C::Hold,    C::Release,
-                             C::Reload, C::Leases, C::Revoke, C::Checkin};
+const std::vector<C> kAll = {C::Status, C::Queue,  C::Flush,   C::Hold,   C::Release, C::Reload,
+                             C::Leases, C::Revoke, C::Checkin, C::Delete, C::Bounce};
 
 }  // namespace
 
@@ -91,7 +91,17 @@ TEST(ControlAccess, MessagesNameWhoMay) {
   EXPECT_EQ(controlAccess(r, {kCheckin, {kCheckin}}, C::Queue),
             "not permitted: queue (user dynmx-checkin is the check-in account; it may only check "
             "in)");
+  EXPECT_EQ(controlAccess(r, {kAdmin, {kControl}}, C::Delete),
+            "not permitted: delete changes state: root or the daemon's user only");
+  EXPECT_EQ(controlAccess(r, {kAdmin, {kControl}}, C::Bounce),
+            "not permitted: bounce changes state: root or the daemon's user only");
   EXPECT_EQ(controlAccess(r, {kAdmin, {kControl}}, C::Checkin),
             "not permitted: checkin is for the check-in account dynmx-checkin, root or the "
             "daemon's user");
+}
+
+// The log lines of delete and bounce name who asked.
+TEST(ControlAccess, PeerNameForTheLog) {
+  EXPECT_EQ(peerName({0, {0}}), "uid 0 (root)");
+  EXPECT_EQ(peerName({4000000000u, {}}), "uid 4000000000");
 }

@@ -750,3 +750,180 @@ TEST_F(DaemonTest, SwitchesToTunneldUserAndStillDelivers) {
   EXPECT_FALSE(std::filesystem::exists(run + "/tunneld.pid"));
   (void)id;
 }
+
+// ---- dynmxctl status --json, delete and bounce ----------------------------------------------
+
+namespace {
+
+// Runs python3 `check` with the JSON on stdin and `args`; its exit status (0: every assert held).
+int checkJson(const std::string& json, const std::string& check,
+              const std::vector<std::string>& args = {}) {
+  std::vector<std::string> argv{"/usr/bin/python3", "-c", check};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::string out;
+  int rc = runCommand(argv, &out, json);
+  if (rc != 0) std::cerr << out;
+  return rc;
+}
+
+// The pids of our dynmx-test-smtpd processes writing into `maildir` (found in /proc by their
+// command line: the test started them, through its sshd).
+std::vector<pid_t> farEndPids(const std::string& maildir) {
+  std::vector<pid_t> pids;
+  for (auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmd = readFile(e.path() / "cmdline");
+    if (contains(cmd, "dynmx-test-smtpd") && contains(cmd, maildir) && !contains(cmd, "sshd"))
+      pids.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return pids;
+}
+
+}  // namespace
+
+// status --json: valid JSON (python3's parser) with the documented fields, for a connected client
+// and for a client found only in the spool.
+TEST_F(DaemonTest, StatusAsJsonHasTheDocumentedFields) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  spool("Subject: ghost\r\n\r\nhi\r\n", {"bob@ghost.test"}, "sender@origin.test", "ghost");
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "client ghost: not configured"); }, kLong))
+      << status();
+  auto json = ctl({"status", "--json"});
+  ASSERT_EQ(json.first, 0) << json.second;
+  const char* check =
+      "import json, sys, datetime\n"
+      "d = json.load(sys.stdin)\n"
+      "assert d['daemon']['state'] == 'running', d\n"
+      "assert d['daemon']['clients'] == 1 and d['daemon']['version'], d\n"
+      "assert d['notifications'] == {'waiting': 0}, d\n"
+      "c = {c['name']: c for c in d['clients']}\n"
+      "a = c['alpha']\n"
+      "assert a['configured'] is True and a['state'] == 'connected', a\n"
+      "assert a['address'].endswith(':' + sys.argv[1]), a\n"
+      "t = datetime.datetime.strptime(a['connected_since'], '%Y-%m-%dT%H:%M:%SZ')\n"
+      "assert int(t.replace(tzinfo=datetime.timezone.utc).timestamp()) == "
+      "a['connected_since_unix'], a\n"
+      "assert a['next_attempt'] is None and a['next_attempt_unix'] is None, a\n"
+      "assert set(a['ssh']) == {'kex', 'hostkey', 'cipher', 'mac'}, a\n"
+      "assert a['ssh']['hostkey'] == 'ssh-ed25519', a\n"
+      "assert a['host_key']['presented'].startswith('SHA256:'), a\n"
+      "assert a['last_error'] is None, a\n"
+      "assert isinstance(a['failures'], int) and isinstance(a['channels'], int), a\n"
+      "assert set(a['queue']) == {'active', 'deferred', 'hold', 'in_flight', 'oldest_arrival',"
+      " 'oldest_arrival_unix'}, a\n"
+      "g = c['ghost']\n"
+      "assert g['configured'] is False and g['state'] == 'not-configured', g\n"
+      "assert g['queue']['active'] + g['queue']['deferred'] == 1, g\n"
+      "assert g['queue']['oldest_arrival_unix'] > 0, g\n"
+      "assert g['ssh'] is None and g['address'] is None, g\n";
+  EXPECT_EQ(checkJson(json.second, check, {std::to_string(sshd->port())}), 0) << json.second;
+}
+
+// delete: the message is gone from the queue and the spool, the log says who deleted it, and
+// nobody is told; for one id and for ALL of a client.
+TEST_F(DaemonTest, DeleteRemovesMailWithoutTellingTheSender) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  sshd->stop();
+  startDaemon();
+  std::string one = spool("Subject: one\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  std::string two = spool("Subject: two\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  std::string three = spool("Subject: three\r\n\r\nhi\r\n", {"carol@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(ctl({"queue"}).second, three); }, kLong));
+  ASSERT_EQ(ctl({"hold", two}).first, 0);
+  auto d = ctl({"delete", one});
+  ASSERT_EQ(d.first, 0) << d.second;
+  EXPECT_EQ(d.second, one + ": deleted\n");
+  EXPECT_FALSE(contains(ctl({"queue"}).second, one));
+  EXPECT_EQ(spooled(), 2u);
+  EXPECT_TRUE(contains(log(), one +
+                                  ": from=<sender@origin.test>, client=alpha, pending=1, "
+                                  "status=deleted by uid " +
+                                  std::to_string(geteuid())))
+      << log();
+  std::string err;
+  EXPECT_EQ(runCommand({"/bin/sh", "-c", "exec \"$@\" 2>&1", "sh", bin + "/dynmxctl", "-s", sock(),
+                        "delete", one},
+                       &err),
+            1);
+  EXPECT_EQ(err, "dynmxctl: no message " + one + " in the queue\n");
+  EXPECT_EQ(ctl({"delete", "ALL", "nosuchclient"}).first, 1);
+  EXPECT_EQ(ctl({"delete", "ALL"}).first, 64);
+  auto all = ctl({"delete", "ALL", "alpha"});  // the held one too
+  ASSERT_EQ(all.first, 0) << all.second;
+  EXPECT_TRUE(contains(all.second, two + ": deleted")) << all.second;
+  EXPECT_TRUE(contains(all.second, three + ": deleted")) << all.second;
+  EXPECT_EQ(spooled(), 0u);
+  // The client comes back: nothing is delivered, nobody was told.
+  sshd->start();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  EXPECT_EQ(ctl({"flush", "alpha"}).first, 0);
+  EXPECT_EQ(delivered(), 0u);
+  EXPECT_TRUE(bounces().empty());
+  EXPECT_TRUE(contains(ctl({"delete", "ALL", "alpha"}).second, "client alpha: no mail"));
+}
+
+// bounce: the sender gets an RFC 3464 report now (through tunneld.sendmail, from <>), the
+// message leaves the queue; a sender <> gets nothing; a notification cannot be bounced.
+TEST_F(DaemonTest, BounceReturnsMailToItsSenderNow) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  sshd->stop();
+  startDaemon();
+  std::string one = spool("Subject: one\r\n\r\nhi\r\n", {"bob@alpha.test", "carol@alpha.test"});
+  std::string two = spool("Subject: two\r\n\r\nhi\r\n", {"dave@alpha.test"}, "other@origin.test");
+  std::string null = spool("Subject: null\r\n\r\nhi\r\n", {"erin@alpha.test"}, "");
+  ASSERT_TRUE(waitFor([&] { return contains(ctl({"queue"}).second, null); }, kLong));
+  auto b = ctl({"bounce", one});
+  ASSERT_EQ(b.first, 0) << b.second;
+  EXPECT_EQ(b.second, one + ": returned to sender\n");
+  ASSERT_TRUE(waitFor([&] { return bounces().size() == 1; }, kLong)) << log();
+  std::string report = readFile(bounces()[0]);
+  std::string args = readFile(bounces()[0].substr(0, bounces()[0].size() - 4) + ".args");
+  EXPECT_EQ(args, "-oi\n-f\n<>\n--\nsender@origin.test\n");
+  EXPECT_TRUE(contains(report, "report-type=delivery-status")) << report;
+  EXPECT_TRUE(contains(report, "Final-Recipient: rfc822; bob@alpha.test")) << report;
+  EXPECT_TRUE(contains(report, "Final-Recipient: rfc822; carol@alpha.test")) << report;
+  EXPECT_TRUE(contains(report, "Action: failed")) << report;
+  EXPECT_TRUE(contains(report, "Status: 5.0.0")) << report;
+  EXPECT_TRUE(contains(report, "returned to the sender by the mail administrator")) << report;
+  EXPECT_TRUE(contains(report, "Subject: one")) << report;
+  EXPECT_TRUE(contains(log(), "status=bounced by uid " + std::to_string(geteuid()))) << log();
+  EXPECT_FALSE(contains(ctl({"queue"}).second, one));
+  // ALL of the client: the other sender is told, the null sender's mail just goes.
+  auto all = ctl({"bounce", "ALL", "alpha"});
+  ASSERT_EQ(all.first, 0) << all.second;
+  EXPECT_TRUE(contains(all.second, two + ": returned to sender")) << all.second;
+  EXPECT_TRUE(contains(all.second, null + ": deleted (the sender is <>")) << all.second;
+  ASSERT_TRUE(waitFor([&] { return bounces().size() == 2 && spooled() == 0; }, kLong)) << log();
+  EXPECT_EQ(delivered(), 0u);
+}
+
+// A message whose attempt is under way is not taken from under the delivery: delete says so and
+// acts when the attempt ends (here: the far end dies before it answers the final dot).
+TEST_F(DaemonTest, DeleteOfAMessageInFlightActsWhenTheAttemptEnds) {
+  startSshd(smtpd() + " --maildir " + maildir() + " --stall dot");
+  writeConfig();
+  startDaemon();
+  std::string id = spool("Subject: stuck\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "in flight 1"); }, kLong)) << status();
+  auto d = ctl({"delete", id});
+  ASSERT_EQ(d.first, 0) << d.second;
+  EXPECT_TRUE(contains(d.second, id + ": being delivered now; deleted when the attempt ends"))
+      << d.second;
+  EXPECT_EQ(spooled(), 1u);
+  EXPECT_TRUE(contains(ctl({"queue"}).second, id + " in-flight"));
+  auto pids = farEndPids(maildir());
+  ASSERT_FALSE(pids.empty());
+  for (pid_t p : pids) kill(p, SIGKILL);
+  ASSERT_TRUE(waitFor([&] { return spooled() == 0; }, kLong)) << status();
+  EXPECT_TRUE(contains(log(), id + ": from=<sender@origin.test>, client=alpha, pending=1, "
+                                   "status=deleted by uid"))
+      << log();
+  EXPECT_TRUE(bounces().empty());
+  EXPECT_EQ(delivered(), 0u);
+}

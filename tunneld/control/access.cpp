@@ -23,6 +23,8 @@ CommandClass commandClass(ControlRequest::Command c) {
     case C::Release:
     case C::Reload:
     case C::Revoke:
+    case C::Delete:
+    case C::Bounce:
       return CommandClass::ChangesState;
     case C::Checkin:
       return CommandClass::Checkin;
@@ -51,6 +53,10 @@ const char* commandName(ControlRequest::Command c) {
       return "revoke";
     case C::Checkin:
       return "checkin";
+    case C::Delete:
+      return "delete";
+    case C::Bounce:
+      return "bounce";
   }
   return "?";
 }
@@ -82,6 +88,16 @@ std::optional<std::string> controlAccess(const ControlAccessRules& rules, const 
                                        : " " + rules.checkin_user) +
            ", root or the daemon's user";
   return "not permitted: " + cmd + " changes state: root or the daemon's user only";
+}
+
+std::string peerName(const ControlPeer& peer) {
+  std::string s = "uid " + std::to_string(static_cast<long>(peer.uid));
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (getpwuid_r(peer.uid, &pw, buf.data(), buf.size(), &found) == 0 && found)
+    s += std::string(" (") + pw.pw_name + ")";
+  return s;
 }
 
 Result<ControlPeer> peerCredentials(int fd) {
