@@ -521,6 +521,37 @@ ControlReply Daemon::disposeReply(const ControlRequest& req, const ControlPeer& 
   return r;
 }
 
+// The key a client presented that did not verify (dynmxctl trust); refused while there is none.
+ControlReply Daemon::hostkeyReply(const std::string& client) {
+  ControlReply r;
+  r.ok = false;
+  auto it = clients_.find(client);
+  if (it == clients_.end()) {
+    r.error = "no client named " + client;
+    return r;
+  }
+  ClientStatus s = it->second.client->status();
+  if (s.state != "host-key-mismatch" && s.state != "host-key-unknown") {
+    r.error = "client " + client + " is " + s.state + ": no host key in question";
+    return r;
+  }
+  if (s.presented_key.empty()) {
+    r.error = "client " + client + ": " + s.state + ", but no whole key was presented (" +
+              s.presented_fp + "); see its last error: " + s.last_error;
+    return r;
+  }
+  r.ok = true;
+  r.lines.push_back(formatStatusRecord({"hostkey",
+                                        {{"client", client},
+                                         {"state", s.state},
+                                         {"type", s.presented_type},
+                                         {"key", base64Encode(s.presented_key)},
+                                         {"fingerprint", s.presented_fp},
+                                         {"expected", s.expected_fp},
+                                         {"address", s.address}}}));
+  return r;
+}
+
 ControlReply Daemon::handleRequest(const ControlRequest& req, const ControlPeer& peer) {
   ControlReply r;
   int64_t now = time_.unixSeconds();
@@ -592,6 +623,9 @@ ControlReply Daemon::handleRequest(const ControlRequest& req, const ControlPeer&
     case ControlRequest::Command::Delete:
     case ControlRequest::Command::Bounce:
       r = disposeReply(req, peer);
+      break;
+    case ControlRequest::Command::Hostkey:
+      r = hostkeyReply(req.arg);
       break;
   }
   return r;

@@ -106,6 +106,7 @@ class Daemon : public Waker, public TunnelObserver {
   std::vector<std::string> statusLines();
   std::vector<std::string> statusRecords();  // `status fields` (StatusRecord lines)
   ControlReply disposeReply(const ControlRequest& req, const ControlPeer& peer);
+  ControlReply hostkeyReply(const std::string& client);
   // Relay leases (daemon_relay.cpp).
   Status initRelay();
   void leaseEvents(const std::vector<LeaseEvent>& events);

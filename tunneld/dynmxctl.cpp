@@ -14,13 +14,15 @@
 
 #include <cstdio>
 #include <ctime>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "shared/date.hpp"
 #include "shared/config.hpp"
+#include "shared/date.hpp"
 #include "shared/version.hpp"
 #include "tunneld/control/control.hpp"
+#include "tunneld/control/trust.hpp"
 
 using namespace dynmx;
 
@@ -32,6 +34,7 @@ static int usage(std::FILE* to = stderr) {
                "commands: status [--json] | queue [--json] | leases [--json] |\n"
                "          flush [CLIENT] | hold ID | release ID | reload | revoke ADDRESS |\n"
                "          delete ID | delete ALL CLIENT | bounce ID | bounce ALL CLIENT |\n"
+               "          trust CLIENT FINGERPRINT | hostkey CLIENT |\n"
                "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
   return EX_USAGE;
 }
@@ -223,6 +226,30 @@ static int printStatusJson(const std::vector<std::string>& lines) {
   return EX_OK;
 }
 
+// The configuration at `path`, or nullopt after its errors were printed.
+static std::optional<Config> loadOrComplain(const std::string& path) {
+  LoadResult lr = loadConfig(path, ConfigRole::Any);
+  if (!lr.config) {
+    for (auto& e : lr.errors) std::fprintf(stderr, "dynmxctl: %s\n", e.str().c_str());
+    return std::nullopt;
+  }
+  lr.config->path = path;
+  return std::move(*lr.config);
+}
+
+// The commands dynmxctl carries out itself, with the configuration (trust): their exit status, or
+// nullopt when args[0] is none of them. `socket` is -s, or "" for the configuration's.
+static std::optional<int> localCommand(int n, char** args, const std::string& config,
+                                       const std::string& socket) {
+  std::string cmd = args[0];
+  if (cmd != "trust") return std::nullopt;
+  if (n != 3) return usage();
+  auto cfg = loadOrComplain(config);
+  if (!cfg) return EX_CONFIG;
+  return tunneld::trustCommand(*cfg, socket.empty() ? cfg->tunneld.control_socket : socket, args[1],
+                               args[2], stdout, stderr);
+}
+
 int main(int argc, char** argv) {
   std::string config, socket_path;
   bool config_given = false, check_config = false;
@@ -252,6 +279,9 @@ int main(int argc, char** argv) {
     return checkConfigCommand(config_given ? config : kDefaultConfigPath, ConfigRole::Any, stdout,
                               stderr);
   if (i >= argc) return usage();
+  if (auto done =
+          localCommand(argc - i, argv + i, config_given ? config : kDefaultConfigPath, socket_path))
+    return *done;
   std::string request;
   bool leases = std::string(argv[i]) == "leases", queue = std::string(argv[i]) == "queue";
   bool status = std::string(argv[i]) == "status";
@@ -275,12 +305,9 @@ int main(int argc, char** argv) {
     if (!config_given && stat(config.c_str(), &st) != 0) {
       socket_path = TunneldConfig{}.control_socket;
     } else {
-      LoadResult lr = loadConfig(config, ConfigRole::Any);
-      if (!lr.config) {
-        for (auto& e : lr.errors) std::fprintf(stderr, "dynmxctl: %s\n", e.str().c_str());
-        return EX_CONFIG;
-      }
-      socket_path = lr.config->tunneld.control_socket;
+      auto cfg = loadOrComplain(config);
+      if (!cfg) return EX_CONFIG;
+      socket_path = cfg->tunneld.control_socket;
     }
   }
   auto reply = tunneld::controlRequest(socket_path, request);

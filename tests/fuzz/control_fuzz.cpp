@@ -23,11 +23,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using C = ControlRequest::Command;
     C c = r->command;
     bool takes_arg = c == C::Flush || c == C::Hold || c == C::Release || c == C::Revoke ||
-                     c == C::Checkin || c == C::Delete || c == C::Bounce;
+                     c == C::Checkin || c == C::Delete || c == C::Bounce || c == C::Hostkey;
     if (c == C::Status && !r->arg.empty() && r->arg != "fields") std::abort();
     if (!takes_arg && c != C::Status && !r->arg.empty()) std::abort();
     if ((c == C::Hold || c == C::Release || c == C::Revoke || c == C::Checkin || c == C::Delete ||
-         c == C::Bounce) &&
+         c == C::Bounce || c == C::Hostkey) &&
         r->arg.empty())
       std::abort();
     // delete/bounce name a client only after ALL, and ALL always with a client.

@@ -28,7 +28,7 @@ ControlAccessRules rules() {
 }
 
 const std::vector<C> kAll = {C::Status, C::Queue,  C::Flush,   C::Hold,   C::Release, C::Reload,
-                             C::Leases, C::Revoke, C::Checkin, C::Delete, C::Bounce};
+                             C::Leases, C::Revoke, C::Checkin, C::Delete, C::Bounce,  C::Hostkey};
 
 }  // namespace
 
@@ -42,10 +42,10 @@ TEST(ControlAccess, PolicyTable) {
       {"the daemon's user", {kDaemon, {kDaemon}}, kAll},
       {"a member of control_group (primary)",
        {kAdmin, {kControl}},
-       {C::Status, C::Queue, C::Leases}},
+       {C::Status, C::Queue, C::Leases, C::Hostkey}},
       {"a member of control_group (supplementary)",
        {kAdmin, {kUsers, kUsers, kControl}},
-       {C::Status, C::Queue, C::Leases}},
+       {C::Status, C::Queue, C::Leases, C::Hostkey}},
       {"anyone else", {kOther, {kUsers}}, {}},
       {"a peer without credentials", {}, {}},
       {"the check-in account", {kCheckin, {kCheckin}}, {C::Checkin}},

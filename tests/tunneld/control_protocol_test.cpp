@@ -114,6 +114,9 @@ TEST(ControlRequest, DeleteAndBounceTable) {
       {"delete ALL home office", false, {}, "", ""},
       {"DELETE 0197a3c5e4f20001", false, {}, "", ""},
       {"bounce a\x7f", false, {}, "", ""},
+      {"hostkey home", true, C::Hostkey, "home", ""},
+      {"hostkey", false, {}, "", ""},
+      {"hostkey home office", false, {}, "", ""},
   };
   for (auto& c : cases) {
     auto r = parseControlRequest(c.line);

@@ -927,3 +927,105 @@ TEST_F(DaemonTest, DeleteOfAMessageInFlightActsWhenTheAttemptEnds) {
   EXPECT_TRUE(bounces().empty());
   EXPECT_EQ(delivered(), 0u);
 }
+
+// ---- dynmxctl trust ----------------------------------------------------------------------------
+
+namespace {
+
+// "SHA256:..." of a public key file, as its administrator reads it (ssh-keygen -lf).
+std::string sshKeygenFingerprint(const std::string& pub) {
+  std::string out;
+  runCommand({"/usr/bin/ssh-keygen", "-l", "-E", "sha256", "-f", pub}, &out);
+  size_t at = out.find("SHA256:");
+  return at == std::string::npos ? "" : out.substr(at, out.find(' ', at) - at);
+}
+
+}  // namespace
+
+// The client's new host key is taken only for the fingerprint typed: a wrong one changes nothing;
+// the right one replaces the client's (hashed, as ssh-keygen -H leaves it) entry in known_hosts,
+// keeps the other hosts' lines, and the mail goes.
+TEST_F(DaemonTest, TrustTakesTheNewHostKeyOnlyForTheTypedFingerprint) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  std::string kh = dir / "known_hosts";
+  std::string other =
+      "mx.other.test ssh-ed25519 "
+      "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+  writeFile(kh, sshd->knownHostsLine() + "\n" + other + "\n");
+  ASSERT_EQ(runCommand({"/usr/bin/ssh-keygen", "-q", "-H", "-f", kh}), 0);
+  std::string hashed = readFile(kh);
+  ASSERT_EQ(hashed.rfind("|1|", 0), 0u) << hashed;
+  writeConfig();
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  KeyPair right = sshd->hostKey();
+  KeyPair stranger = generateKey(dir / "new_host_key");
+  sshd->restartWithHostKey(stranger);
+  spool("Subject: after the new key\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "host-key-mismatch"); }, kLong)) << status();
+  std::string fp_new = sshKeygenFingerprint(stranger.private_path + ".pub");
+  std::string fp_old = sshKeygenFingerprint(right.private_path + ".pub");
+  ASSERT_FALSE(fp_new.empty());
+  auto trust = [&](const std::string& fp) {
+    std::string out;
+    int rc = runCommand({"/bin/sh", "-c", "exec \"$@\" 2>&1", "sh", bin + "/dynmxctl", "-c",
+                         dir / "dynmx.toml", "trust", "alpha", fp},
+                        &out);
+    return std::make_pair(rc, out);
+  };
+  // The old key's fingerprint (what an attacker would hope is typed without looking): refused.
+  auto wrong = trust(fp_old);
+  EXPECT_EQ(wrong.first, 65) << wrong.second;
+  EXPECT_EQ(wrong.second, "dynmxctl: trust: client alpha presents ssh-ed25519 " + fp_new +
+                              ", not the " + fp_old + " you typed; nothing changed\n");
+  EXPECT_EQ(readFile(kh), hashed);
+  EXPECT_EQ(trust("SHA256:short").first, 64);
+  EXPECT_EQ(readFile(kh), hashed);
+  EXPECT_EQ(delivered(), 0u);
+  // The right one.
+  auto ok = trust(fp_new);
+  ASSERT_EQ(ok.first, 0) << ok.second;
+  EXPECT_TRUE(contains(ok.second, "1 line(s) for [127.0.0.1]:" + std::to_string(sshd->port()) +
+                                      " removed, ssh-ed25519 " + fp_new + " added (hashed)"))
+      << ok.second;
+  EXPECT_TRUE(contains(ok.second, "client alpha: reconnecting")) << ok.second;
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+  // What OpenSSH reads in the file now: the new key for the client, the other host's line kept.
+  std::string found;
+  runCommand({"/usr/bin/ssh-keygen", "-F", "[127.0.0.1]:" + std::to_string(sshd->port()), "-f", kh},
+             &found);
+  std::string pub = readFile(stranger.private_path + ".pub");
+  std::string b64 = pub.substr(pub.find(' ') + 1);
+  b64 = b64.substr(0, b64.find_first_of(" \n"));
+  EXPECT_TRUE(contains(found, b64)) << found;
+  std::string now = readFile(kh);
+  EXPECT_EQ(std::count(now.begin(), now.end(), '\n'), 2) << now;
+  found.clear();
+  runCommand({"/usr/bin/ssh-keygen", "-F", "mx.other.test", "-f", kh}, &found);
+  EXPECT_TRUE(
+      contains(found, "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"))
+      << now;
+}
+
+// A client pinned with host_key: trust prints the line for the configuration and changes nothing.
+TEST_F(DaemonTest, TrustOfAPinnedClientPrintsTheConfigurationLine) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  std::string line = sshd->knownHostsLine();
+  writeConfig("", "host_key = \"" + line.substr(line.find(' ') + 1) + "\"\n");
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  EXPECT_EQ(ctl({"hostkey", "alpha"}).first, 1);  // nothing in question while it verifies
+  KeyPair stranger = generateKey(dir / "new_host_key");
+  sshd->restartWithHostKey(stranger);
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "host-key-mismatch"); }, kLong)) << status();
+  std::string conf = readFile(dir / "dynmx.toml"), kh = readFile(dir / "known_hosts");
+  auto r = ctl({"-c", dir / "dynmx.toml", "trust", "alpha",
+                sshKeygenFingerprint(stranger.private_path + ".pub")});
+  ASSERT_EQ(r.first, 0) << r.second;
+  std::string pub = readFile(stranger.private_path + ".pub");
+  std::string key = pub.substr(0, pub.find(' ', pub.find(' ') + 1));
+  EXPECT_TRUE(contains(r.second, "is pinned with host_key in " + dir / "dynmx.toml")) << r.second;
+  EXPECT_TRUE(contains(r.second, "\nhost_key = \"" + key + "\"\n")) << r.second;
+  EXPECT_EQ(readFile(dir / "dynmx.toml"), conf);
+  EXPECT_EQ(readFile(dir / "known_hosts"), kh);
+}

@@ -17,6 +17,7 @@ CommandClass commandClass(ControlRequest::Command c) {
     case C::Status:
     case C::Queue:
     case C::Leases:
+    case C::Hostkey:
       return CommandClass::ReadOnly;
     case C::Flush:
     case C::Hold:
@@ -57,6 +58,8 @@ const char* commandName(ControlRequest::Command c) {
       return "delete";
     case C::Bounce:
       return "bounce";
+    case C::Hostkey:
+      return "hostkey";
   }
   return "?";
 }

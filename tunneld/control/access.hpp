@@ -3,7 +3,8 @@
 // The socket's mode and group (control_mode, control_group) decide who may connect at all; the
 // peer's credentials decide what it may do once connected (issue "the admin socket checks who
 // asks", dynmxctl(8) ACCESS):
-//   - commands that only look (status, queue, leases): root, the daemon's own user, and members of
+//   - commands that only look (status, queue, leases, hostkey): root, the daemon's own user, and
+//   members of
 //     the control group (primary or supplementary);
 //   - commands that change state (flush, hold, release, reload, revoke, delete, bounce): root and
 //     the daemon's own user;

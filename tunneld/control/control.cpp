@@ -71,10 +71,11 @@ constexpr CommandSpec kCommands[] = {
     {"checkin", ControlRequest::Command::Checkin, 2, 2},
     {"delete", ControlRequest::Command::Delete, 1, 2, "a queue id, or ALL and a client name"},
     {"bounce", ControlRequest::Command::Bounce, 1, 2, "a queue id, or ALL and a client name"},
+    {"hostkey", ControlRequest::Command::Hostkey, 1, 1, "a client name"},
 };
 constexpr const char* kExpected =
-    "expected status, queue, flush, hold, release, reload, leases, revoke, checkin, delete or "
-    "bounce";
+    "expected status, queue, flush, hold, release, reload, leases, revoke, checkin, delete, "
+    "bounce or hostkey";
 
 // The words of a request line, split at spaces and tabs.
 std::vector<std::string_view> splitWords(std::string_view line) {

@@ -3,11 +3,14 @@
 // Protocol: one request per connection, one line (at most kMaxRequest octets, LF or CRLF):
 //   status [fields] | queue | flush [CLIENT] | hold ID | release ID | reload | leases
 //   | revoke ADDRESS | checkin CLIENT ADDRESS | delete ID | delete ALL CLIENT | bounce ID
-//   | bounce ALL CLIENT
+//   | bounce ALL CLIENT | hostkey CLIENT
 // `status` answers text for people; `status fields` the same facts as one StatusRecord per line
 // (dynmxctl status --json). `delete` removes messages from the spool without a notification,
 // `bounce` returns them to their sender now (an RFC 3464 report); ALL CLIENT means every message
-// of that client (see dynmxctl(8) for a message in flight).
+// of that client (see dynmxctl(8) for a message in flight). `hostkey CLIENT` answers one
+// StatusRecord "hostkey client= state= type= key=BASE64 fingerprint= expected= address=" with the
+// whole key the client presented while its state is host-key-mismatch or host-key-unknown, else
+// ERR (dynmxctl trust checks it against the fingerprint the administrator typed).
 // `leases` answers one body line per live relay lease, "ADDRESS CLIENT SOURCE GRANTED EXPIRES"
 // (times in unix seconds; dynmxctl shows them), then one "hold ADDRESS UNTIL" per hold-down;
 // `revoke` takes an IPv4 or IPv6 address (inet_pton forms only). `checkin` is dynmx-checkin's: a
@@ -49,7 +52,8 @@ struct ControlRequest {
     Revoke,
     Checkin,
     Delete,
-    Bounce
+    Bounce,
+    Hostkey
   } command = Command::Status;
   // client name (flush, may be empty; checkin), queue id (hold, release) or address (revoke, as
   // parsed by InetAddr::parse and written back by InetAddr::str)
