@@ -21,21 +21,25 @@
 #include "shared/config.hpp"
 #include "shared/date.hpp"
 #include "shared/version.hpp"
+#include "tunneld/control/add_client.hpp"
 #include "tunneld/control/control.hpp"
 #include "tunneld/control/trust.hpp"
 
 using namespace dynmx;
 
 static int usage(std::FILE* to = stderr) {
-  std::fprintf(to,
-               "usage: dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]\n"
-               "       dynmxctl [-c FILE] --check-config\n"
-               "       dynmxctl --help | --version\n"
-               "commands: status [--json] | queue [--json] | leases [--json] |\n"
-               "          flush [CLIENT] | hold ID | release ID | reload | revoke ADDRESS |\n"
-               "          delete ID | delete ALL CLIENT | bounce ID | bounce ALL CLIENT |\n"
-               "          trust CLIENT FINGERPRINT | hostkey CLIENT |\n"
-               "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
+  std::fprintf(
+      to,
+      "usage: dynmxctl [-c FILE] [-s SOCKET] COMMAND [ARGS]\n"
+      "       dynmxctl [-c FILE] --check-config\n"
+      "       dynmxctl --help | --version\n"
+      "commands: status [--json] | queue [--json] | leases [--json] |\n"
+      "          flush [CLIENT] | hold ID | release ID | reload | revoke ADDRESS |\n"
+      "          delete ID | delete ALL CLIENT | bounce ID | bounce ALL CLIENT |\n"
+      "          trust CLIENT FINGERPRINT | hostkey CLIENT |\n"
+      "          add-client NAME HOST [--from ADDR[,ADDR...]] [--user USER] [--port PORT]\n"
+      "                     [--sendmail PATH] |\n"
+      "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
   return EX_USAGE;
 }
 
@@ -237,15 +241,18 @@ static std::optional<Config> loadOrComplain(const std::string& path) {
   return std::move(*lr.config);
 }
 
-// The commands dynmxctl carries out itself, with the configuration (trust): their exit status, or
-// nullopt when args[0] is none of them. `socket` is -s, or "" for the configuration's.
+// The commands dynmxctl carries out itself, with the configuration (trust, add-client): their exit
+// status, or nullopt when args[0] is none of them. `socket` is -s, or "" for the configuration's.
 static std::optional<int> localCommand(int n, char** args, const std::string& config,
                                        const std::string& socket) {
   std::string cmd = args[0];
-  if (cmd != "trust") return std::nullopt;
-  if (n != 3) return usage();
+  if (cmd != "trust" && cmd != "add-client") return std::nullopt;
+  if (cmd == "trust" && n != 3) return usage();
   auto cfg = loadOrComplain(config);
   if (!cfg) return EX_CONFIG;
+  if (cmd == "add-client")
+    return tunneld::addClientCommand(*cfg, std::vector<std::string>(args + 1, args + n), stdout,
+                                     stderr);
   return tunneld::trustCommand(*cfg, socket.empty() ? cfg->tunneld.control_socket : socket, args[1],
                                args[2], stdout, stderr);
 }

@@ -30,6 +30,8 @@ class TestSshd {
 
   // Adds `command="COMMAND",restrict KEY` to authorized_keys (takes effect on the next login).
   void authorize(const KeyPair& key, const std::string& command);
+  // Adds a whole authorized_keys line as given (dynmxctl add-client's, say).
+  void authorizeLine(const std::string& line);
   // A new client key pair in dir, authorized with `command`.
   KeyPair newClientKey(const std::string& name, const std::string& command,
                        const std::string& type = "ed25519");

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <gtest/gtest.h>
 #include <set>
+#include <sstream>
 
 #include "shared/spool.hpp"
 #include "tests/harness/test_sshd.hpp"
@@ -1028,4 +1029,55 @@ TEST_F(DaemonTest, TrustOfAPinnedClientPrintsTheConfigurationLine) {
   EXPECT_TRUE(contains(r.second, "\nhost_key = \"" + key + "\"\n")) << r.second;
   EXPECT_EQ(readFile(dir / "dynmx.toml"), conf);
   EXPECT_EQ(readFile(dir / "known_hosts"), kh);
+}
+
+// ---- dynmxctl add-client -----------------------------------------------------------------------
+
+// The authorized_keys line add-client prints works as printed: installed in sshd, the tunnel logs
+// in through it (restrict, from= with the MX's address, the tunnel's key) and delivers into the
+// forced command. The far end here is dynmx-test-smtpd behind --sendmail (a script that ignores
+// -bs). The [[client]] block it prints passes --check-config once added.
+TEST_F(DaemonTest, AddClientsAuthorizedKeysLineLetsTheTunnelDeliver) {
+  // Before the client exists: the configuration has the tunnel's identity and no client yet.
+  writeFile(dir / "before.toml", "[spool]\ndir = \"" + spooldir() +
+                                     "\"\n[tunneld]\nhostname = \"mx.test\"\nidentity = \"" +
+                                     key.private_path + "\"\n");
+  std::string farend = dir / "farend.sh";
+  writeFile(farend, "#!/bin/sh\nexec " + smtpd() + " --maildir " + maildir() + "\n", 0755);
+  auto printed = ctl({"-c", dir / "before.toml", "add-client", "alpha", "127.0.0.1", "--from",
+                      "127.0.0.1", "--sendmail", farend, "--user", sshd->user()});
+  ASSERT_EQ(printed.first, 0) << printed.second;
+  std::string line;
+  std::istringstream in(printed.second);
+  for (std::string l; std::getline(in, l);)
+    if (l.rfind("restrict,", 0) == 0) line = l;
+  std::string expected = "restrict,command=\"" + farend + " -bs\",from=\"127.0.0.1\" " +
+                         key.public_line + " dynmx@mx.test";
+  EXPECT_EQ(line, expected) << printed.second;
+  EXPECT_TRUE(contains(printed.second, "define(`confTRUSTED_USERS', `" + sshd->user() + "')dnl\n"))
+      << printed.second;
+  EXPECT_TRUE(contains(printed.second, "\nssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub\n"));
+  EXPECT_TRUE(contains(printed.second, "Postfix's sendmail -bs adds no such warning"));
+  EXPECT_FALSE(contains(printed.second, "PRIVATE KEY"));
+  sshd->authorizeLine(line);
+  sshd->start();
+  writeFile(dir / "known_hosts", sshd->knownHostsLine() + "\n");
+  writeConfig();
+  startDaemon();
+  spool("Subject: through the printed line\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+
+  // Without --from: this host's addresses, never loopback; the block for a new client is valid.
+  auto other = ctl({"-c", dir / "before.toml", "add-client", "gamma", "gamma.example.net"});
+  if (other.first == 64) GTEST_SKIP() << "no non-loopback address on this machine";
+  ASSERT_EQ(other.first, 0) << other.second;
+  EXPECT_TRUE(contains(other.second, "from this host's interfaces")) << other.second;
+  EXPECT_FALSE(contains(other.second, "127.0.0.1")) << other.second;
+  EXPECT_FALSE(contains(other.second, "\"::1")) << other.second;
+  std::string block = other.second.substr(other.second.find("[[client]]"));
+  writeFile(dir / "with-gamma.toml", readFile(dir / "dynmx.toml") + "\n" + block);
+  std::string out;
+  EXPECT_EQ(runCommand({bin + "/dynmxctl", "-c", dir / "with-gamma.toml", "--check-config"}, &out),
+            0)
+      << out << block;
 }
