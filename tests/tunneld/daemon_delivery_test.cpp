@@ -967,6 +967,20 @@ TEST_F(DaemonTest, TrustTakesTheNewHostKeyOnlyForTheTypedFingerprint) {
   std::string fp_new = sshKeygenFingerprint(stranger.private_path + ".pub");
   std::string fp_old = sshKeygenFingerprint(right.private_path + ".pub");
   ASSERT_FALSE(fp_new.empty());
+  // status --json says what is in question.
+  auto json = ctl({"status", "--json"});
+  ASSERT_EQ(json.first, 0) << json.second;
+  EXPECT_EQ(
+      checkJson(json.second,
+                "import json, sys\n"
+                "a = json.load(sys.stdin)['clients'][0]\n"
+                "assert a['state'] == 'host-key-mismatch', a\n"
+                "assert a['host_key'] == {'presented': sys.argv[1], 'expected': sys.argv[2]}, "
+                "a\n"
+                "assert a['last_error'].startswith('host key mismatch'), a\n",
+                {fp_new, fp_old}),
+      0)
+      << json.second;
   auto trust = [&](const std::string& fp) {
     std::string out;
     int rc = runCommand({"/bin/sh", "-c", "exec \"$@\" 2>&1", "sh", bin + "/dynmxctl", "-c",
