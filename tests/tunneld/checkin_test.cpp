@@ -475,6 +475,17 @@ TEST_F(CheckinTest, AdminSocketChecksWhoAsks) {
   }
   EXPECT_TRUE(contains(log(), "not permitted: flush changes state")) << log();
   EXPECT_TRUE(contains(log(), "not permitted: delete changes state")) << log();
+  // hostkey only looks: the control group may ask (the daemon then says there is nothing in
+  // question), others may not.
+  {
+    auto [rc, out] = dynmxctl(reader.name(), {"hostkey", "home"});
+    EXPECT_EQ(rc, 1) << out;
+    EXPECT_FALSE(contains(out, "not permitted")) << out;
+    EXPECT_TRUE(contains(out, "dynmxctl: client home is ")) << out;
+    auto [rc2, out2] = dynmxctl(other.name(), {"hostkey", "home"});
+    EXPECT_EQ(rc2, 1) << out2;
+    EXPECT_TRUE(contains(out2, "dynmxctl: not permitted: hostkey")) << out2;
+  }
 
   // The check-in account checks in with dynmx-checkin (as sshd would run it) and nothing else.
   auto r = as(checkin.name(), {bin + "/dynmx-checkin", "-c", conf(), "home"},
