@@ -387,7 +387,7 @@ void Daemon::onControlIo(int fd, short revents) {
       reply.ok = false;
       reply.error = *denied;
     } else {
-      reply = handleRequest(*req);
+      reply = handleRequest(*req, c.peer);
     }
     c.out = formatControlReply(reply);
     c.replied = true;
@@ -486,12 +486,121 @@ MetricsSnapshot Daemon::metricsSnapshot() {
   return m;
 }
 
-ControlReply Daemon::handleRequest(const ControlRequest& req) {
+// One record per client (configured, or only found in the spool), the notifications and the
+// daemon; the fields are dynmxctl(8)'s (status --json), times in unix seconds, 0 for none.
+std::vector<std::string> Daemon::statusRecords() {
+  std::vector<std::string> out;
+  std::map<std::string, ClientQueueStatus> qs;
+  for (auto& s : queue_->status()) qs[s.client] = s;
+  auto n = [](auto v) { return std::to_string(v); };
+  out.push_back(formatStatusRecord({"daemon",
+                                    {{"state", stopping_ ? "stopping" : "running"},
+                                     {"clients", n(clients_.size())},
+                                     {"version", kVersion}}}));
+  auto queueFields = [&](StatusRecord& rec, const ClientQueueStatus& q) {
+    rec.fields.insert(rec.fields.end(), {{"active", n(q.active)},
+                                         {"deferred", n(q.deferred)},
+                                         {"hold", n(q.hold)},
+                                         {"in_flight", n(q.in_flight)},
+                                         {"oldest_arrival", n(q.oldest_arrival)}});
+  };
+  size_t notifications = 0;
+  for (auto& [name, e] : clients_) {
+    ClientStatus s = e.client->status();
+    StatusRecord rec{"client",
+                     {{"name", name},
+                      {"configured", "1"},
+                      {"state", s.state},
+                      {"address", s.address},
+                      {"connected_since", n(s.state == "connected" ? s.connected_since : 0)},
+                      {"next_attempt", n(s.backoff_until)},
+                      {"failures", n(s.failures)},
+                      {"channels", n(s.channels)},
+                      {"kex", s.kex},
+                      {"hostkey", s.hostkey},
+                      {"cipher", s.cipher},
+                      {"mac", s.mac},
+                      {"login_key", s.login_key},
+                      {"presented_fp", s.presented_fp},
+                      {"expected_fp", s.expected_fp},
+                      {"last_error", s.last_error}}};
+    queueFields(rec, qs[name]);
+    qs.erase(name);
+    out.push_back(formatStatusRecord(rec));
+  }
+  for (auto& [name, q] : qs) {
+    if (name.empty()) continue;
+    if (q.notifications) {
+      notifications += q.active + q.deferred + q.hold + q.in_flight;
+      continue;
+    }
+    StatusRecord rec{"client", {{"name", name}, {"configured", "0"}, {"state", "not-configured"}}};
+    queueFields(rec, q);
+    out.push_back(formatStatusRecord(rec));
+  }
+  out.push_back(formatStatusRecord({"notifications", {{"waiting", n(notifications)}}}));
+  return out;
+}
+
+// dynmxctl delete/bounce: of one message, or ALL of one client's.
+ControlReply Daemon::disposeReply(const ControlRequest& req, const ControlPeer& peer) {
+  ControlReply r;
+  Disposal d = req.command == ControlRequest::Command::Delete ? Disposal::Delete : Disposal::Bounce;
+  int64_t now = time_.unixSeconds();
+  std::string who = peerName(peer);
+  auto rep = req.client.empty() ? queue_->dispose(d, req.arg, who, now)
+                                : queue_->disposeAll(d, req.client, who, now);
+  if (!rep) {
+    r.ok = false;
+    r.error = rep.error().message;
+    return r;
+  }
+  r.lines = std::move(rep->lines);
+  if (rep->failed) {
+    r.ok = false;
+    r.error = std::to_string(rep->failed) + " message(s) could not be " +
+              (d == Disposal::Delete ? "deleted" : "returned to sender");
+  }
+  return r;
+}
+
+// The key a client presented that did not verify (dynmxctl trust); refused while there is none.
+ControlReply Daemon::hostkeyReply(const std::string& client) {
+  ControlReply r;
+  r.ok = false;
+  auto it = clients_.find(client);
+  if (it == clients_.end()) {
+    r.error = "no client named " + client;
+    return r;
+  }
+  ClientStatus s = it->second.client->status();
+  if (s.state != "host-key-mismatch" && s.state != "host-key-unknown") {
+    r.error = "client " + client + " is " + s.state + ": no host key in question";
+    return r;
+  }
+  if (s.presented_key.empty()) {
+    r.error = "client " + client + ": " + s.state + ", but no whole key was presented (" +
+              s.presented_fp + "); see its last error: " + s.last_error;
+    return r;
+  }
+  r.ok = true;
+  r.lines.push_back(formatStatusRecord({"hostkey",
+                                        {{"client", client},
+                                         {"state", s.state},
+                                         {"type", s.presented_type},
+                                         {"key", base64Encode(s.presented_key)},
+                                         {"fingerprint", s.presented_fp},
+                                         {"expected", s.expected_fp},
+                                         {"address", s.address}}}));
+  return r;
+}
+
+ControlReply Daemon::handleRequest(const ControlRequest& req, const ControlPeer& peer) {
   ControlReply r;
   int64_t now = time_.unixSeconds();
   switch (req.command) {
     case ControlRequest::Command::Status:
-      r.lines = statusLines();
+      r.lines = req.arg == "fields" ? statusRecords() : statusLines();
       break;
     case ControlRequest::Command::Queue:
       r.lines = queue_->listQueue();
@@ -564,6 +673,13 @@ ControlReply Daemon::handleRequest(const ControlRequest& req) {
       }
       break;
     }
+    case ControlRequest::Command::Delete:
+    case ControlRequest::Command::Bounce:
+      r = disposeReply(req, peer);
+      break;
+    case ControlRequest::Command::Hostkey:
+      r = hostkeyReply(req.arg);
+      break;
   }
   return r;
 }

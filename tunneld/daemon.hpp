@@ -73,8 +73,9 @@ class Daemon : public Waker, public TunnelObserver {
   int run();
   void wake() override;
 
-  // The text of a control reply, for the admin socket (and tests).
-  ControlReply handleRequest(const ControlRequest& req);
+  // The text of a control reply, for the admin socket (and tests); `peer` is who asked (named in
+  // the log lines of delete and bounce).
+  ControlReply handleRequest(const ControlRequest& req, const ControlPeer& peer = {});
   Status reload();
 
   // TunnelObserver: what the SSH clients saw, for the relay leases.
@@ -110,6 +111,9 @@ class Daemon : public Waker, public TunnelObserver {
   void beginShutdown();
   std::vector<std::string> statusLines();
   MetricsSnapshot metricsSnapshot();
+  std::vector<std::string> statusRecords();  // `status fields` (StatusRecord lines)
+  ControlReply disposeReply(const ControlRequest& req, const ControlPeer& peer);
+  ControlReply hostkeyReply(const std::string& client);
   // Relay leases (daemon_relay.cpp).
   Status initRelay();
   void leaseEvents(const std::vector<LeaseEvent>& events);

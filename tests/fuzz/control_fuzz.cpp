@@ -3,7 +3,7 @@
 // Invariants: parseControlRequest never throws or crashes; an accepted request has a known command
 // and an argument only where the command takes one; a reply built from any lines parses back to
 // the same lines (framing is lossless), and parseControlReply survives the raw input too; a
-// `leases` reply line that parses formats back to the same values.
+// `leases` reply line and a `status fields` record that parse format back to the same values.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -22,11 +22,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (r.ok()) {
     using C = ControlRequest::Command;
     C c = r->command;
-    bool takes_arg =
-        c == C::Flush || c == C::Hold || c == C::Release || c == C::Revoke || c == C::Checkin;
-    if (!takes_arg && !r->arg.empty()) std::abort();
-    if ((c == C::Hold || c == C::Release || c == C::Revoke || c == C::Checkin) && r->arg.empty())
+    bool takes_arg = c == C::Flush || c == C::Hold || c == C::Release || c == C::Revoke ||
+                     c == C::Checkin || c == C::Delete || c == C::Bounce || c == C::Hostkey;
+    if (c == C::Status && !r->arg.empty() && r->arg != "fields") std::abort();
+    if (!takes_arg && c != C::Status && !r->arg.empty()) std::abort();
+    if ((c == C::Hold || c == C::Release || c == C::Revoke || c == C::Checkin || c == C::Delete ||
+         c == C::Bounce || c == C::Hostkey) &&
+        r->arg.empty())
       std::abort();
+    // delete/bounce name a client only after ALL, and ALL always with a client.
+    if (!r->client.empty() && (r->arg != "ALL" || (c != C::Delete && c != C::Bounce))) std::abort();
+    if ((c == C::Delete || c == C::Bounce) && r->arg == "ALL" && r->client.empty()) std::abort();
     // revoke's argument is an address, written back in its one canonical form.
     if (c == C::Revoke) {
       auto a = dynmx::InetAddr::parse(r->arg);
@@ -36,6 +42,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (c == C::Checkin && dynmx::InetAddr::parse(r->address.str()) != r->address) std::abort();
   }
   (void)dynmx::tunneld::parseControlReply(in);
+  // A status record that parses formats back to the same text's values.
+  if (auto s = dynmx::tunneld::parseStatusRecord(in); s.ok()) {
+    auto again = dynmx::tunneld::parseStatusRecord(dynmx::tunneld::formatStatusRecord(*s));
+    if (!again.ok() || !(*again == *s)) std::abort();
+  }
   // A lease line that parses formats back to the same values.
   if (auto l = dynmx::tunneld::parseLeaseLine(in); l.ok()) {
     auto again = dynmx::tunneld::parseLeaseLine(dynmx::tunneld::formatLeaseLine(*l));

@@ -66,6 +66,11 @@ void TestSshd::revokeAll() {
   writeFile(dir_ + "/authorized_keys", authorized_, 0600);
 }
 
+void TestSshd::authorizeLine(const std::string& line) {
+  authorized_ += line + "\n";
+  writeFile(dir_ + "/authorized_keys", authorized_, 0600);
+}
+
 KeyPair TestSshd::newClientKey(const std::string& name, const std::string& command,
                                const std::string& type) {
   KeyPair k = generateKey(dir_ + "/" + name, type);

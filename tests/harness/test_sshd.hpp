@@ -32,6 +32,8 @@ class TestSshd {
   void authorize(const KeyPair& key, const std::string& command);
   // Empties authorized_keys: no key logs in until authorize() adds one again (next login).
   void revokeAll();
+  // Adds a whole authorized_keys line as given (dynmxctl add-client's, say).
+  void authorizeLine(const std::string& line);
   // A new client key pair in dir, authorized with `command`.
   KeyPair newClientKey(const std::string& name, const std::string& command,
                        const std::string& type = "ed25519");

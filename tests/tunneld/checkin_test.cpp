@@ -448,12 +448,20 @@ TEST_F(CheckinTest, AdminSocketChecksWhoAsks) {
       {reader.name(), {"flush"}, false},
       {reader.name(), {"reload"}, false},
       {reader.name(), {"checkin", "home", "198.51.100.7"}, false},
+      {reader.name(), {"status", "--json"}, true},
+      {reader.name(), {"delete", "0123456789AB"}, false},
+      {reader.name(), {"delete", "ALL", "home"}, false},
+      {reader.name(), {"bounce", "ALL", "home"}, false},
+      {checkin.name(), {"bounce", "0123456789AB"}, false},
+      {other.name(), {"delete", "ALL", "home"}, false},
       {other.name(), {"status"}, false},
       {other.name(), {"queue"}, false},
       {checkin.name(), {"status"}, false},
       {checkin.name(), {"hold", "0123456789AB"}, false},
       {"root", {"flush"}, true},
       {"root", {"reload"}, true},
+      {"root", {"delete", "ALL", "home"}, true},
+      {"root", {"bounce", "ALL", "home"}, true},
   };
   for (const auto& c : cases) {
     auto [rc, out] = dynmxctl(c.user, c.args);
@@ -466,6 +474,18 @@ TEST_F(CheckinTest, AdminSocketChecksWhoAsks) {
     }
   }
   EXPECT_TRUE(contains(log(), "not permitted: flush changes state")) << log();
+  EXPECT_TRUE(contains(log(), "not permitted: delete changes state")) << log();
+  // hostkey only looks: the control group may ask (the daemon then says there is nothing in
+  // question), others may not.
+  {
+    auto [rc, out] = dynmxctl(reader.name(), {"hostkey", "home"});
+    EXPECT_EQ(rc, 1) << out;
+    EXPECT_FALSE(contains(out, "not permitted")) << out;
+    EXPECT_TRUE(contains(out, "dynmxctl: client home is ")) << out;
+    auto [rc2, out2] = dynmxctl(other.name(), {"hostkey", "home"});
+    EXPECT_EQ(rc2, 1) << out2;
+    EXPECT_TRUE(contains(out2, "dynmxctl: not permitted: hostkey")) << out2;
+  }
 
   // The check-in account checks in with dynmx-checkin (as sshd would run it) and nothing else.
   auto r = as(checkin.name(), {bin + "/dynmx-checkin", "-c", conf(), "home"},

@@ -27,8 +27,9 @@ ControlAccessRules rules() {
   return r;
 }
 
-const std::vector<C> kAll = {C::Status, C::Queue,  C::Flush,  C::Hold,    C::Release,
-                             C::Reload, C::Leases, C::Revoke, C::Checkin, C::Metrics};
+const std::vector<C> kAll = {C::Status,  C::Queue,  C::Flush,  C::Hold,   C::Release,
+                             C::Reload,  C::Leases, C::Revoke, C::Checkin, C::Metrics,
+                             C::Delete,  C::Bounce, C::Hostkey};
 
 }  // namespace
 
@@ -42,10 +43,10 @@ TEST(ControlAccess, PolicyTable) {
       {"the daemon's user", {kDaemon, {kDaemon}}, kAll},
       {"a member of control_group (primary)",
        {kAdmin, {kControl}},
-       {C::Status, C::Queue, C::Leases, C::Metrics}},
+       {C::Status, C::Queue, C::Leases, C::Metrics, C::Hostkey}},
       {"a member of control_group (supplementary)",
        {kAdmin, {kUsers, kUsers, kControl}},
-       {C::Status, C::Queue, C::Leases, C::Metrics}},
+       {C::Status, C::Queue, C::Leases, C::Metrics, C::Hostkey}},
       {"anyone else", {kOther, {kUsers}}, {}},
       {"a peer without credentials", {}, {}},
       {"the check-in account", {kCheckin, {kCheckin}}, {C::Checkin}},
@@ -91,7 +92,17 @@ TEST(ControlAccess, MessagesNameWhoMay) {
   EXPECT_EQ(controlAccess(r, {kCheckin, {kCheckin}}, C::Queue),
             "not permitted: queue (user dynmx-checkin is the check-in account; it may only check "
             "in)");
+  EXPECT_EQ(controlAccess(r, {kAdmin, {kControl}}, C::Delete),
+            "not permitted: delete changes state: root or the daemon's user only");
+  EXPECT_EQ(controlAccess(r, {kAdmin, {kControl}}, C::Bounce),
+            "not permitted: bounce changes state: root or the daemon's user only");
   EXPECT_EQ(controlAccess(r, {kAdmin, {kControl}}, C::Checkin),
             "not permitted: checkin is for the check-in account dynmx-checkin, root or the "
             "daemon's user");
+}
+
+// The log lines of delete and bounce name who asked.
+TEST(ControlAccess, PeerNameForTheLog) {
+  EXPECT_EQ(peerName({0, {0}}), "uid 0 (root)");
+  EXPECT_EQ(peerName({4000000000u, {}}), "uid 4000000000");
 }

@@ -44,6 +44,9 @@ TEST(ControlRequest, ParserTable) {
       {"STATUS", false, {}, ""},
       {"shutdown", false, {}, ""},
       {"hold a\x01", false, {}, ""},
+      {"status fields", true, ControlRequest::Command::Status, "fields"},
+      {"status fields now", false, {}, ""},
+      {"status FIELDS", false, {}, ""},
   };
   for (auto& c : cases) {
     auto r = parseControlRequest(c.line);
@@ -87,6 +90,84 @@ TEST(ControlRequest, CheckinTable) {
   auto bad = parseControlRequest("checkin home nonsense");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.error().message, "checkin: expected an IPv4 or IPv6 address, got \"nonsense\"");
+}
+
+// delete and bounce: a queue id, or ALL and one client's name (never ALL alone: every message of
+// every client is not one request away).
+TEST(ControlRequest, DeleteAndBounceTable) {
+  using C = ControlRequest::Command;
+  struct Case {
+    const char* line;
+    bool ok;
+    C cmd;
+    const char* arg;
+    const char* client;
+  } cases[] = {
+      {"delete 0197a3c5e4f20001", true, C::Delete, "0197a3c5e4f20001", ""},
+      {"bounce 0197a3c5e4f20001\r\n", true, C::Bounce, "0197a3c5e4f20001", ""},
+      {"delete ALL home", true, C::Delete, "ALL", "home"},
+      {"bounce  ALL\thome ", true, C::Bounce, "ALL", "home"},
+      {"delete", false, {}, "", ""},
+      {"bounce", false, {}, "", ""},
+      {"delete ALL", false, {}, "", ""},
+      {"bounce ALL", false, {}, "", ""},
+      {"delete all home", false, {}, "", ""},
+      {"delete 0197a3c5e4f20001 home", false, {}, "", ""},
+      {"delete ALL home office", false, {}, "", ""},
+      {"DELETE 0197a3c5e4f20001", false, {}, "", ""},
+      {"bounce a\x7f", false, {}, "", ""},
+      {"hostkey home", true, C::Hostkey, "home", ""},
+      {"hostkey", false, {}, "", ""},
+      {"hostkey home office", false, {}, "", ""},
+  };
+  for (auto& c : cases) {
+    auto r = parseControlRequest(c.line);
+    ASSERT_EQ(r.ok(), c.ok) << c.line << (r.ok() ? "" : ": " + r.error().message);
+    if (!c.ok) continue;
+    EXPECT_EQ(r->command, c.cmd) << c.line;
+    EXPECT_EQ(r->arg, c.arg) << c.line;
+    EXPECT_EQ(r->client, c.client) << c.line;
+  }
+  EXPECT_EQ(parseControlRequest("delete ALL").error().message,
+            "delete ALL: expected a client name (ALL means every message of one client)");
+  EXPECT_EQ(parseControlRequest("bounce").error().message,
+            "bounce: expected a queue id, or ALL and a client name");
+  EXPECT_EQ(parseControlRequest("status now").error().message,
+            "status: expected no argument or \"fields\", got \"now\"");
+}
+
+// `status fields` records: values with spaces, '%', control bytes and nothing at all survive.
+TEST(ControlStatus, RecordsRoundTrip) {
+  std::vector<StatusRecord> recs = {
+      {"daemon", {{"state", "running"}, {"clients", "2"}, {"version", "0.9.0"}}},
+      {"client",
+       {{"name", "alpha"},
+        {"address", "mx.alpha.test[192.0.2.7]:22"},
+        {"last_error", "connect to 192.0.2.7:22: 100% gone\tfor\r\nnow"},
+        {"kex", ""}}},
+      {"notifications", {}},
+  };
+  for (auto& r : recs) {
+    auto text = formatStatusRecord(r);
+    EXPECT_EQ(text.find_first_of("\t\r\n"), std::string::npos) << text;
+    auto back = parseStatusRecord(text);
+    ASSERT_TRUE(back.ok()) << text << ": " << back.error().message;
+    EXPECT_EQ(*back, r) << text;
+  }
+  EXPECT_EQ(formatStatusRecord(recs[1]),
+            "client name=alpha address=mx.alpha.test[192.0.2.7]:22 "
+            "last_error=connect%20to%20192.0.2.7:22:%20100%25%20gone%09for%0D%0Anow kex=");
+  ASSERT_NE(recs[1].get("address"), nullptr);
+  EXPECT_EQ(*recs[1].get("address"), "mx.alpha.test[192.0.2.7]:22");
+  EXPECT_EQ(recs[1].get("nothing"), nullptr);
+}
+
+TEST(ControlStatus, ParserRefusesWhatIsNotARecord) {
+  for (const char* bad : {"", " client", "client  name=a", "client name", "client =a",
+                          "client na-me=a", "client name=a%2", "client name=a%zz", "cli-ent name=a",
+                          "client name=a\x01", "client name=a "}) {
+    EXPECT_FALSE(parseStatusRecord(bad).ok()) << bad;
+  }
 }
 
 TEST(ControlReply, FramingRoundTrips) {

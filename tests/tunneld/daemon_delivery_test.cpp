@@ -18,6 +18,7 @@
 #include <fstream>
 #include <gtest/gtest.h>
 #include <set>
+#include <sstream>
 
 #include "shared/spool.hpp"
 #include "tests/harness/test_sshd.hpp"
@@ -749,4 +750,348 @@ TEST_F(DaemonTest, SwitchesToTunneldUserAndStillDelivers) {
   EXPECT_EQ(daemon->wait(), 0);
   EXPECT_FALSE(std::filesystem::exists(run + "/tunneld.pid"));
   (void)id;
+}
+
+// ---- dynmxctl status --json, delete and bounce ----------------------------------------------
+
+namespace {
+
+// Runs python3 `check` with the JSON on stdin and `args`; its exit status (0: every assert held).
+int checkJson(const std::string& json, const std::string& check,
+              const std::vector<std::string>& args = {}) {
+  std::vector<std::string> argv{"/usr/bin/python3", "-c", check};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::string out;
+  int rc = runCommand(argv, &out, json);
+  if (rc != 0) std::cerr << out;
+  return rc;
+}
+
+// The pids of our dynmx-test-smtpd processes writing into `maildir` (found in /proc by their
+// command line: the test started them, through its sshd).
+std::vector<pid_t> farEndPids(const std::string& maildir) {
+  std::vector<pid_t> pids;
+  for (auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmd = readFile(e.path() / "cmdline");
+    if (contains(cmd, "dynmx-test-smtpd") && contains(cmd, maildir) && !contains(cmd, "sshd"))
+      pids.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return pids;
+}
+
+}  // namespace
+
+// status --json: valid JSON (python3's parser) with the documented fields, for a connected client
+// and for a client found only in the spool.
+TEST_F(DaemonTest, StatusAsJsonHasTheDocumentedFields) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  spool("Subject: ghost\r\n\r\nhi\r\n", {"bob@ghost.test"}, "sender@origin.test", "ghost");
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "client ghost: not configured"); }, kLong))
+      << status();
+  auto json = ctl({"status", "--json"});
+  ASSERT_EQ(json.first, 0) << json.second;
+  const char* check =
+      "import json, sys, datetime\n"
+      "d = json.load(sys.stdin)\n"
+      "assert d['daemon']['state'] == 'running', d\n"
+      "assert d['daemon']['clients'] == 1 and d['daemon']['version'], d\n"
+      "assert d['notifications'] == {'waiting': 0}, d\n"
+      "c = {c['name']: c for c in d['clients']}\n"
+      "a = c['alpha']\n"
+      "assert a['configured'] is True and a['state'] == 'connected', a\n"
+      "assert a['address'].endswith(':' + sys.argv[1]), a\n"
+      "t = datetime.datetime.strptime(a['connected_since'], '%Y-%m-%dT%H:%M:%SZ')\n"
+      "assert int(t.replace(tzinfo=datetime.timezone.utc).timestamp()) == "
+      "a['connected_since_unix'], a\n"
+      "assert a['next_attempt'] is None and a['next_attempt_unix'] is None, a\n"
+      "assert set(a['ssh']) == {'kex', 'hostkey', 'cipher', 'mac'}, a\n"
+      "assert a['ssh']['hostkey'] == 'ssh-ed25519', a\n"
+      "assert a['host_key']['presented'].startswith('SHA256:'), a\n"
+      "assert a['last_error'] is None, a\n"
+      "assert isinstance(a['failures'], int) and isinstance(a['channels'], int), a\n"
+      "assert set(a['queue']) == {'active', 'deferred', 'hold', 'in_flight', 'oldest_arrival',"
+      " 'oldest_arrival_unix'}, a\n"
+      "g = c['ghost']\n"
+      "assert g['configured'] is False and g['state'] == 'not-configured', g\n"
+      "assert g['queue']['active'] + g['queue']['deferred'] == 1, g\n"
+      "assert g['queue']['oldest_arrival_unix'] > 0, g\n"
+      "assert g['ssh'] is None and g['address'] is None, g\n";
+  EXPECT_EQ(checkJson(json.second, check, {std::to_string(sshd->port())}), 0) << json.second;
+}
+
+// delete: the message is gone from the queue and the spool, the log says who deleted it, and
+// nobody is told; for one id and for ALL of a client.
+TEST_F(DaemonTest, DeleteRemovesMailWithoutTellingTheSender) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  sshd->stop();
+  startDaemon();
+  std::string one = spool("Subject: one\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  std::string two = spool("Subject: two\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  std::string three = spool("Subject: three\r\n\r\nhi\r\n", {"carol@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(ctl({"queue"}).second, three); }, kLong));
+  ASSERT_EQ(ctl({"hold", two}).first, 0);
+  auto d = ctl({"delete", one});
+  ASSERT_EQ(d.first, 0) << d.second;
+  EXPECT_EQ(d.second, one + ": deleted\n");
+  EXPECT_FALSE(contains(ctl({"queue"}).second, one));
+  EXPECT_EQ(spooled(), 2u);
+  EXPECT_TRUE(contains(log(), one +
+                                  ": from=<sender@origin.test>, client=alpha, pending=1, "
+                                  "status=deleted by uid " +
+                                  std::to_string(geteuid())))
+      << log();
+  std::string err;
+  EXPECT_EQ(runCommand({"/bin/sh", "-c", "exec \"$@\" 2>&1", "sh", bin + "/dynmxctl", "-s", sock(),
+                        "delete", one},
+                       &err),
+            1);
+  EXPECT_EQ(err, "dynmxctl: no message " + one + " in the queue\n");
+  EXPECT_EQ(ctl({"delete", "ALL", "nosuchclient"}).first, 1);
+  EXPECT_EQ(ctl({"delete", "ALL"}).first, 64);
+  auto all = ctl({"delete", "ALL", "alpha"});  // the held one too
+  ASSERT_EQ(all.first, 0) << all.second;
+  EXPECT_TRUE(contains(all.second, two + ": deleted")) << all.second;
+  EXPECT_TRUE(contains(all.second, three + ": deleted")) << all.second;
+  EXPECT_EQ(spooled(), 0u);
+  // The client comes back: nothing is delivered, nobody was told.
+  sshd->start();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  EXPECT_EQ(ctl({"flush", "alpha"}).first, 0);
+  EXPECT_EQ(delivered(), 0u);
+  EXPECT_TRUE(bounces().empty());
+  EXPECT_TRUE(contains(ctl({"delete", "ALL", "alpha"}).second, "client alpha: no mail"));
+}
+
+// bounce: the sender gets an RFC 3464 report now (through tunneld.sendmail, from <>), the
+// message leaves the queue; a sender <> gets nothing; a notification cannot be bounced.
+TEST_F(DaemonTest, BounceReturnsMailToItsSenderNow) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  sshd->stop();
+  startDaemon();
+  std::string one = spool("Subject: one\r\n\r\nhi\r\n", {"bob@alpha.test", "carol@alpha.test"});
+  std::string two = spool("Subject: two\r\n\r\nhi\r\n", {"dave@alpha.test"}, "other@origin.test");
+  std::string null = spool("Subject: null\r\n\r\nhi\r\n", {"erin@alpha.test"}, "");
+  ASSERT_TRUE(waitFor([&] { return contains(ctl({"queue"}).second, null); }, kLong));
+  auto b = ctl({"bounce", one});
+  ASSERT_EQ(b.first, 0) << b.second;
+  EXPECT_EQ(b.second, one + ": returned to sender\n");
+  ASSERT_TRUE(waitFor([&] { return bounces().size() == 1; }, kLong)) << log();
+  std::string report = readFile(bounces()[0]);
+  std::string args = readFile(bounces()[0].substr(0, bounces()[0].size() - 4) + ".args");
+  EXPECT_EQ(args, "-oi\n-f\n<>\n--\nsender@origin.test\n");
+  EXPECT_TRUE(contains(report, "report-type=delivery-status")) << report;
+  EXPECT_TRUE(contains(report, "Final-Recipient: rfc822; bob@alpha.test")) << report;
+  EXPECT_TRUE(contains(report, "Final-Recipient: rfc822; carol@alpha.test")) << report;
+  EXPECT_TRUE(contains(report, "Action: failed")) << report;
+  EXPECT_TRUE(contains(report, "Status: 5.0.0")) << report;
+  EXPECT_TRUE(contains(report, "returned to the sender by the mail administrator")) << report;
+  EXPECT_TRUE(contains(report, "Subject: one")) << report;
+  EXPECT_TRUE(contains(log(), "status=bounced by uid " + std::to_string(geteuid()))) << log();
+  EXPECT_FALSE(contains(ctl({"queue"}).second, one));
+  // ALL of the client: the other sender is told, the null sender's mail just goes.
+  auto all = ctl({"bounce", "ALL", "alpha"});
+  ASSERT_EQ(all.first, 0) << all.second;
+  EXPECT_TRUE(contains(all.second, two + ": returned to sender")) << all.second;
+  EXPECT_TRUE(contains(all.second, null + ": deleted (the sender is <>")) << all.second;
+  ASSERT_TRUE(waitFor([&] { return bounces().size() == 2 && spooled() == 0; }, kLong)) << log();
+  EXPECT_EQ(delivered(), 0u);
+}
+
+// A message whose attempt is under way is not taken from under the delivery: delete says so and
+// acts when the attempt ends (here: the far end dies before it answers the final dot).
+TEST_F(DaemonTest, DeleteOfAMessageInFlightActsWhenTheAttemptEnds) {
+  startSshd(smtpd() + " --maildir " + maildir() + " --stall dot");
+  writeConfig();
+  startDaemon();
+  std::string id = spool("Subject: stuck\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "in flight 1"); }, kLong)) << status();
+  auto d = ctl({"delete", id});
+  ASSERT_EQ(d.first, 0) << d.second;
+  EXPECT_TRUE(contains(d.second, id + ": being delivered now; deleted when the attempt ends"))
+      << d.second;
+  EXPECT_EQ(spooled(), 1u);
+  EXPECT_TRUE(contains(ctl({"queue"}).second, id + " in-flight"));
+  auto pids = farEndPids(maildir());
+  ASSERT_FALSE(pids.empty());
+  for (pid_t p : pids) kill(p, SIGKILL);
+  ASSERT_TRUE(waitFor([&] { return spooled() == 0; }, kLong)) << status();
+  EXPECT_TRUE(contains(log(), id + ": from=<sender@origin.test>, client=alpha, pending=1, "
+                                   "status=deleted by uid"))
+      << log();
+  EXPECT_TRUE(bounces().empty());
+  EXPECT_EQ(delivered(), 0u);
+}
+
+// ---- dynmxctl trust ----------------------------------------------------------------------------
+
+namespace {
+
+// "SHA256:..." of a public key file, as its administrator reads it (ssh-keygen -lf).
+std::string sshKeygenFingerprint(const std::string& pub) {
+  std::string out;
+  runCommand({"/usr/bin/ssh-keygen", "-l", "-E", "sha256", "-f", pub}, &out);
+  size_t at = out.find("SHA256:");
+  return at == std::string::npos ? "" : out.substr(at, out.find(' ', at) - at);
+}
+
+}  // namespace
+
+// The client's new host key is taken only for the fingerprint typed: a wrong one changes nothing;
+// the right one replaces the client's (hashed, as ssh-keygen -H leaves it) entry in known_hosts,
+// keeps the other hosts' lines, and the mail goes.
+TEST_F(DaemonTest, TrustTakesTheNewHostKeyOnlyForTheTypedFingerprint) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  std::string kh = dir / "known_hosts";
+  std::string other =
+      "mx.other.test ssh-ed25519 "
+      "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+  writeFile(kh, sshd->knownHostsLine() + "\n" + other + "\n");
+  ASSERT_EQ(runCommand({"/usr/bin/ssh-keygen", "-q", "-H", "-f", kh}), 0);
+  std::string hashed = readFile(kh);
+  ASSERT_EQ(hashed.rfind("|1|", 0), 0u) << hashed;
+  writeConfig();
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  KeyPair right = sshd->hostKey();
+  KeyPair stranger = generateKey(dir / "new_host_key");
+  sshd->restartWithHostKey(stranger);
+  spool("Subject: after the new key\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "host-key-mismatch"); }, kLong)) << status();
+  std::string fp_new = sshKeygenFingerprint(stranger.private_path + ".pub");
+  std::string fp_old = sshKeygenFingerprint(right.private_path + ".pub");
+  ASSERT_FALSE(fp_new.empty());
+  // status --json says what is in question.
+  auto json = ctl({"status", "--json"});
+  ASSERT_EQ(json.first, 0) << json.second;
+  EXPECT_EQ(
+      checkJson(json.second,
+                "import json, sys\n"
+                "a = json.load(sys.stdin)['clients'][0]\n"
+                "assert a['state'] == 'host-key-mismatch', a\n"
+                "assert a['host_key'] == {'presented': sys.argv[1], 'expected': sys.argv[2]}, "
+                "a\n"
+                "assert a['last_error'].startswith('host key mismatch'), a\n",
+                {fp_new, fp_old}),
+      0)
+      << json.second;
+  auto trust = [&](const std::string& fp) {
+    std::string out;
+    int rc = runCommand({"/bin/sh", "-c", "exec \"$@\" 2>&1", "sh", bin + "/dynmxctl", "-c",
+                         dir / "dynmx.toml", "trust", "alpha", fp},
+                        &out);
+    return std::make_pair(rc, out);
+  };
+  // The old key's fingerprint (what an attacker would hope is typed without looking): refused.
+  auto wrong = trust(fp_old);
+  EXPECT_EQ(wrong.first, 65) << wrong.second;
+  EXPECT_EQ(wrong.second, "dynmxctl: trust: client alpha presents ssh-ed25519 " + fp_new +
+                              ", not the " + fp_old + " you typed; nothing changed\n");
+  EXPECT_EQ(readFile(kh), hashed);
+  EXPECT_EQ(trust("SHA256:short").first, 64);
+  EXPECT_EQ(readFile(kh), hashed);
+  EXPECT_EQ(delivered(), 0u);
+  // The right one.
+  auto ok = trust(fp_new);
+  ASSERT_EQ(ok.first, 0) << ok.second;
+  EXPECT_TRUE(contains(ok.second, "1 line(s) for [127.0.0.1]:" + std::to_string(sshd->port()) +
+                                      " removed, ssh-ed25519 " + fp_new + " added (hashed)"))
+      << ok.second;
+  EXPECT_TRUE(contains(ok.second, "client alpha: reconnecting")) << ok.second;
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+  // What OpenSSH reads in the file now: the new key for the client, the other host's line kept.
+  std::string found;
+  runCommand({"/usr/bin/ssh-keygen", "-F", "[127.0.0.1]:" + std::to_string(sshd->port()), "-f", kh},
+             &found);
+  std::string pub = readFile(stranger.private_path + ".pub");
+  std::string b64 = pub.substr(pub.find(' ') + 1);
+  b64 = b64.substr(0, b64.find_first_of(" \n"));
+  EXPECT_TRUE(contains(found, b64)) << found;
+  std::string now = readFile(kh);
+  EXPECT_EQ(std::count(now.begin(), now.end(), '\n'), 2) << now;
+  found.clear();
+  runCommand({"/usr/bin/ssh-keygen", "-F", "mx.other.test", "-f", kh}, &found);
+  EXPECT_TRUE(
+      contains(found, "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"))
+      << now;
+}
+
+// A client pinned with host_key: trust prints the line for the configuration and changes nothing.
+TEST_F(DaemonTest, TrustOfAPinnedClientPrintsTheConfigurationLine) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  std::string line = sshd->knownHostsLine();
+  writeConfig("", "host_key = \"" + line.substr(line.find(' ') + 1) + "\"\n");
+  startDaemon();
+  ASSERT_TRUE(waitFor([&] { return connected(); }, kLong)) << status();
+  EXPECT_EQ(ctl({"hostkey", "alpha"}).first, 1);  // nothing in question while it verifies
+  KeyPair stranger = generateKey(dir / "new_host_key");
+  sshd->restartWithHostKey(stranger);
+  ASSERT_TRUE(waitFor([&] { return contains(status(), "host-key-mismatch"); }, kLong)) << status();
+  std::string conf = readFile(dir / "dynmx.toml"), kh = readFile(dir / "known_hosts");
+  auto r = ctl({"-c", dir / "dynmx.toml", "trust", "alpha",
+                sshKeygenFingerprint(stranger.private_path + ".pub")});
+  ASSERT_EQ(r.first, 0) << r.second;
+  std::string pub = readFile(stranger.private_path + ".pub");
+  std::string key = pub.substr(0, pub.find(' ', pub.find(' ') + 1));
+  EXPECT_TRUE(contains(r.second, "is pinned with host_key in " + dir / "dynmx.toml")) << r.second;
+  EXPECT_TRUE(contains(r.second, "\nhost_key = \"" + key + "\"\n")) << r.second;
+  EXPECT_EQ(readFile(dir / "dynmx.toml"), conf);
+  EXPECT_EQ(readFile(dir / "known_hosts"), kh);
+}
+
+// ---- dynmxctl add-client -----------------------------------------------------------------------
+
+// The authorized_keys line add-client prints works as printed: installed in sshd, the tunnel logs
+// in through it (restrict, from= with the MX's address, the tunnel's key) and delivers into the
+// forced command. The far end here is dynmx-test-smtpd behind --sendmail (a script that ignores
+// -bs). The [[client]] block it prints passes --check-config once added.
+TEST_F(DaemonTest, AddClientsAuthorizedKeysLineLetsTheTunnelDeliver) {
+  // Before the client exists: the configuration has the tunnel's identity and no client yet.
+  writeFile(dir / "before.toml", "[spool]\ndir = \"" + spooldir() +
+                                     "\"\n[tunneld]\nhostname = \"mx.test\"\nidentity = \"" +
+                                     key.private_path + "\"\n");
+  std::string farend = dir / "farend.sh";
+  writeFile(farend, "#!/bin/sh\nexec " + smtpd() + " --maildir " + maildir() + "\n", 0755);
+  auto printed = ctl({"-c", dir / "before.toml", "add-client", "alpha", "127.0.0.1", "--from",
+                      "127.0.0.1", "--sendmail", farend, "--user", sshd->user()});
+  ASSERT_EQ(printed.first, 0) << printed.second;
+  std::string line;
+  std::istringstream in(printed.second);
+  for (std::string l; std::getline(in, l);)
+    if (l.rfind("restrict,", 0) == 0) line = l;
+  std::string expected = "restrict,command=\"" + farend + " -bs\",from=\"127.0.0.1\" " +
+                         key.public_line + " dynmx@mx.test";
+  EXPECT_EQ(line, expected) << printed.second;
+  EXPECT_TRUE(contains(printed.second, "define(`confTRUSTED_USERS', `" + sshd->user() + "')dnl\n"))
+      << printed.second;
+  EXPECT_TRUE(contains(printed.second, "\nssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub\n"));
+  EXPECT_TRUE(contains(printed.second, "Postfix's sendmail -bs adds no such warning"));
+  EXPECT_FALSE(contains(printed.second, "PRIVATE KEY"));
+  sshd->authorizeLine(line);
+  sshd->start();
+  writeFile(dir / "known_hosts", sshd->knownHostsLine() + "\n");
+  writeConfig();
+  startDaemon();
+  spool("Subject: through the printed line\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+
+  // Without --from: this host's addresses, never loopback; the block for a new client is valid.
+  auto other = ctl({"-c", dir / "before.toml", "add-client", "gamma", "gamma.example.net"});
+  if (other.first == 64) GTEST_SKIP() << "no non-loopback address on this machine";
+  ASSERT_EQ(other.first, 0) << other.second;
+  EXPECT_TRUE(contains(other.second, "from this host's interfaces")) << other.second;
+  EXPECT_FALSE(contains(other.second, "127.0.0.1")) << other.second;
+  EXPECT_FALSE(contains(other.second, "\"::1")) << other.second;
+  std::string block = other.second.substr(other.second.find("[[client]]"));
+  writeFile(dir / "with-gamma.toml", readFile(dir / "dynmx.toml") + "\n" + block);
+  std::string out;
+  EXPECT_EQ(runCommand({bin + "/dynmxctl", "-c", dir / "with-gamma.toml", "--check-config"}, &out),
+            0)
+      << out << block;
 }

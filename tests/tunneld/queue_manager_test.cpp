@@ -903,5 +903,75 @@ TEST_F(QueueTest, NextWakeupFollowsChanges) {
   EXPECT_EQ(qm_->nextWakeup(), kT0 + 300);
 }
 
+// dynmxctl bounce of a message in flight: what the attempt delivers stays delivered, the rest is
+// returned to the sender when it ends (only those recipients in the report, Status 5.0.0).
+TEST_F(QueueTest, BounceInFlightReturnsWhatTheAttemptLeftPending) {
+  std::string id = commit({"bob@b.example", "carol@b.example"});
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  auto rep = qm_->dispose(Disposal::Bounce, id, "uid 0 (root)", kT0 + 1);
+  ASSERT_TRUE(rep.ok());
+  EXPECT_EQ(rep->failed, 0u);
+  EXPECT_EQ(rep->lines, std::vector<std::string>{id + ": being delivered now; returned to sender "
+                                                      "when the attempt ends (what it delivers "
+                                                      "stays delivered)"});
+  EXPECT_EQ(bounces_.calls, 0);
+  qm_->finish(std::move(*job),
+              results(*job, {{Outcome::Delivered, "250 ok"}, {Outcome::Deferred, "451 later"}}),
+              relay_, kT0 + 2);
+  ASSERT_EQ(bounces_.sent.size(), 1u);
+  const std::string& text = bounces_.sent[0].text;
+  EXPECT_EQ(bounces_.sent[0].rcpt, "alice@a.example");
+  EXPECT_NE(text.find("Final-Recipient: rfc822; carol@b.example"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Final-Recipient: rfc822; bob@b.example"), std::string::npos) << text;
+  EXPECT_NE(text.find("Status: 5.0.0"), std::string::npos) << text;
+  EXPECT_TRUE(logged(id + ": to=<bob@b.example>")) << "the delivery is logged as such";
+  EXPECT_TRUE(logged("status=bounced by uid 0 (root) (dynmxctl bounce)"));
+  EXPECT_EQ(total(), 0u);
+}
+
+// A report that cannot be spooled: the bounce fails, nothing changes, a later one works.
+TEST_F(QueueTest, BounceWhoseNotificationCannotBeSpooledChangesNothing) {
+  std::string id = commit({"bob@b.example"});
+  qm_->start(kT0);
+  fs_.failOpensFor(spool_->stateDir(QueueState::Tmp) + "/");
+  auto rep = qm_->dispose(Disposal::Bounce, id, "uid 0 (root)", kT0);
+  ASSERT_TRUE(rep.ok());
+  EXPECT_EQ(rep->failed, 1u);
+  ASSERT_EQ(rep->lines.size(), 1u);
+  EXPECT_NE(rep->lines[0].find("nothing changed"), std::string::npos) << rep->lines[0];
+  EXPECT_EQ(bounces_.calls, 0);
+  EXPECT_EQ(qm_->listQueue().size(), 1u);
+  fs_.failOpensFor("");
+  ASSERT_TRUE(qm_->nextJob("c1", kT0));  // still deliverable; in flight now
+}
+
+// Notifications: deleted like any message, never bounced; ALL of an unknown client is an error,
+// ALL of a configured client without mail is not.
+TEST_F(QueueTest, DisposalOfNotificationsAndOfAllOfAClient) {
+  commit({"bob@b.example"}, "alice@a.example", kT0, "c1", {});
+  bounces_.fail = true;  // the notification stays spooled
+  qm_->start(kT0);
+  auto job = qm_->nextJob("c1", kT0);
+  ASSERT_TRUE(job);
+  qm_->finish(std::move(*job), results(*job, {{Outcome::Failed, "550 5.1.1 no"}}), relay_, kT0);
+  auto lines = qm_->listQueue();
+  ASSERT_EQ(lines.size(), 1u);
+  std::string nid = lines[0].substr(0, lines[0].find(' '));
+  auto b = qm_->dispose(Disposal::Bounce, nid, "uid 0 (root)", kT0 + 1);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->failed, 1u);
+  auto all = qm_->disposeAll(Disposal::Delete, kBounceClient, "uid 0 (root)", kT0 + 1);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->lines, std::vector<std::string>{nid + ": deleted"});
+  EXPECT_EQ(total(), 0u);
+  EXPECT_FALSE(qm_->disposeAll(Disposal::Delete, "nosuch", "uid 0 (root)", kT0).ok());
+  auto none = qm_->disposeAll(Disposal::Bounce, "c1", "uid 0 (root)", kT0);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->lines, std::vector<std::string>{"client c1: no mail in the queue"});
+  EXPECT_FALSE(qm_->dispose(Disposal::Delete, nid, "uid 0 (root)", kT0).ok());
+}
+
 }  // namespace
 }  // namespace dynmx::tunneld

@@ -18,12 +18,15 @@ CommandClass commandClass(ControlRequest::Command c) {
     case C::Queue:
     case C::Leases:
     case C::Metrics:
+    case C::Hostkey:
       return CommandClass::ReadOnly;
     case C::Flush:
     case C::Hold:
     case C::Release:
     case C::Reload:
     case C::Revoke:
+    case C::Delete:
+    case C::Bounce:
       return CommandClass::ChangesState;
     case C::Checkin:
       return CommandClass::Checkin;
@@ -54,6 +57,12 @@ const char* commandName(ControlRequest::Command c) {
       return "checkin";
     case C::Metrics:
       return "metrics";
+    case C::Delete:
+      return "delete";
+    case C::Bounce:
+      return "bounce";
+    case C::Hostkey:
+      return "hostkey";
   }
   return "?";
 }
@@ -85,6 +94,16 @@ std::optional<std::string> controlAccess(const ControlAccessRules& rules, const 
                                        : " " + rules.checkin_user) +
            ", root or the daemon's user";
   return "not permitted: " + cmd + " changes state: root or the daemon's user only";
+}
+
+std::string peerName(const ControlPeer& peer) {
+  std::string s = "uid " + std::to_string(static_cast<long>(peer.uid));
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (getpwuid_r(peer.uid, &pw, buf.data(), buf.size(), &found) == 0 && found)
+    s += std::string(" (") + pw.pw_name + ")";
+  return s;
 }
 
 Result<ControlPeer> peerCredentials(int fd) {

@@ -3,9 +3,10 @@
 // The socket's mode and group (control_mode, control_group) decide who may connect at all; the
 // peer's credentials decide what it may do once connected (issue "the admin socket checks who
 // asks", dynmxctl(8) ACCESS):
-//   - commands that only look (status, queue, leases, metrics): root, the daemon's own user, and
-//     members of the control group (primary or supplementary);
-//   - commands that change state (flush, hold, release, reload): root and the daemon's own user;
+//   - commands that only look (status, queue, leases, metrics, hostkey): root, the daemon's own
+//     user, and members of the control group (primary or supplementary);
+//   - commands that change state (flush, hold, release, reload, revoke, delete, bounce): root and
+//     the daemon's own user;
 //   - checkin: the check-in account ([relay] checkin_user), root and the daemon's own user;
 //   - the check-in account may check in and nothing else, whatever groups it is in.
 // controlAccess() is the policy: a pure function of the rules, the peer and the command, tested
@@ -47,6 +48,9 @@ const char* commandName(ControlRequest::Command c);  // "status", "checkin", ...
 // who may run it.
 std::optional<std::string> controlAccess(const ControlAccessRules& rules, const ControlPeer& peer,
                                          ControlRequest::Command command);
+
+// "uid N (NAME)" (or "uid N" without a passwd entry), for the log lines of what a peer did.
+std::string peerName(const ControlPeer& peer);
 
 // SO_PEERCRED of a connected Unix socket, with the supplementary groups of that uid's user
 // (getgrouplist; none when the uid has no passwd entry).

@@ -51,14 +51,16 @@ bool decimal(std::string_view s, int64_t& out) {
 
 namespace {
 
-// Every command, with how many arguments it takes.
+// Every command, with how many arguments it takes (and, when the count alone does not say it,
+// what the refusal says is expected).
 struct CommandSpec {
   std::string_view name;
   ControlRequest::Command command;
   size_t min_args, max_args;
+  const char* expects = nullptr;
 };
 constexpr CommandSpec kCommands[] = {
-    {"status", ControlRequest::Command::Status, 0, 0},
+    {"status", ControlRequest::Command::Status, 0, 1, "no argument or \"fields\""},
     {"queue", ControlRequest::Command::Queue, 0, 0},
     {"flush", ControlRequest::Command::Flush, 0, 1},
     {"hold", ControlRequest::Command::Hold, 1, 1},
@@ -67,10 +69,14 @@ constexpr CommandSpec kCommands[] = {
     {"leases", ControlRequest::Command::Leases, 0, 0},
     {"revoke", ControlRequest::Command::Revoke, 1, 1},
     {"checkin", ControlRequest::Command::Checkin, 2, 2},
-    {"metrics", ControlRequest::Command::Metrics, 0, 0},
+    {"metrics", ControlRequest::Command::Metrics, 0, 0, nullptr},
+    {"delete", ControlRequest::Command::Delete, 1, 2, "a queue id, or ALL and a client name"},
+    {"bounce", ControlRequest::Command::Bounce, 1, 2, "a queue id, or ALL and a client name"},
+    {"hostkey", ControlRequest::Command::Hostkey, 1, 1, "a client name"},
 };
 constexpr const char* kExpected =
-    "expected status, queue, flush, hold, release, reload, leases, revoke, checkin or metrics";
+    "expected status, queue, flush, hold, release, reload, leases, revoke, checkin, metrics, "
+    "delete, bounce or hostkey";
 
 // The words of a request line, split at spaces and tabs.
 std::vector<std::string_view> splitWords(std::string_view line) {
@@ -90,7 +96,8 @@ std::vector<std::string_view> splitWords(std::string_view line) {
 Status checkArgCount(const CommandSpec& c, size_t n) {
   if (n >= c.min_args && n <= c.max_args) return {};
   return Error{0, std::string(c.name) + ": expected " +
-                      (c.max_args == 0   ? "no argument"
+                      (c.expects         ? c.expects
+                       : c.max_args == 0 ? "no argument"
                        : c.max_args == 2 ? "a client name and an address"
                        : c.min_args == 0 ? "at most one argument"
                                          : "one argument")};
@@ -109,6 +116,24 @@ Status parseAddresses(ControlRequest& r, const std::vector<std::string_view>& wo
       return Error{
           0, "checkin: expected an IPv4 or IPv6 address, got \"" + std::string(words[2]) + "\""};
     r.address = *a;
+  }
+  return {};
+}
+
+// The arguments whose form the count does not settle: status's word, delete's and bounce's ALL.
+Status checkWords(ControlRequest& r, const std::vector<std::string_view>& words) {
+  using C = ControlRequest::Command;
+  if (r.command == C::Status && words.size() == 2 && words[1] != "fields")
+    return Error{0, "status: expected no argument or \"fields\", got \"" + r.arg + "\""};
+  if (r.command != C::Delete && r.command != C::Bounce) return {};
+  std::string name = r.command == C::Delete ? "delete" : "bounce";
+  if (words.size() == 3) {
+    if (words[1] != "ALL")
+      return Error{0, name + ": expected a queue id, or ALL and a client name; got \"" + r.arg +
+                          " " + std::string(words[2]) + "\""};
+    r.client = std::string(words[2]);
+  } else if (words[1] == "ALL") {
+    return Error{0, name + " ALL: expected a client name (ALL means every message of one client)"};
   }
   return {};
 }
@@ -133,6 +158,7 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
   r.command = spec->command;
   if (words.size() > 1) r.arg = std::string(words[1]);
   if (auto st = parseAddresses(r, words); !st) return st.error();
+  if (auto st = checkWords(r, words); !st) return st.error();
   return r;
 }
 
@@ -236,6 +262,86 @@ Result<QueueLine> parseQueueLine(std::string_view line) {
     rest.remove_prefix(end + 2);
   }
   return q;
+}
+
+namespace {
+
+bool recordName(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
+      return false;
+  return true;
+}
+
+int hexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+}  // namespace
+
+const std::string* StatusRecord::get(std::string_view key) const {
+  for (const auto& [k, v] : fields)
+    if (k == key) return &v;
+  return nullptr;
+}
+
+std::string formatStatusRecord(const StatusRecord& r) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out = r.kind;
+  for (const auto& [k, v] : r.fields) {
+    out += ' ';
+    out += k;
+    out += '=';
+    for (unsigned char c : v) {
+      if (c <= 0x20 || c == 0x7f || c == '%') {
+        out += '%';
+        out += kHex[c >> 4];
+        out += kHex[c & 15];
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+  }
+  return out;
+}
+
+Result<StatusRecord> parseStatusRecord(std::string_view line) {
+  auto bad = [&](const char* why) {
+    return Error{0,
+                 std::string("status line \"") + std::string(line.substr(0, 200)) + "\": " + why};
+  };
+  StatusRecord r;
+  size_t sp = line.find(' ');
+  r.kind = std::string(line.substr(0, sp));
+  if (!recordName(r.kind)) return bad("expected a kind");
+  while (sp != std::string_view::npos) {
+    line.remove_prefix(sp + 1);
+    sp = line.find(' ');
+    std::string_view field = line.substr(0, sp);
+    size_t eq = field.find('=');
+    if (eq == std::string_view::npos || !recordName(field.substr(0, eq)))
+      return bad("expected KEY=VALUE");
+    std::string value;
+    for (size_t i = eq + 1; i < field.size(); ++i) {
+      char c = field[i];
+      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return bad("unencoded byte");
+      if (c != '%') {
+        value += c;
+        continue;
+      }
+      int hi = i + 2 < field.size() ? hexValue(field[i + 1]) : -1;
+      int lo = hi >= 0 ? hexValue(field[i + 2]) : -1;
+      if (lo < 0) return bad("bad %HH escape");
+      value += static_cast<char>(hi * 16 + lo);
+      i += 2;
+    }
+    r.fields.emplace_back(std::string(field.substr(0, eq)), std::move(value));
+  }
+  return r;
 }
 
 std::string formatControlReply(const ControlReply& r) {

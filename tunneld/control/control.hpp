@@ -1,8 +1,16 @@
 // control.hpp: the admin socket of dynmx-tunneld and its line protocol (dynmxctl is the client).
 //
 // Protocol: one request per connection, one line (at most kMaxRequest octets, LF or CRLF):
-//   status | queue | flush [CLIENT] | hold ID | release ID | reload | leases | revoke ADDRESS
-//   | checkin CLIENT ADDRESS | metrics
+//   status [fields] | queue | flush [CLIENT] | hold ID | release ID | reload | leases
+//   | revoke ADDRESS | checkin CLIENT ADDRESS | metrics | delete ID | delete ALL CLIENT | bounce ID
+//   | bounce ALL CLIENT | hostkey CLIENT
+// `status` answers text for people; `status fields` the same facts as one StatusRecord per line
+// (dynmxctl status --json). `delete` removes messages from the spool without a notification,
+// `bounce` returns them to their sender now (an RFC 3464 report); ALL CLIENT means every message
+// of that client (see dynmxctl(8) for a message in flight). `hostkey CLIENT` answers one
+// StatusRecord "hostkey client= state= type= key=BASE64 fingerprint= expected= address=" with the
+// whole key the client presented while its state is host-key-mismatch or host-key-unknown, else
+// ERR (dynmxctl trust checks it against the fingerprint the administrator typed).
 // `leases` answers one body line per live relay lease, "ADDRESS CLIENT SOURCE GRANTED EXPIRES"
 // (times in unix seconds; dynmxctl shows them), then one "hold ADDRESS UNTIL" per hold-down;
 // `revoke` takes an IPv4 or IPv6 address (inet_pton forms only). `checkin` is dynmx-checkin's: a
@@ -22,6 +30,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "shared/fd.hpp"
@@ -43,12 +52,18 @@ struct ControlRequest {
     Leases,
     Revoke,
     Checkin,
-    Metrics
+    Metrics,
+    Delete,
+    Bounce,
+    Hostkey
   } command = Command::Status;
   // client name (flush, may be empty; checkin), queue id (hold, release) or address (revoke, as
   // parsed by InetAddr::parse and written back by InetAddr::str)
   std::string arg;
   InetAddr address;  // checkin: the client's address (InetAddr::parse, inet_pton only)
+  // delete, bounce: arg is a queue id, or "ALL" and `client` names whose messages. status: arg is
+  // "" or "fields".
+  std::string client;
 };
 
 // Parses one request line (without or with its line end). Errors name what was expected.
@@ -84,6 +99,20 @@ struct QueueLine {
 };
 std::string formatQueueLine(const QueueLine& q);
 Result<QueueLine> parseQueueLine(std::string_view line);
+// One body line of the `status fields` reply: a kind, then KEY=VALUE fields separated by single
+// spaces, e.g. "client name=alpha state=connected channels=2 last_error=connect%20to...". Values
+// are percent-encoded: '%', bytes up to 0x20 and 0x7f become %HH (so a value never holds a space);
+// an empty value is written "KEY=". Kinds and keys are letters, digits and '_' (dynmxctl(8) lists
+// them). The reader refuses anything else with an error naming the line.
+struct StatusRecord {
+  std::string kind;
+  std::vector<std::pair<std::string, std::string>> fields;
+  // The value of `key`, or nullptr when the record has no such field.
+  const std::string* get(std::string_view key) const;
+  bool operator==(const StatusRecord&) const = default;
+};
+std::string formatStatusRecord(const StatusRecord& r);
+Result<StatusRecord> parseStatusRecord(std::string_view line);
 // Parses a whole reply as read from the socket (for dynmxctl and tests).
 Result<ControlReply> parseControlReply(std::string_view text);
 

@@ -187,7 +187,9 @@ void writeRecipientStatus(std::string& m, const DsnInput& in, const DsnShape& d,
     line(m, "Original-Recipient: " + clean(type) + "; " + clean(xtextDecode(addr)));
   }
   line(m, d.failure ? "Action: failed" : "Action: delayed");
-  line(m, "Status: " + dsnStatus(r.reply, d.failure ? "4.4.7" : "4.0.0"));
+  std::string fallback = in.fallback_status;
+  if (fallback.empty()) fallback = d.failure ? "4.4.7" : "4.0.0";
+  line(m, "Status: " + dsnStatus(r.reply, fallback));
   bool remote_reply = replyCode(r.reply) != 0;
   if (remote_reply && !in.remote_mta.empty()) line(m, "Remote-MTA: dns; " + clean(in.remote_mta));
   if (remote_reply) {

@@ -35,6 +35,9 @@ struct DsnInput {
   int64_t will_retry_until = 0;  // Delay: arrival + queue_lifetime (0 leaves it out)
   std::string boundary;          // "" : derived from the queue id, time and host
   std::string message_id;        // without <>; "" : derived likewise (tests fix both)
+  // Status: of a recipient whose reply is not an SMTP reply ("" : 4.4.7 for a failure, as for
+  // expiry; 4.0.0 for a delay). A message returned by the administrator says 5.0.0.
+  std::string fallback_status;
 };
 
 // The original goes back whole (message/rfc822) in a failure report unless RET=HDRS or it is

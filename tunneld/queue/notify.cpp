@@ -41,8 +41,8 @@ std::string QueueManager::Impl::fromHeader() const {
 }
 
 // Builds the report about `idx` of e, commits it to the spool and tries to hand it over.
-bool QueueManager::Impl::notify(Entry& e, DsnKind kind, const std::vector<size_t>& idx,
-                                int64_t now) {
+bool QueueManager::Impl::notify(Entry& e, DsnKind kind, const std::vector<size_t>& idx, int64_t now,
+                                const std::string& fallback_status) {
   const SpoolMessage& m = e.msg;
   DsnInput in;
   in.kind = kind;
@@ -51,6 +51,7 @@ bool QueueManager::Impl::notify(Entry& e, DsnKind kind, const std::vector<size_t
   in.reporting_host = hostname;
   in.from_header = fromHeader();
   in.now = now;
+  in.fallback_status = fallback_status;
   if (const ClientConfig* cc = cfg.findClient(m.env.client)) in.remote_mta = cc->host;
   if (kind == DsnKind::Delay) {
     in.will_retry_until = m.env.arrival + policy(m.env.client).queue_lifetime.count();
@@ -166,6 +167,12 @@ void QueueManager::Impl::handoffDone(const std::string& id, const Status& sent, 
   }
   ds.next_attempt = now + retryDelay(p, ds.attempts, seconds(age)).count();
   logAttempt(e.msg, 0, "local", now, "deferred", sent.error().message);
+  if (e.disposal) {  // dynmxctl delete, asked during the hand-off
+    std::string why;
+    if (disposeNow(e, *e.disposal, e.disposal_by, now, &why)) return;
+    logf(LogLevel::Error, "%s: %s; deferred instead", id.c_str(), why.c_str());
+    e.disposal.reset();
+  }
   if (auto s = spool.recordDelivery(e.msg, ds); !s) {
     markStuck(e, s.error().message);
     return;

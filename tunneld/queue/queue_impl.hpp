@@ -61,6 +61,10 @@ struct QueueManager::Impl {
     bool stuck = false;      // a journal write failed: out of the schedule until restart
     int64_t due = 0;         // next attempt (Message) or hand-off (Notification)
     int64_t not_before = 0;  // housekeeping (expiry, warning) retry after a failure
+    // dynmxctl delete/bounce asked while in flight: done when the attempt ends (by whom, for the
+    // log).
+    std::optional<Disposal> disposal;
+    std::string disposal_by;
   };
 
   Spool& spool;
@@ -105,6 +109,11 @@ struct QueueManager::Impl {
   Status release(const std::string& id, int64_t now);
   std::vector<ClientQueueStatus> status() const;
   std::vector<std::string> listQueue() const;
+  Result<DisposalReport> dispose(Disposal d, const std::vector<std::string>& ids,
+                                 const std::string& who, int64_t now);
+  // Disposes of a message that is not in flight; false (reason in *why) when it could not be.
+  // The entry may be gone afterwards.
+  bool disposeNow(Entry& e, Disposal d, const std::string& who, int64_t now, std::string* why);
 
   // --- scheduler.cpp: what is due
   static bool schedulable(const Entry& e);
@@ -135,7 +144,8 @@ struct QueueManager::Impl {
 
   // --- notify.cpp: notifications
   std::string fromHeader() const;
-  bool notify(Entry& e, DsnKind kind, const std::vector<size_t>& idx, int64_t now);
+  bool notify(Entry& e, DsnKind kind, const std::vector<size_t>& idx, int64_t now,
+              const std::string& fallback_status = "");
   Result<std::string> spoolNotification(const SpoolMessage& m, const std::string& text,
                                         int64_t now);
   void handOff(Entry& e, int64_t now);

@@ -6,7 +6,7 @@
 // start, then incoming/ -> active/ in queue id order, in slices), registers what it loaded as a
 // Message or a Notification (the kind the spool record says), forgets finished messages (their
 // files are deleted by the SpoolRemover's thread) and carries out dynmxctl's hold, release,
-// status and queue listing.
+// delete, bounce, status and queue listing.
 //
 // The order of every step in tunneld/queue/ is chosen so that a crash at any point re-sends or
 // re-notifies rather than loses (qmail's rule, duplicates over loss):
@@ -218,6 +218,106 @@ Status QueueManager::Impl::release(const std::string& id, int64_t now) {
   return {};
 }
 
+namespace {
+// Diagnostic-Code of a recipient returned by dynmxctl bounce (Status 5.0.0).
+constexpr const char* kReturnedByAdmin = "returned to the sender by the mail administrator";
+}  // namespace
+
+// dynmxctl delete/bounce of `ids`: see QueueManager::dispose().
+Result<DisposalReport> QueueManager::Impl::dispose(Disposal d, const std::vector<std::string>& ids,
+                                                   const std::string& who, int64_t now) {
+  DisposalReport rep;
+  bool removed = false;
+  const char* verb = d == Disposal::Delete ? "deleted" : "returned to sender";
+  for (const std::string& id : ids) {
+    auto it = msgs.find(id);
+    if (it == msgs.end()) continue;
+    Entry& e = it->second;
+    if (d == Disposal::Bounce && e.kind == Kind::Notification) {
+      ++rep.failed;
+      rep.lines.push_back(id + ": a notification (from <>) cannot be returned to a sender; " +
+                          "delete it instead");
+      continue;
+    }
+    if (e.in_flight) {
+      e.disposal = d;
+      e.disposal_by = who;
+      logf(LogLevel::Info, "%s: to be %s when the delivery attempt under way ends (asked by %s)",
+           id.c_str(), verb, who.c_str());
+      rep.lines.push_back(id + ": being delivered now; " + verb +
+                          " when the attempt ends (what it delivers stays delivered)");
+      continue;
+    }
+    std::string said;
+    if (!disposeNow(e, d, who, now, &said)) {
+      ++rep.failed;
+      rep.lines.push_back(id + ": " + said);
+      continue;
+    }
+    removed = true;
+    rep.lines.push_back(id + ": " + said);
+  }
+  // The reply says "deleted": so it is, on disk, before it is sent.
+  if (removed) remover.flush();
+  return rep;
+}
+
+bool QueueManager::Impl::disposeNow(Entry& e, Disposal d, const std::string& who, int64_t now,
+                                    std::string* said) {
+  const std::string id = e.msg.id;
+  std::vector<size_t> pend = pending(e.msg);
+  if (d == Disposal::Delete || e.kind == Kind::Notification) {
+    logf(LogLevel::Info,
+         "%s: from=<%s>, client=%s, pending=%zu, status=deleted by %s (dynmxctl delete, no "
+         "notification)",
+         id.c_str(), printable(e.msg.env.sender, 300).c_str(),
+         printable(e.msg.env.client, 100).c_str(), pend.size(), who.c_str());
+    *said = "deleted";
+    removeFinished(id);
+    return true;
+  }
+  // As an expiry (results.cpp), now: the report is spooled first, then the recipients are
+  // journaled Failed, then the message goes.
+  std::vector<std::string> old_replies;
+  std::vector<size_t> report;
+  for (size_t i : pend) {
+    SpoolRecipient& r = e.msg.env.rcpts[i];
+    old_replies.push_back(r.reply);
+    r.reply = kReturnedByAdmin;
+    r.updated = now;
+    if (notifyAllows(r.notify, "FAILURE")) report.push_back(i);
+  }
+  bool null_sender = e.msg.env.sender.empty();
+  if (!null_sender && !report.empty() && !notify(e, DsnKind::Failure, report, now, "5.0.0")) {
+    for (size_t k = 0; k < pend.size(); ++k) e.msg.env.rcpts[pend[k]].reply = old_replies[k];
+    *said = "cannot spool the notification to the sender (the log says why); nothing changed";
+    return false;
+  }
+  for (size_t i : pend) {
+    bool reported = std::find(report.begin(), report.end(), i) != report.end();
+    logAttempt(e.msg, i, "none", now,
+               null_sender ? "bounced, dropped (the sender is <>)"
+               : reported  ? "bounced, returned to sender"
+                           : "bounced, not returned (NOTIFY)",
+               kReturnedByAdmin);
+    if (auto s = spool.recordRecipient(e.msg, i, RcptState::Failed, kReturnedByAdmin, now); !s) {
+      markStuck(e, s.error().message);
+      *said = "cannot record the recipients as failed: " + s.error().message;
+      return false;
+    }
+  }
+  logf(LogLevel::Info,
+       "%s: from=<%s>, client=%s, pending=%zu, status=bounced by %s (dynmxctl "
+       "bounce)",
+       id.c_str(), printable(e.msg.env.sender, 300).c_str(),
+       printable(e.msg.env.client, 100).c_str(), pend.size(), who.c_str());
+  *said = null_sender      ? "deleted (the sender is <>: nobody to return it to)"
+          : report.empty() ? "removed (no recipient's NOTIFY asks for a report)"
+                           : "returned to sender";
+  removeFinished(id);
+  return true;
+}
+
 // One line per configured client and per client name found in the spool; notifications are
 // counted on a line of their own, labelled kBounceClient and marked `notifications`.
 std::vector<ClientQueueStatus> QueueManager::Impl::status() const {
@@ -267,6 +367,26 @@ std::vector<std::string> QueueManager::Impl::listQueue() const {
     out.push_back(std::move(line));
   }
   return out;
+}
+
+Result<DisposalReport> QueueManager::dispose(Disposal d, const std::string& id,
+                                             const std::string& who, int64_t now) {
+  impl_->wake_dirty = true;
+  if (!impl_->msgs.count(id)) return Error{ENOENT, "no message " + id + " in the queue"};
+  return impl_->dispose(d, {id}, who, now);
+}
+
+Result<DisposalReport> QueueManager::disposeAll(Disposal d, const std::string& client,
+                                                const std::string& who, int64_t now) {
+  impl_->wake_dirty = true;
+  std::vector<std::string> ids;
+  for (const auto& [id, e] : impl_->msgs)
+    if (e.msg.env.client == client) ids.push_back(id);
+  if (ids.empty() && !impl_->cfg.findClient(client))
+    return Error{ENOENT, "no client named " + client + " and no mail for it in the queue"};
+  auto rep = impl_->dispose(d, ids, who, now);
+  if (rep && ids.empty()) rep->lines.push_back("client " + client + ": no mail in the queue");
+  return rep;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -58,6 +58,16 @@ struct ClientQueueStatus {
   bool notifications = false;  // the line of the notifications (client is kBounceClient)
 };
 
+// What dynmxctl may do to a queued message: delete it (gone, no notification: postsuper -d) or
+// bounce it (returned to its sender now with an RFC 3464 report about its pending recipients).
+enum class Disposal { Delete, Bounce };
+// The outcome of dispose()/disposeAll(): one line per message for the reply, and how many could
+// not be disposed of (their lines say why).
+struct DisposalReport {
+  std::vector<std::string> lines;
+  size_t failed = 0;
+};
+
 class QueueManager {
  public:
   // removal_sync: see SpoolRemover. handoffs: runs the hand-offs of notifications to `bounces`
@@ -107,6 +117,17 @@ class QueueManager {
   Status hold(const std::string& id);
   Status release(const std::string& id, int64_t now);
   void flush(const std::string& client, int64_t now);  // "" means every client
+  // dynmxctl delete/bounce of message `id`; `who` names the administrator in the log. A message
+  // whose delivery attempt is under way is disposed of when the attempt ends (what that attempt
+  // delivered stays delivered; if it delivers every recipient, nothing is left to do); a restart
+  // meanwhile forgets the request. A notification cannot be bounced (it is from <>). Removals are
+  // fsynced before this returns. An error when there is no such message.
+  Result<DisposalReport> dispose(Disposal d, const std::string& id, const std::string& who,
+                                 int64_t now);
+  // The same for every message of `client` (configured or found in the spool); an error when it
+  // has none and is not configured.
+  Result<DisposalReport> disposeAll(Disposal d, const std::string& client, const std::string& who,
+                                    int64_t now);
   std::vector<ClientQueueStatus> status() const;
   // One line per message for "dynmxctl queue": id, state, client, size, arrival, sender, rcpts.
   std::vector<std::string> listQueue() const;

@@ -232,6 +232,13 @@ void QueueManager::Impl::reschedule(Entry& e, int64_t now) {
     removeFinished(id);
     return;
   }
+  if (e.disposal) {  // dynmxctl delete/bounce, asked during the attempt
+    std::string why;
+    if (disposeNow(e, *e.disposal, e.disposal_by, now, &why)) return;
+    logf(LogLevel::Error, "%s: %s; deferred instead", id.c_str(), why.c_str());
+    e.disposal.reset();
+    if (e.stuck) return;
+  }
   if (expireIfDue(e, now)) return;
   const RetryPolicy& p = policy(m.env.client);
   DeliveryState ds = m.delivery;

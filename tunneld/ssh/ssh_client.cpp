@@ -438,6 +438,8 @@ bool SshClient::handshakeFailed(int rc, SteadyClock::time_point now) {
     // key, which is a mismatch (the host-key negotiation is what failed).
     auto expected = verifier_->expectedFingerprints();
     presented_fp_ = "(no " + verifier_->methodPref() + " key offered)";
+    presented_type_.clear();
+    presented_key_.clear();
     expected_fp_ = expected.empty() ? "" : expected.front();
     why = "host key mismatch for " + relay_ +
           ": the server offers no host key of the stored type " + verifier_->methodPref() +
@@ -480,9 +482,12 @@ bool SshClient::checkHostKey(SteadyClock::time_point now) {
       warned_fp_ = chk.presented_fp;
     }
     if (mismatch) reportMismatch();
+    std::string blob(key, len);  // libssh2's copy goes with the session, in fail()
     auto saved = mismatch_state_;
     fail(why, now);
     mismatch_state_ = saved;
+    presented_type_ = chk.presented_type;
+    presented_key_ = std::move(blob);
     presented_fp_ = chk.presented_fp;
     expected_fp_ = chk.expected_fp;
     return true;
@@ -835,6 +840,10 @@ ClientStatus SshClient::status() const {
   s.mac = mac_;
   s.presented_fp = presented_fp_;
   s.expected_fp = expected_fp_;
+  if (s.state == "host-key-mismatch" || s.state == "host-key-unknown") {
+    s.presented_type = presented_type_;
+    s.presented_key = presented_key_;
+  }
   s.last_error = last_error_;
   s.connected_since = connected_since_unix_;
   if (state_ == State::Connected) s.login_key = login_key_;

@@ -101,6 +101,9 @@ struct ClientStatus {
   std::string address;        // "HOST[IP]:PORT" of the current/last connection
   std::string kex, hostkey, cipher, mac;
   std::string presented_fp, expected_fp;
+  // The whole key presented when it did not verify (type and raw blob; "" when none was), for
+  // dynmxctl trust, which checks it against the fingerprint the administrator types.
+  std::string presented_type, presented_key;
   std::string last_error;
   int64_t connected_since = 0;
   std::string login_key;  // the identity file the connection logged in with (while connected)
@@ -244,6 +247,7 @@ class SshClient {
   std::string relay_;
   std::string kex_, hostkey_, cipher_, mac_;
   std::string presented_fp_, expected_fp_, mismatch_state_;
+  std::string presented_type_, presented_key_;  // a key that did not verify (ClientStatus)
   std::string warned_fp_;  // presented key we already warned about
   std::string last_error_;
   std::vector<std::string> last_kh_warnings_;
