@@ -28,6 +28,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "milter/storage_guard.hpp"
 #include "shared/log.hpp"
 
 namespace dynmx::milter {
@@ -36,6 +37,7 @@ namespace {
 
 std::mutex g_mu;
 Spool* g_spool = nullptr;
+std::unique_ptr<StorageGuard> g_guard;  // set with g_spool, lives as long as the process
 std::shared_ptr<const Snapshot> g_snap;
 
 // Per-connection private data (smfi_setpriv); freed in xxfi_close.
@@ -241,7 +243,13 @@ sfsistat xxEnvfrom(SMFICTX* ctx, char** argv) {
     c.msg = std::make_unique<MessageSession>(*g_spool, std::move(snap), c.peer,
                                              static_cast<int64_t>(std::time(nullptr)));
     c.msg->setQueueId(macro(ctx, "i"));
+    c.msg->setStorageGuard(g_guard.get());
     c.msg->mailFrom(argv && argv[0] ? argv[0] : "", params(argv));
+    if (std::optional<Reply> r = c.msg->storageAtMail()) {
+      c.msg.reset();
+      setReply(ctx, *r);
+      return SMFIS_TEMPFAIL;
+    }
     return SMFIS_CONTINUE;
   });
 }
@@ -251,9 +259,9 @@ sfsistat xxEnvrcpt(SMFICTX* ctx, char** argv) {
     MessageSession& m = needMsg(needConn(ctx));
     m.setQueueId(macro(ctx, "i"));
     RcptOutcome r = m.rcpt(argv && argv[0] ? argv[0] : "", params(argv));
-    if (r.verdict == Verdict::Reject) {
+    if (r.verdict == Verdict::Reject || r.verdict == Verdict::Tempfail) {
       setReply(ctx, r.reply);
-      return SMFIS_REJECT;
+      return r.verdict == Verdict::Reject ? SMFIS_REJECT : SMFIS_TEMPFAIL;
     }
     return SMFIS_CONTINUE;
   });
@@ -394,6 +402,7 @@ struct smfiDesc& filterDescription() {
 void install(Spool* spool, std::shared_ptr<const Snapshot> snap) {
   std::lock_guard<std::mutex> lock(g_mu);
   g_spool = spool;
+  g_guard = spool ? std::make_unique<StorageGuard>(*spool) : nullptr;
   g_snap = std::move(snap);
 }
 
