@@ -12,8 +12,8 @@
 #include <gtest/gtest.h>
 
 #include "shared/spool.hpp"
-#include "shared/storage_limits.hpp"
 #include "tests/harness/harness.hpp"
+#include "tests/harness/small_fs.hpp"
 
 namespace dynmx {
 namespace {
@@ -229,28 +229,6 @@ TEST_F(Enqueue, FullDiskIsTempfailAndLeavesNoTemporaryFile) {
   EXPECT_EQ(r.exit, 0) << r.err;
 }
 
-// A small tmpfs mounted under the test's directory, unmounted (lazily) at the end.
-class SmallFs {
- public:
-  SmallFs(const std::string& mnt, const char* size) : mnt_(mnt) {
-    if (::mkdir(mnt.c_str(), 0700) != 0) throw std::runtime_error("mkdir " + mnt);
-    std::string opts = std::string("size=") + size;
-    if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, opts.c_str()) != 0)
-      throw std::runtime_error("mount tmpfs on " + mnt + ": " + strerror(errno));
-  }
-  ~SmallFs() { ::umount2(mnt_.c_str(), MNT_DETACH); }
-  // Writes a file that leaves `leave` bytes free (to within a page).
-  void fillLeaving(const std::string& path, uint64_t leave) {
-    auto free = freeBytes(mnt_);
-    if (!free) throw std::runtime_error(free.error().message);
-    if (free.value() <= leave) return;
-    test::writeFile(path, std::string(free.value() - leave, 'F'));
-  }
-
- private:
-  std::string mnt_;
-};
-
 std::map<std::string, std::string> spoolFiles(const std::string& spool_dir) {
   std::map<std::string, std::string> out;
   for (const char* st : {"incoming", "tmp"})
@@ -263,7 +241,7 @@ std::map<std::string, std::string> spoolFiles(const std::string& spool_dir) {
 // whole, and mail goes through again once there is room.
 TEST_F(Enqueue, BelowMinFreeExitsTempfailAndResumesWhenSpaceReturns) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
-  SmallFs fs(dir_ / "small", "4m");
+  test::SmallFs fs(dir_ / "small", "4m");
   spool_dir_ = (dir_ / "small") + "/spool";
   ASSERT_TRUE(Spool(spool_dir_).prepare().ok());
   writeConfig("min_free = \"1M\"\n");
