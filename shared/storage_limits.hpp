@@ -10,7 +10,8 @@
 // Accuracy: a client's usage is what the spool holds (incoming/, active/, deferred/, hold/; not
 // tmp/ nor corrupt/). Messages still being received are not counted, so several messages received
 // at once may each pass a limit they reach together: a limit can be passed by the number of
-// messages in progress for that client, never by more. A file moving between two states while a
+// messages in progress for that client (and, with a cache, what other writers added since the
+// last scan); a refusal is always a tempfail, so nothing is lost for it. A file moving between two states while a
 // scan lists them may be missed for that one scan.
 //
 // Failure behaviour: when statvfs on the spool fails, the space check fails closed (452 4.3.1,
