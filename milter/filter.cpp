@@ -28,6 +28,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "milter/relay_guard.hpp"
 #include "milter/storage_guard.hpp"
 #include "shared/log.hpp"
 
@@ -38,6 +39,7 @@ namespace {
 std::mutex g_mu;
 Spool* g_spool = nullptr;
 std::unique_ptr<StorageGuard> g_guard;  // set with g_spool, lives as long as the process
+RelayGuard g_relay;                     // stateless: relay_senders
 std::shared_ptr<const Snapshot> g_snap;
 
 // Per-connection private data (smfi_setpriv); freed in xxfi_close.
@@ -244,6 +246,7 @@ sfsistat xxEnvfrom(SMFICTX* ctx, char** argv) {
                                              static_cast<int64_t>(std::time(nullptr)));
     c.msg->setQueueId(macro(ctx, "i"));
     c.msg->setStorageGuard(g_guard.get());
+    c.msg->setRelayGuard(&g_relay);
     c.msg->mailFrom(argv && argv[0] ? argv[0] : "", params(argv));
     if (std::optional<Reply> r = c.msg->storageAtMail()) {
       c.msg.reset();
@@ -258,6 +261,7 @@ sfsistat xxEnvrcpt(SMFICTX* ctx, char** argv) {
   return guarded(ctx, "RCPT TO", Kind::Replies, [&]() -> sfsistat {
     MessageSession& m = needMsg(needConn(ctx));
     m.setQueueId(macro(ctx, "i"));
+    m.setRcptMailer(macro(ctx, "{rcpt_mailer}"));
     RcptOutcome r = m.rcpt(argv && argv[0] ? argv[0] : "", params(argv));
     if (r.verdict == Verdict::Reject || r.verdict == Verdict::Tempfail) {
       setReply(ctx, r.reply);

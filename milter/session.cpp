@@ -15,6 +15,7 @@
 #include <ctime>
 
 #include "shared/date.hpp"
+#include "milter/relay_guard.hpp"
 #include "milter/storage_guard.hpp"
 #include "shared/host_name.hpp"
 #include "shared/log.hpp"
@@ -122,6 +123,11 @@ RcptOutcome MessageSession::rcpt(std::string_view rcpt, const std::vector<std::s
   }
   std::optional<size_t> client = snap_->router.route(rcpt);
   if (!client) {
+    if (relay_) {
+      std::optional<RcptOutcome> r = relay_->atRcpt(*snap_, peer_, sender_, bareAddress(rcpt),
+                                                    rcpt_mailer_, relay_holder_, logId());
+      if (r) return *r;
+    }
     ++total_rcpts_;
     return {};
   }

@@ -30,6 +30,7 @@
 namespace dynmx::milter {
 
 class StorageGuard;
+class RelayGuard;
 
 // What a reload may change: the configuration and the routing built from it. Immutable once
 // built; each message holds the snapshot it started with, so a reload never changes a message
@@ -113,6 +114,10 @@ class MessageSession {
   // Tempfail with 452 4.3.1 or 452 4.2.2.
   void setStorageGuard(StorageGuard* guard) { guard_ = guard; }
   std::optional<Reply> storageAtMail();
+  // relay_senders (relay_guard.hpp) for recipients of no client; without a guard nothing is
+  // checked. `mailer` is the MTA's {rcpt_mailer} for the next rcpt() ("" when not sent).
+  void setRelayGuard(RelayGuard* guard) { relay_ = guard; }
+  void setRcptMailer(std::string_view mailer) { rcpt_mailer_ = std::string(mailer); }
 
   // True when at least one recipient was captured (otherwise the content is not needed).
   bool capturing() const { return !parts_.empty(); }
@@ -158,6 +163,9 @@ class MessageSession {
 
   Spool& spool_;
   StorageGuard* guard_ = nullptr;
+  RelayGuard* relay_ = nullptr;
+  std::string rcpt_mailer_;
+  std::optional<std::string> relay_holder_;  // the lease holder of the peer, once asked
   std::shared_ptr<const Snapshot> snap_;
   Peer peer_;
   int64_t arrival_ = 0;

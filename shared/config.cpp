@@ -63,8 +63,8 @@ constexpr std::string_view kRelayKeys[] = {
 constexpr std::string_view kClientKeys[] = {
     "name",           "host",          "port",        "user",          "domains",
     "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
-    "queue_lifetime", "delay_warning", "relay",       "relay_networks", "max_queue_messages",
-    "max_queue_bytes"};
+    "queue_lifetime", "delay_warning", "relay",       "relay_networks", "relay_senders",
+    "max_queue_messages", "max_queue_bytes"};
 
 struct SectionKeys {
   std::string_view header;  // how the section is written in the file
@@ -765,7 +765,7 @@ class Loader {
             } else if (k == "concurrency") {
               if (auto n = integer(v, key, 1, kMaxConcurrency))
                 c.concurrency = static_cast<uint32_t>(*n);
-            } else if (k == "relay" || k == "relay_networks") {
+            } else if (k == "relay" || k == "relay_networks" || k == "relay_senders") {
               readClientRelayKey(k, v, key, c);
             } else if (k == "max_queue_messages") {
               if (auto n = integer(v, key, 0, kMaxQueueMessages))
@@ -934,10 +934,46 @@ class Loader {
   void readClientRelayKey(std::string_view k, const toml::node& v, const std::string& key,
                           ClientConfig& c) {
     if (k == "relay_networks") return readRelayNetworks(v, key, c);
+    if (k == "relay_senders") return readRelaySenders(v, key, c);
     if (const auto* b = v.as_boolean())
       c.relay = b->get();
     else
       typeError(v, key, "true or false");
+  }
+
+  // true, false, or an array of "user@domain" / "@domain" (lower-cased).
+  void readRelaySenders(const toml::node& v, const std::string& key, ClientConfig& c) {
+    constexpr const char* kExpected =
+        "true (the client's domains only), false, or an array of addresses and domains such as "
+        "[\"alice@example.net\", \"@example.org\"]";
+    if (const auto* b = v.as_boolean()) {
+      if (b->get())
+        c.relay_senders.emplace();
+      else
+        c.relay_senders.reset();
+      return;
+    }
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    c.relay_senders.emplace();
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      const auto& e = *a->get(i);
+      auto s = string(e, ekey, "an address such as \"alice@example.net\" or a domain \"@example.org\"");
+      if (!s) continue;
+      std::string lower = *s;
+      for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      size_t at = lower.rfind('@');
+      std::string domain = at == std::string::npos ? std::string() : lower.substr(at + 1);
+      if (at == std::string::npos || !isDnsName(domain) ||
+          lower.find_first_of(" \t<>,\"") != std::string::npos) {
+        fail(e, ekey,
+             "expected an address such as \"alice@example.net\" or a domain written "
+             "\"@example.org\", got " + quoted(*s));
+        continue;
+      }
+      c.relay_senders->push_back(lower);
+    }
   }
 
   void readRelayNetworks(const toml::node& v, const std::string& key, ClientConfig& c) {
@@ -1364,9 +1400,10 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
                                        bool routing_only) {
   // name: the clients are matched by it; loc: where it is written, not what it says.
   const auto& [name, host, port, user, domains, host_key, identity, concurrency, retry, relay,
-               relay_networks, max_queue_messages, max_queue_bytes, loc] = a;
+               relay_networks, relay_senders, max_queue_messages, max_queue_bytes, loc] = a;
   const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, concurrency2, retry2,
-               relay2, relay_networks2, max_queue_messages2, max_queue_bytes2, loc2] = b;
+               relay2, relay_networks2, relay_senders2, max_queue_messages2, max_queue_bytes2,
+               loc2] = b;
   KeyDiff out;
   if (!routing_only) {
     out.add("host", host != host2);
@@ -1377,6 +1414,8 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
   // The queue limits are checked per message by dynmx-milter; dynmx-tunneld shows them in status.
   out.add("max_queue_messages", max_queue_messages != max_queue_messages2);
   out.add("max_queue_bytes", max_queue_bytes != max_queue_bytes2);
+  // Checked by dynmx-milter only, per message.
+  out.add("relay_senders", relay_senders != relay_senders2);
   if (routing_only) return out.keys;
   out.add("host_key", host_key != host_key2);
   out.add("identity", identity != identity2);

@@ -162,6 +162,10 @@ struct ClientConfig {
   RetryPolicy retry;  // [tunneld] values unless overridden
   bool relay = false;                       // may hold relay leases ([relay])
   std::vector<InetNetwork> relay_networks;  // leases only inside these; empty: anywhere
+  // Envelope senders allowed for mail relayed from this client's leased addresses (checked by
+  // dynmx-milter): its own domains and these, "user@example.org" or "@example.org", lower case.
+  // nullopt: no check (the key left out or false); true in the file: the client's domains only.
+  std::optional<std::vector<std::string>> relay_senders;
   uint64_t max_queue_messages = 0;  // spool files of this client before new mail waits; 0: no limit
   uint64_t max_queue_bytes = 0;     // their bytes on disk before new mail waits; 0: no limit
   SourceLoc loc;      // where the [[client]] table starts
