@@ -461,6 +461,13 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"QueueMessagesNegative",
                 client("a", "[\"a.example\"]", "max_queue_messages = -1\n"), 6, 22,
                 "client[0].max_queue_messages", "expected an integer from 0 to 1000000000"},
+        BadCase{"RelaySendersNoAt",
+                client("a", "[\"a.example\"]", "relay_senders = [\"partner.example\"]\n"), 6,
+                18, "client[0].relay_senders[0]",
+                "expected an address such as \"alice@example.net\" or a domain written "
+                "\"@example.org\", got \"partner.example\""},
+        BadCase{"RelaySendersString", client("a", "[\"a.example\"]", "relay_senders = \"yes\"\n"),
+                6, 17, "client[0].relay_senders", "true (the client's domains only), false"},
         BadCase{"QueueBytesWords", client("a", "[\"a.example\"]", "max_queue_bytes = \"lots\"\n"),
                 6, 19, "client[0].max_queue_bytes", "got \"lots\""},
         // ---- sockets and modes
@@ -1223,6 +1230,22 @@ TEST(LoadConfig, StorageLimits) {
   auto off = parseConfig("[spool]\nmin_free = 0\n", kPath);
   ASSERT_TRUE(off.config) << allErrors(off);
   EXPECT_EQ(off.config->spool.min_free, 0u) << "0 is set (no check), not unset";
+}
+
+TEST(LoadConfig, RelaySenders) {
+  auto r = parseConfig(client("a", "[\"a.example\"]") + client("b", "[\"b.example\"]",
+                                                              "relay_senders = true\n") +
+                           client("c", "[\"c.example\"]",
+                                  "relay_senders = [\"Boss@Partner.Example\", \"@corp.example\"]\n") +
+                           client("d", "[\"d.example\"]", "relay_senders = false\n"),
+                       kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  EXPECT_FALSE(r.config->clients[0].relay_senders.has_value());
+  ASSERT_TRUE(r.config->clients[1].relay_senders.has_value());
+  EXPECT_TRUE(r.config->clients[1].relay_senders->empty()) << "true: the client's domains only";
+  EXPECT_EQ(r.config->clients[2].relay_senders,
+            (std::vector<std::string>{"boss@partner.example", "@corp.example"}));
+  EXPECT_FALSE(r.config->clients[3].relay_senders.has_value()) << "false: no check";
 }
 
 TEST(PlanReload, StorageLimitsAreTakenByTheMilterAndTheDaemon) {
