@@ -76,19 +76,19 @@ std::optional<RcptOutcome> RelayGuard::atRcpt(const Snapshot& snap, const Peer& 
   for (size_t i = 0; i < snap.config.clients.size(); ++i)
     if (snap.config.clients[i].name == *holder) index = i;
   const ClientConfig* client = index ? &snap.config.clients[*index] : nullptr;
-  if (client && (!client->relay_senders ||
-                 relaySenderAllowed(*client, snap.router, *index, sender))) {
-    logf(LogLevel::Info, "%s: milter: relay: client=%s, addr=%s, from=<%s>, to=<%s>",
-         logid.c_str(), holder->c_str(), peer.addr.c_str(), sender.c_str(), rcpt.c_str());
+  if (client &&
+      (!client->relay_senders || relaySenderAllowed(*client, snap.router, *index, sender))) {
+    logf(LogLevel::Info, "%s: milter: relay: client=%s, addr=%s, from=<%s>, to=<%s>", logid.c_str(),
+         holder->c_str(), peer.addr.c_str(), sender.c_str(), rcpt.c_str());
     return std::nullopt;
   }
   logf(LogLevel::Notice,
        "%s: milter: reject: RCPT from=<%s>, to=<%s>, client=%s, addr=%s: 550 5.7.1 sender not in "
        "the client's domains or relay_senders",
        logid.c_str(), sender.c_str(), rcpt.c_str(), holder->c_str(), peer.addr.c_str());
-  return RcptOutcome{Verdict::Reject,
-                     {"550", "5.7.1",
-                      "Sender address rejected: not allowed to relay from this client's address"}};
+  return RcptOutcome{
+      Verdict::Reject,
+      {"550", "5.7.1", "Sender address rejected: not allowed to relay from this client's address"}};
 }
 
 }  // namespace dynmx::milter

@@ -552,7 +552,8 @@ class Loader {
                  if (k == "dir") {
                    if (auto s = absolutePath(v, key)) c.dir = *s;
                  } else if (k == "max_message_size") {
-                   if (auto size = sizeValue(v, key, /*allow_zero=*/false)) c.max_message_size = *size;
+                   if (auto size = sizeValue(v, key, /*allow_zero=*/false))
+                     c.max_message_size = *size;
                  } else if (k == "min_free") {
                    if (auto size = sizeValue(v, key, /*allow_zero=*/true)) c.min_free = *size;
                  }
@@ -959,7 +960,8 @@ class Loader {
     for (size_t i = 0; i < a->size(); ++i) {
       std::string ekey = key + "[" + std::to_string(i) + "]";
       const auto& e = *a->get(i);
-      auto s = string(e, ekey, "an address such as \"alice@example.net\" or a domain \"@example.org\"");
+      auto s = string(e, ekey,
+                      "an address such as \"alice@example.net\" or a domain \"@example.org\"");
       if (!s) continue;
       std::string lower = *s;
       for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));

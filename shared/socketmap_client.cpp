@@ -38,7 +38,8 @@ Result<SocketmapReply> socketmapQuery(const std::string& socket_path, std::strin
   const std::string what = "socketmap " + socket_path;
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof sa.sun_path) return Error{ENAMETOOLONG, what + ": path too long"};
+  if (socket_path.size() >= sizeof sa.sun_path)
+    return Error{ENAMETOOLONG, what + ": path too long"};
   std::memcpy(sa.sun_path, socket_path.data(), socket_path.size());
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return sysError(errno, what + ": socket");
@@ -72,8 +73,8 @@ Result<SocketmapReply> socketmapQuery(const std::string& socket_path, std::strin
     ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-      return Error{ETIMEDOUT, what + ": no answer within " + std::to_string(timeout.count()) +
-                                  " ms"};
+      return Error{ETIMEDOUT,
+                   what + ": no answer within " + std::to_string(timeout.count()) + " ms"};
     if (n < 0) return sysError(errno, what + ": recv");
     if (n == 0) return Error{EPROTO, what + ": connection closed before a whole answer"};
     in.append(buf, static_cast<size_t>(n));

@@ -11,8 +11,8 @@
 // tmp/ nor corrupt/). Messages still being received are not counted, so several messages received
 // at once may each pass a limit they reach together: a limit can be passed by the number of
 // messages in progress for that client (and, with a cache, what other writers added since the
-// last scan); a refusal is always a tempfail, so nothing is lost for it. A file moving between two states while a
-// scan lists them may be missed for that one scan.
+// last scan); a refusal is always a tempfail, so nothing is lost for it. A file moving between two
+// states while a scan lists them may be missed for that one scan.
 //
 // Failure behaviour: when statvfs on the spool fails, the space check fails closed (452 4.3.1,
 // the reason logged by the caller); a file that cannot be read during a scan is skipped (it is
@@ -89,6 +89,7 @@ struct StorageRefusal {
 std::optional<StorageRefusal> checkSpace(const SpoolConfig& spool, const Result<uint64_t>& free,
                                          uint64_t size);
 // Whether `client` is over its own limits with `usage`.
-std::optional<StorageRefusal> checkClientQuota(const ClientConfig& client, const ClientUsage& usage);
+std::optional<StorageRefusal> checkClientQuota(const ClientConfig& client,
+                                               const ClientUsage& usage);
 
 }  // namespace dynmx

@@ -63,8 +63,8 @@ TEST(SocketmapReply, ParsesAnswersAndRefusesTheRest) {
   auto temp = parseSocketmapReply("27:TEMP lease table not loaded,");
   ASSERT_TRUE(temp.ok());
   EXPECT_EQ(temp->status, "TEMP");
-  for (const char* bad : {"", "9:OK office", "10:OK office,", "x:OK,", "5:MAYBE,", ":,",
-                          "9:OK office,,"})
+  for (const char* bad :
+       {"", "9:OK office", "10:OK office,", "x:OK,", "5:MAYBE,", ":,", "9:OK office,,"})
     EXPECT_FALSE(parseSocketmapReply(bad).ok()) << bad;
 }
 

@@ -101,9 +101,10 @@ TEST_F(StorageTest, BelowMinFreeClientMailIsTempfailedAndResumesWhenSpaceReturns
     smtp.quit();
   }
   EXPECT_EQ(spoolFiles(milter_->spoolDir()), before) << "the spooled message is untouched";
-  EXPECT_TRUE(milter_->waitForLog("milter: tempfail: RCPT to=<bob@alpha.example>, client=alpha: "
-                                  "452 4.3.1 spool " +
-                                  milter_->spoolDir() + " has "));
+  EXPECT_TRUE(
+      milter_->waitForLog("milter: tempfail: RCPT to=<bob@alpha.example>, client=alpha: "
+                          "452 4.3.1 spool " +
+                          milter_->spoolDir() + " has "));
 
   // The space goes while the message is on its way: refused at end of message, nothing kept.
   ASSERT_EQ(::unlink(filler.c_str()), 0);

@@ -5,9 +5,8 @@
 // the client's domains and relay_senders. 127.0.0.2 holds client home's lease.
 //
 // Runs in relay_sendmail_tests, whose main() gives it a private UTS (and network) namespace.
-#include <gtest/gtest.h>
-
 #include <filesystem>
+#include <gtest/gtest.h>
 #include <memory>
 #include <string>
 
@@ -41,8 +40,8 @@ class RelaySendersTest : public ::testing::Test {
     relaymap_ = std::move(p.value());
     Status s = relaymap_->start();
     ASSERT_TRUE(s) << s.error().message;
-    relaymap_->setLeases({{*InetAddr::parse("127.0.0.2"), "home",
-                           systemTime().unixSeconds() + 3600}});
+    relaymap_->setLeases(
+        {{*InetAddr::parse("127.0.0.2"), "home", systemTime().unixSeconds() + 3600}});
     while (relaymap_->wantsWrite()) {
       Status f = relaymap_->flush();
       ASSERT_TRUE(f) << f.error().message;
@@ -64,7 +63,8 @@ class RelaySendersTest : public ::testing::Test {
   void start(const std::string& milter_relay_socket) {
     test::TestMilterOptions mo;
     mo.clients = {{"home", {"home.example"}}, {"other", {"other.example"}}};
-    mo.clients[0].extra = "relay = true\nrelay_senders = [\"boss@partner.example\", \"@corp.example\"]\n";
+    mo.clients[0].extra =
+        "relay = true\nrelay_senders = [\"boss@partner.example\", \"@corp.example\"]\n";
     mo.clients[1].extra = "relay = true\n";
     mo.extra_toml = "[relay]\nsocket = \"" + milter_relay_socket + "\"\n";
     milter_ = std::make_unique<test::TestMilter>(dir_.path() + "/milter", mo);
@@ -106,9 +106,9 @@ TEST_F(RelaySendersTest, OwnDomainAndListedSendersRelayForeignSenderIsRefused) {
   EXPECT_EQ(r.substr(0, 9), "550 5.7.1") << "another client's domain is not home's: " << r;
   // What the MTA delivers itself is not relayed: a local user gets mail from anyone.
   EXPECT_EQ(relay("spammer@evil.example", "root").substr(0, 3), "250");
-  EXPECT_TRUE(milter_->waitForLog(
-      "milter: relay: client=home, addr=127.0.0.2, from=<alice@home.example>, "
-      "to=<friend@elsewhere.example>"));
+  EXPECT_TRUE(
+      milter_->waitForLog("milter: relay: client=home, addr=127.0.0.2, from=<alice@home.example>, "
+                          "to=<friend@elsewhere.example>"));
   EXPECT_TRUE(milter_->waitForLog(
       "milter: reject: RCPT from=<spammer@evil.example>, to=<friend@elsewhere.example>, "
       "client=home, addr=127.0.0.2: 550 5.7.1"));

@@ -78,7 +78,8 @@ SocketmapAnswer answerRequest(std::string_view payload, const LeaseLookup& looku
 using LeaseHolderLookup = std::function<std::optional<std::string>(const InetAddr&)>;
 
 // The answer to one request payload of either map: "relay ADDR" as answerRequest(),
-// "relayclient ADDR" -> `OK CLIENT` when leased, NOTFOUND when not, TEMP when the table cannot tell.
+// "relayclient ADDR" -> `OK CLIENT` when leased, NOTFOUND when not, TEMP when the table cannot
+// tell.
 SocketmapAnswer answerLeaseRequest(std::string_view payload, const LeaseHolderLookup& holder);
 
 }  // namespace dynmx::relay
