@@ -13,6 +13,9 @@
 // earlier one succeeded, the committed files are withdrawn from incoming/ when still there, and any
 // that cannot be withdrawn are logged as possible duplicates (the MTA retries the whole message).
 // Over spool.max_message_size the copy stops and the message is rejected with 552 5.3.4.
+// With a StorageGuard, a spool short of space (spool.min_free) or a client over its queue limits
+// tempfails with 452 (storage_guard.hpp); with a RelayGuard, a recipient relayed from a leased
+// address is checked against the client's relay_senders (relay_guard.hpp).
 #pragma once
 
 #include <cstdint>
