@@ -45,7 +45,7 @@ bool relaySenderAllowed(const ClientConfig& client, const Router& router, size_t
 }
 
 bool localMailer(std::string_view m) {
-  for (const char* local : {"local", "prog", "*file*", "*include*", "virtual"})
+  for (const char* local : {"local", "prog", "*file*", "*include*", "virtual", "discard", "error"})
     if (strncasecmp(m.data(), local, m.size()) == 0 && m.size() == std::strlen(local)) return true;
   return false;
 }

@@ -3,7 +3,8 @@
 //
 // Contract: a MessageSession asks atRcpt() for each recipient that routes to no client. When some
 // client has relay_senders, the connection came over the network and the MTA does not deliver the
-// recipient locally ({rcpt_mailer} is not local, prog, *file*, *include* or virtual), the guard
+// recipient locally ({rcpt_mailer} is not local, prog, *file*, *include*, virtual, discard or
+// error: mail that does not leave the host), the guard
 // asks dynmx-relaymap (relay.socket, map `relayclient`) who holds the lease on the connecting
 // address, once per message. An address leased by a client with relay_senders may relay only
 // with an envelope sender in that client's domains or its relay_senders list (the null sender,
@@ -31,7 +32,7 @@ inline constexpr std::chrono::milliseconds kLeaseLookupTimeout{5000};
 bool relaySenderAllowed(const ClientConfig& client, const Router& router, size_t index,
                         std::string_view sender);
 
-// The recipients the MTA delivers on this host ({rcpt_mailer}): never relayed.
+// The recipients the MTA delivers on this host, or drops ({rcpt_mailer}): never relayed.
 bool localMailer(std::string_view rcpt_mailer);
 
 class RelayGuard {

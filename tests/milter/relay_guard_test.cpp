@@ -45,7 +45,8 @@ TEST(RelaySenders, OwnDomainsListedAddressesAndDomainsOnly) {
 }
 
 TEST(RelaySenders, LocalMailers) {
-  for (const char* m : {"local", "LOCAL", "prog", "*file*", "*include*", "virtual"})
+  for (const char* m :
+       {"local", "LOCAL", "prog", "*file*", "*include*", "virtual", "discard", "error"})
     EXPECT_TRUE(localMailer(m)) << m;
   for (const char* m : {"", "esmtp", "smtp", "relay", "loc", "locals"})
     EXPECT_FALSE(localMailer(m)) << m;
