@@ -13,6 +13,11 @@
 //
 // Stopping: guarded() is also the gate of filter.hpp's stop: once closed, a callback does nothing
 // (tempfail where it has a reply) and the stopper waits for the ones still running.
+//
+// Limits: each message gets the process's StorageGuard (spool.min_free, client queue limits:
+// 452 at MAIL with SIZE=, RCPT or end of message) and RelayGuard (relay_senders: 550 5.7.1, or
+// 451 4.3.5 when the lease server cannot tell); the session asks them, the callbacks only pass
+// {rcpt_mailer} and turn the verdicts into replies.
 #include "milter/filter.hpp"
 
 #include <arpa/inet.h>
