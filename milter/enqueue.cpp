@@ -13,6 +13,7 @@
 #include "shared/log.hpp"
 #include "shared/routing.hpp"
 #include "shared/spool.hpp"
+#include "shared/storage_limits.hpp"
 #include "shared/sysexits.hpp"
 
 namespace dynmx {
@@ -147,6 +148,25 @@ std::optional<EnqueueResult> copyInput(const Config& cfg, int input_fd,
   return std::nullopt;
 }
 
+// The storage limits (shared/storage_limits.hpp): spool.min_free, and each client's queue limits
+// when `with_quota` (before the copy; after it only the space is asked again). EX_TEMPFAIL, so
+// that the MTA keeps the message and tries again once delivery has made room.
+std::optional<EnqueueResult> storageRefusal(const Config& cfg, const Spool& spool,
+                                            const ByClient& by_client, bool with_quota) {
+  if (auto r = checkSpace(cfg.spool, freeBytes(spool.dir()), 0))
+    return fail(kExitTempFail, r->code + " " + r->xcode + " " + r->text + ": " + r->why);
+  if (!with_quota) return std::nullopt;
+  std::optional<SpoolUsage> usage;
+  for (const auto& [name, rcpts] : by_client) {
+    const ClientConfig* c = cfg.findClient(name);
+    if (!c || (!c->max_queue_messages && !c->max_queue_bytes)) continue;
+    if (!usage) usage.emplace(spool, std::chrono::milliseconds(0));
+    if (auto r = checkClientQuota(*c, usage->of(name)))
+      return fail(kExitTempFail, r->code + " " + r->xcode + " " + r->text + ": " + r->why);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int input_fd) {
@@ -160,6 +180,7 @@ EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int i
   Spool spool(cfg.spool.dir);
   // Creates missing state directories (the MTA may run us before any daemon ever ran).
   if (auto st = spool.prepareExisting(); !st) return fail(kExitTempFail, st.error().message);
+  if (auto refused = storageRefusal(cfg, spool, by_client, true)) return std::move(*refused);
 
   const int64_t now = static_cast<int64_t>(std::time(nullptr));
   std::vector<Target> targets;
@@ -183,6 +204,7 @@ EnqueueResult enqueueMessage(const Config& cfg, const EnqueueRequest& req, int i
 
   uint64_t total = 0;
   if (auto failed = copyInput(cfg, input_fd, targets, total)) return std::move(*failed);
+  if (auto refused = storageRefusal(cfg, spool, by_client, false)) return std::move(*refused);
 
   EnqueueResult result;
   for (size_t i = 0; i < targets.size(); ++i) {

@@ -13,6 +13,11 @@
 //
 // Stopping: guarded() is also the gate of filter.hpp's stop: once closed, a callback does nothing
 // (tempfail where it has a reply) and the stopper waits for the ones still running.
+//
+// Limits: each message gets the process's StorageGuard (spool.min_free, client queue limits:
+// 452 at MAIL with SIZE=, RCPT or end of message) and RelayGuard (relay_senders: 550 5.7.1, or
+// 451 4.3.5 when the lease server cannot tell); the session asks them, the callbacks only pass
+// {rcpt_mailer} and turn the verdicts into replies.
 #include "milter/filter.hpp"
 
 #include <arpa/inet.h>
@@ -28,6 +33,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "milter/relay_guard.hpp"
+#include "milter/storage_guard.hpp"
 #include "shared/log.hpp"
 
 namespace dynmx::milter {
@@ -36,6 +43,8 @@ namespace {
 
 std::mutex g_mu;
 Spool* g_spool = nullptr;
+std::unique_ptr<StorageGuard> g_guard;  // set with g_spool, lives as long as the process
+RelayGuard g_relay;                     // stateless: relay_senders
 std::shared_ptr<const Snapshot> g_snap;
 
 // Per-connection private data (smfi_setpriv); freed in xxfi_close.
@@ -241,7 +250,14 @@ sfsistat xxEnvfrom(SMFICTX* ctx, char** argv) {
     c.msg = std::make_unique<MessageSession>(*g_spool, std::move(snap), c.peer,
                                              static_cast<int64_t>(std::time(nullptr)));
     c.msg->setQueueId(macro(ctx, "i"));
+    c.msg->setStorageGuard(g_guard.get());
+    c.msg->setRelayGuard(&g_relay);
     c.msg->mailFrom(argv && argv[0] ? argv[0] : "", params(argv));
+    if (std::optional<Reply> r = c.msg->storageAtMail()) {
+      c.msg.reset();
+      setReply(ctx, *r);
+      return SMFIS_TEMPFAIL;
+    }
     return SMFIS_CONTINUE;
   });
 }
@@ -250,10 +266,11 @@ sfsistat xxEnvrcpt(SMFICTX* ctx, char** argv) {
   return guarded(ctx, "RCPT TO", Kind::Replies, [&]() -> sfsistat {
     MessageSession& m = needMsg(needConn(ctx));
     m.setQueueId(macro(ctx, "i"));
+    m.setRcptMailer(macro(ctx, "{rcpt_mailer}"));
     RcptOutcome r = m.rcpt(argv && argv[0] ? argv[0] : "", params(argv));
-    if (r.verdict == Verdict::Reject) {
+    if (r.verdict == Verdict::Reject || r.verdict == Verdict::Tempfail) {
       setReply(ctx, r.reply);
-      return SMFIS_REJECT;
+      return r.verdict == Verdict::Reject ? SMFIS_REJECT : SMFIS_TEMPFAIL;
     }
     return SMFIS_CONTINUE;
   });
@@ -394,6 +411,7 @@ struct smfiDesc& filterDescription() {
 void install(Spool* spool, std::shared_ptr<const Snapshot> snap) {
   std::lock_guard<std::mutex> lock(g_mu);
   g_spool = spool;
+  g_guard = spool ? std::make_unique<StorageGuard>(*spool) : nullptr;
   g_snap = std::move(snap);
 }
 

@@ -41,7 +41,7 @@ size_t discardOpenMessages();
 // The macros requested from the MTA per stage (smfi_setsymlist), also used in the man page.
 inline constexpr const char* kConnectMacros = "j {daemon_name} {client_addr}";
 inline constexpr const char* kEnvfromMacros = "i {mail_addr}";
-inline constexpr const char* kEnvrcptMacros = "i {rcpt_addr}";
+inline constexpr const char* kEnvrcptMacros = "i {rcpt_addr} {rcpt_mailer}";
 inline constexpr const char* kDataMacros = "i";
 inline constexpr const char* kEohMacros = "i";
 inline constexpr const char* kEomMacros = "i";

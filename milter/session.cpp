@@ -15,6 +15,8 @@
 #include <ctime>
 
 #include "shared/date.hpp"
+#include "milter/relay_guard.hpp"
+#include "milter/storage_guard.hpp"
 #include "shared/host_name.hpp"
 #include "shared/log.hpp"
 
@@ -99,6 +101,15 @@ size_t MessageSession::capturedCount() const {
   return n;
 }
 
+std::optional<Reply> MessageSession::storageAtMail() {
+  if (!guard_ || !mail_.size) return std::nullopt;
+  std::optional<StorageRefusal> r = guard_->atMail(snap_->config, *mail_.size);
+  if (!r) return std::nullopt;
+  logf(LogLevel::Warning, "%s: milter: tempfail: MAIL from=<%s>: %s %s %s", logId().c_str(),
+       sender_.c_str(), r->code.c_str(), r->xcode.c_str(), r->why.c_str());
+  return Reply{r->code, r->xcode, r->text};
+}
+
 void MessageSession::mailFrom(std::string_view sender, const std::vector<std::string_view>& args) {
   sender_ = bareAddress(sender);
   mail_ = parseMailParams(args);
@@ -112,6 +123,11 @@ RcptOutcome MessageSession::rcpt(std::string_view rcpt, const std::vector<std::s
   }
   std::optional<size_t> client = snap_->router.route(rcpt);
   if (!client) {
+    if (relay_) {
+      std::optional<RcptOutcome> r = relay_->atRcpt(*snap_, peer_, sender_, bareAddress(rcpt),
+                                                    rcpt_mailer_, relay_holder_, logId());
+      if (r) return *r;
+    }
     ++total_rcpts_;
     return {};
   }
@@ -127,6 +143,17 @@ RcptOutcome MessageSession::rcpt(std::string_view rcpt, const std::vector<std::s
          static_cast<unsigned long long>(*mail_.size), static_cast<unsigned long long>(max));
     return {Verdict::Reject,
             {"552", "5.3.4", "Message size exceeds the limit for this recipient's domain"}};
+  }
+  if (guard_) {
+    const ClientConfig* cc = snap_->config.findClient(name);
+    std::optional<StorageRefusal> r =
+        cc ? guard_->atRcpt(snap_->config, *cc, mail_.size.value_or(0)) : std::nullopt;
+    if (r) {
+      logf(LogLevel::Warning, "%s: milter: tempfail: RCPT to=<%s>, client=%s: %s %s %s",
+           logId().c_str(), bareAddress(rcpt).c_str(), name.c_str(), r->code.c_str(),
+           r->xcode.c_str(), r->why.c_str());
+      return {Verdict::Tempfail, {r->code, r->xcode, r->text}};
+    }
   }
   ++total_rcpts_;
   auto it = std::find_if(parts_.begin(), parts_.end(),
@@ -268,6 +295,14 @@ EomOutcome MessageSession::endOfMessage() {
   }
   if (oversize_) return endOfMessage();  // the final CRLF tipped it over
   if (failed_) return errorOutcome(*failed_, {});
+  if (guard_) {
+    if (std::optional<StorageRefusal> r = guard_->atEom(snap_->config)) {
+      dropWriters();
+      logf(LogLevel::Warning, "%s: milter: tempfail: end of message: %s %s %s", logId().c_str(),
+           r->code.c_str(), r->xcode.c_str(), r->why.c_str());
+      return {Verdict::Tempfail, {r->code, r->xcode, r->text}, {}};
+    }
+  }
 
   // Every copy is complete: commit them one after another.
   std::vector<size_t> committed;
@@ -282,6 +317,7 @@ EomOutcome MessageSession::endOfMessage() {
       return commitFailed(why, committed);
     }
     committed.push_back(i);
+    if (guard_) guard_->committed(p.writer->id(), env.client, p.writer->size());
   }
   return capturedOutcome();
 }

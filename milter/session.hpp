@@ -13,6 +13,9 @@
 // earlier one succeeded, the committed files are withdrawn from incoming/ when still there, and any
 // that cannot be withdrawn are logged as possible duplicates (the MTA retries the whole message).
 // Over spool.max_message_size the copy stops and the message is rejected with 552 5.3.4.
+// With a StorageGuard, a spool short of space (spool.min_free) or a client over its queue limits
+// tempfails with 452 (storage_guard.hpp); with a RelayGuard, a recipient relayed from a leased
+// address is checked against the client's relay_senders (relay_guard.hpp).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +31,9 @@
 #include "shared/spool.hpp"
 
 namespace dynmx::milter {
+
+class StorageGuard;
+class RelayGuard;
 
 // What a reload may change: the configuration and the routing built from it. Immutable once
 // built; each message holds the snapshot it started with, so a reload never changes a message
@@ -67,7 +73,7 @@ enum class Verdict {
   Continue,  // go on
   Discard,   // every recipient captured and committed: drop the MTA's copy
   Accept,    // on_error = "accept": let the message pass untouched
-  Tempfail,  // 451 4.3.0 (reply set)
+  Tempfail,  // 451 4.3.0, or 452 from the storage limits (reply set)
   Reject,    // 552 5.3.4 (reply set)
 };
 
@@ -78,7 +84,7 @@ struct Reply {
 };
 
 struct RcptOutcome {
-  Verdict verdict = Verdict::Continue;  // Continue or Reject (early SIZE= check)
+  Verdict verdict = Verdict::Continue;  // Continue, Reject (SIZE=) or Tempfail (storage)
   Reply reply;
 };
 
@@ -104,6 +110,17 @@ class MessageSession {
   void mailFrom(std::string_view sender, const std::vector<std::string_view>& args);
   // argv[0] of xxfi_envrcpt exactly as given (kept for smfi_delrcpt) and its parameters.
   RcptOutcome rcpt(std::string_view rcpt, const std::vector<std::string_view>& args);
+
+  // The storage limits (storage_guard.hpp); without a guard nothing is checked. The check at MAIL
+  // is made only when SIZE= was declared: 452 4.3.1 when the message would not fit above
+  // spool.min_free. At RCPT (a client's recipient) and end of message the limits answer
+  // Tempfail with 452 4.3.1 or 452 4.2.2.
+  void setStorageGuard(StorageGuard* guard) { guard_ = guard; }
+  std::optional<Reply> storageAtMail();
+  // relay_senders (relay_guard.hpp) for recipients of no client; without a guard nothing is
+  // checked. `mailer` is the MTA's {rcpt_mailer} for the next rcpt() ("" when not sent).
+  void setRelayGuard(RelayGuard* guard) { relay_ = guard; }
+  void setRcptMailer(std::string_view mailer) { rcpt_mailer_ = std::string(mailer); }
 
   // True when at least one recipient was captured (otherwise the content is not needed).
   bool capturing() const { return !parts_.empty(); }
@@ -148,6 +165,10 @@ class MessageSession {
   const std::string& logId() const;
 
   Spool& spool_;
+  StorageGuard* guard_ = nullptr;
+  RelayGuard* relay_ = nullptr;
+  std::string rcpt_mailer_;
+  std::optional<std::string> relay_holder_;  // the lease holder of the peer, once asked
   std::shared_ptr<const Snapshot> snap_;
   Peer peer_;
   int64_t arrival_ = 0;

@@ -41,13 +41,14 @@ constexpr size_t kMaxSocketPath = 107;
 constexpr int64_t kMaxDurationSeconds = 3650LL * 86400;  // ten years: beyond that it is a typo
 constexpr size_t kMaxClientName = 64;
 constexpr uint32_t kMaxConcurrency = 64;
+constexpr int64_t kMaxQueueMessages = 1000000000;  // beyond that it is a typo
 constexpr const char* kDurationExamples = "a duration such as \"30s\", \"5m\", \"1h\", \"5d\"";
 constexpr const char* kSizeExamples =
     "a size such as \"50M\", \"512K\", \"1G\" or a number of bytes";
 
 // The known keys of each section, in the order the documentation lists them.
 constexpr std::string_view kSections[] = {"spool", "milter", "tunneld", "relay", "client"};
-constexpr std::string_view kSpoolKeys[] = {"dir", "max_message_size"};
+constexpr std::string_view kSpoolKeys[] = {"dir", "max_message_size", "min_free"};
 constexpr std::string_view kMilterKeys[] = {"socket", "socket_mode", "socket_group", "user",
                                             "on_error"};
 constexpr std::string_view kTunneldKeys[] = {
@@ -62,7 +63,8 @@ constexpr std::string_view kRelayKeys[] = {
 constexpr std::string_view kClientKeys[] = {
     "name",           "host",          "port",        "user",          "domains",
     "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
-    "queue_lifetime", "delay_warning", "relay",       "relay_networks"};
+    "queue_lifetime", "delay_warning", "relay",       "relay_networks", "relay_senders",
+    "max_queue_messages", "max_queue_bytes"};
 
 struct SectionKeys {
   std::string_view header;  // how the section is written in the file
@@ -500,6 +502,26 @@ class Loader {
     out = static_cast<mode_t>(v);
   }
 
+  // A size: an integer number of bytes or a string such as "50M" (parseSize).
+  std::optional<uint64_t> sizeValue(const toml::node& v, const std::string& key, bool allow_zero) {
+    std::optional<uint64_t> size;
+    if (const auto* i = v.as_integer()) {
+      if (i->get() >= 0) size = static_cast<uint64_t>(i->get());
+    } else if (const auto* s = v.as_string()) {
+      size = parseSize(s->get());
+    } else {
+      typeError(v, key, kSizeExamples);
+      return std::nullopt;
+    }
+    if (!size || (*size == 0 && !allow_zero)) {
+      fail(v, key,
+           std::string("expected ") + kSizeExamples +
+               (allow_zero ? " (0: no limit)" : " (more than zero)") + ", got " + describe(v));
+      return std::nullopt;
+    }
+    return size;
+  }
+
   // ---- sections ----
 
   void readRoot(const toml::table& root) {
@@ -530,19 +552,10 @@ class Loader {
                  if (k == "dir") {
                    if (auto s = absolutePath(v, key)) c.dir = *s;
                  } else if (k == "max_message_size") {
-                   std::optional<uint64_t> size;
-                   if (const auto* i = v.as_integer()) {
-                     if (i->get() > 0) size = static_cast<uint64_t>(i->get());
-                   } else if (const auto* s = v.as_string()) {
-                     size = parseSize(s->get());
-                   } else {
-                     return typeError(v, key, kSizeExamples);
-                   }
-                   if (!size || *size == 0)
-                     return fail(v, key,
-                                 std::string("expected ") + kSizeExamples +
-                                     " (more than zero), got " + describe(v));
-                   c.max_message_size = *size;
+                   if (auto size = sizeValue(v, key, /*allow_zero=*/false))
+                     c.max_message_size = *size;
+                 } else if (k == "min_free") {
+                   if (auto size = sizeValue(v, key, /*allow_zero=*/true)) c.min_free = *size;
                  }
                });
   }
@@ -799,8 +812,13 @@ class Loader {
             } else if (k == "concurrency") {
               if (auto n = integer(v, key, 1, kMaxConcurrency))
                 c.concurrency = static_cast<uint32_t>(*n);
-            } else if (k == "relay" || k == "relay_networks") {
+            } else if (k == "relay" || k == "relay_networks" || k == "relay_senders") {
               readClientRelayKey(k, v, key, c);
+            } else if (k == "max_queue_messages") {
+              if (auto n = integer(v, key, 0, kMaxQueueMessages))
+                c.max_queue_messages = static_cast<uint64_t>(*n);
+            } else if (k == "max_queue_bytes") {
+              if (auto size = sizeValue(v, key, /*allow_zero=*/true)) c.max_queue_bytes = *size;
             } else {
               readRetryKey(k, v, key, c.retry);
             }
@@ -963,10 +981,47 @@ class Loader {
   void readClientRelayKey(std::string_view k, const toml::node& v, const std::string& key,
                           ClientConfig& c) {
     if (k == "relay_networks") return readRelayNetworks(v, key, c);
+    if (k == "relay_senders") return readRelaySenders(v, key, c);
     if (const auto* b = v.as_boolean())
       c.relay = b->get();
     else
       typeError(v, key, "true or false");
+  }
+
+  // true, false, or an array of "user@domain" / "@domain" (lower-cased).
+  void readRelaySenders(const toml::node& v, const std::string& key, ClientConfig& c) {
+    constexpr const char* kExpected =
+        "true (the client's domains only), false, or an array of addresses and domains such as "
+        "[\"alice@example.net\", \"@example.org\"]";
+    if (const auto* b = v.as_boolean()) {
+      if (b->get())
+        c.relay_senders.emplace();
+      else
+        c.relay_senders.reset();
+      return;
+    }
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    c.relay_senders.emplace();
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      const auto& e = *a->get(i);
+      auto s = string(e, ekey,
+                      "an address such as \"alice@example.net\" or a domain \"@example.org\"");
+      if (!s) continue;
+      std::string lower = *s;
+      for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      size_t at = lower.rfind('@');
+      std::string domain = at == std::string::npos ? std::string() : lower.substr(at + 1);
+      if (at == std::string::npos || !isDnsName(domain) ||
+          lower.find_first_of(" \t<>,\"") != std::string::npos) {
+        fail(e, ekey,
+             "expected an address such as \"alice@example.net\" or a domain written "
+             "\"@example.org\", got " + quoted(*s));
+        continue;
+      }
+      c.relay_senders->push_back(lower);
+    }
   }
 
   void readRelayNetworks(const toml::node& v, const std::string& key, ClientConfig& c) {
@@ -1349,9 +1404,11 @@ void diffPart(const SpoolStartup& a, const SpoolStartup& b, KeyDiff& out) {
 }
 
 void diffPart(const SpoolReloadable& a, const SpoolReloadable& b, KeyDiff& out) {
-  const auto& [max_message_size] = a;
-  const auto& [max_message_size2] = b;
+  // Both are read per message (dynmx-milter) or per run (dynmx-enqueue): a reload applies them.
+  const auto& [max_message_size, min_free] = a;
+  const auto& [max_message_size2, min_free2] = b;
   out.add("spool.max_message_size", max_message_size != max_message_size2);
+  out.add("spool.min_free", min_free != min_free2);
 }
 
 void diffPart(const MilterStartup& a, const MilterStartup& b, KeyDiff& out) {
@@ -1441,9 +1498,11 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
                                        bool routing_only) {
   // name: the clients are matched by it; loc: where it is written, not what it says.
   const auto& [name, host, port, user, domains, host_key, identity, identity_old, concurrency,
-               retry, relay, relay_networks, loc] = a;
+               retry, relay, relay_networks, relay_senders, max_queue_messages, max_queue_bytes,
+               loc] = a;
   const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, identity_old2,
-               concurrency2, retry2, relay2, relay_networks2, loc2] = b;
+               concurrency2, retry2, relay2, relay_networks2, relay_senders2, max_queue_messages2,
+               max_queue_bytes2, loc2] = b;
   KeyDiff out;
   if (!routing_only) {
     out.add("host", host != host2);
@@ -1451,6 +1510,11 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
     out.add("user", user != user2);
   }
   out.add("domains", domains != domains2);
+  // The queue limits are checked per message by dynmx-milter; dynmx-tunneld shows them in status.
+  out.add("max_queue_messages", max_queue_messages != max_queue_messages2);
+  out.add("max_queue_bytes", max_queue_bytes != max_queue_bytes2);
+  // Checked by dynmx-milter only, per message.
+  out.add("relay_senders", relay_senders != relay_senders2);
   if (routing_only) return out.keys;
   out.add("host_key", host_key != host_key2);
   out.add("identity", identity != identity2 || identity_old != identity_old2);

@@ -74,6 +74,10 @@ struct SpoolStartup {
 };
 struct SpoolReloadable {
   uint64_t max_message_size = 50ull * 1024 * 1024;  // a message in progress keeps its limit
+  // Free space (bytes) the spool's file system keeps: below it new mail for clients is tempfailed
+  // (452 4.3.1). Unset: 1.5 x max_message_size, Postfix's floor (minFreeThreshold in
+  // shared/storage_limits.hpp); 0: no check.
+  std::optional<uint64_t> min_free;
 };
 struct SpoolConfig : SpoolStartup, SpoolReloadable {};
 
@@ -173,6 +177,12 @@ struct ClientConfig {
   RetryPolicy retry;  // [tunneld] values unless overridden
   bool relay = false;                       // may hold relay leases ([relay])
   std::vector<InetNetwork> relay_networks;  // leases only inside these; empty: anywhere
+  // Envelope senders allowed for mail relayed from this client's leased addresses (checked by
+  // dynmx-milter): its own domains and these, "user@example.org" or "@example.org", lower case.
+  // nullopt: no check (the key left out or false); true in the file: the client's domains only.
+  std::optional<std::vector<std::string>> relay_senders;
+  uint64_t max_queue_messages = 0;  // spool files of this client before new mail waits; 0: no limit
+  uint64_t max_queue_bytes = 0;     // their bytes on disk before new mail waits; 0: no limit
   SourceLoc loc;      // where the [[client]] table starts
 
   // The private key this client logs in with: its own identity, else [tunneld] identity.

@@ -27,6 +27,7 @@
 #include "shared/date.hpp"
 #include "shared/log.hpp"
 #include "shared/privileges.hpp"
+#include "shared/storage_limits.hpp"
 #include "shared/sysexits.hpp"
 #include "shared/version.hpp"
 #include "tunneld/relay/checkin.hpp"
@@ -406,12 +407,38 @@ void Daemon::onControlIo(int fd, short revents) {
   }
 }
 
+namespace {
+
+// "spool: DIR, N bytes free, new client mail refused below M (spool.min_free)".
+std::string spoolSpaceLine(const SpoolConfig& spool) {
+  std::string l = "spool: " + spool.dir + ", ";
+  Result<uint64_t> free = freeBytes(spool.dir);
+  l += free ? std::to_string(free.value()) + " bytes free" : "free space unknown (" +
+                                                                  free.error().message + ")";
+  uint64_t need = minFreeThreshold(spool);
+  l += need ? ", new client mail refused below " + std::to_string(need) + " (spool.min_free)"
+            : ", no free space check (spool.min_free = 0)";
+  return l;
+}
+
+// "  queue usage: N messages of max M, B bytes of max Q" (max 0: "no limit").
+std::string queueUsageLine(const ClientConfig& c, const ClientQueueStatus& q) {
+  auto limit = [](uint64_t v) { return v ? std::to_string(v) : std::string("no limit"); };
+  uint64_t messages = q.active + q.deferred + q.hold + q.in_flight;
+  return "  queue usage: " + std::to_string(messages) + " messages of max " +
+         limit(c.max_queue_messages) + ", " + std::to_string(q.bytes) + " bytes of max " +
+         limit(c.max_queue_bytes);
+}
+
+}  // namespace
+
 std::vector<std::string> Daemon::statusLines() {
   std::vector<std::string> lines;
   std::map<std::string, ClientQueueStatus> qs;
   for (auto& s : queue_->status()) qs[s.client] = s;
   lines.push_back(std::string("dynmx-tunneld: ") + (stopping_ ? "stopping" : "running") + ", " +
                   std::to_string(clients_.size()) + " client(s)");
+  lines.push_back(spoolSpaceLine(cfg_.spool));
   for (auto& [name, e] : clients_) {
     ClientStatus s = e.client->status();
     std::string l = "client " + name + ": " + s.state;
@@ -436,6 +463,7 @@ std::vector<std::string> Daemon::statusLines() {
                     ", in flight " + std::to_string(q.in_flight) + ", channels " +
                     std::to_string(s.channels) +
                     (q.oldest_arrival ? ", oldest " + isoUtcOrDash(q.oldest_arrival) : ""));
+    if (const ClientConfig* cc = cfg_.findClient(name)) lines.push_back(queueUsageLine(*cc, q));
     if (!s.last_error.empty()) lines.push_back("  last error: " + s.last_error);
     for (auto& l : leaseStatusLines(name)) lines.push_back(std::move(l));
     qs.erase(name);

@@ -13,6 +13,7 @@
 
 #include "shared/spool.hpp"
 #include "tests/harness/harness.hpp"
+#include "tests/harness/small_fs.hpp"
 
 namespace dynmx {
 namespace {
@@ -215,6 +216,8 @@ TEST_F(Enqueue, FullDiskIsTempfailAndLeavesNoTemporaryFile) {
   writeConfig("");
   test::writeFile(dir_ / "dynmx.toml",
                   "[spool]\ndir = \"" + spool_dir_ + "\"\nmax_message_size = \"10M\"\n"
+                  // The write itself must meet the full disk: no spool.min_free refusal first.
+                  "min_free = 0\n"
                   "[[client]]\nname = \"home\"\nhost = \"h\"\ndomains = [\"home.example.org\"]\n"
                   "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\n");
   RunResult r = enqueue({"-f", "a@example.net", "--", "bob@home.example.org"}, std::string(256 * 1024, 'x'));
@@ -224,6 +227,63 @@ TEST_F(Enqueue, FullDiskIsTempfailAndLeavesNoTemporaryFile) {
   // The disk has room again once the failed message was removed: the next one goes through.
   r = enqueue({"-f", "a@example.net", "--", "bob@home.example.org"}, "small\n");
   EXPECT_EQ(r.exit, 0) << r.err;
+}
+
+std::map<std::string, std::string> spoolFiles(const std::string& spool_dir) {
+  std::map<std::string, std::string> out;
+  for (const char* st : {"incoming", "tmp"})
+    for (const auto& name : test::listDir(spool_dir + "/" + st))
+      out[std::string(st) + "/" + name] = test::readFile(spool_dir + "/" + st + "/" + name);
+  return out;
+}
+
+// spool.min_free: below it dynmx-enqueue exits 75 before writing anything, what is spooled stays
+// whole, and mail goes through again once there is room.
+TEST_F(Enqueue, BelowMinFreeExitsTempfailAndResumesWhenSpaceReturns) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  test::SmallFs fs(dir_ / "small", "4m");
+  spool_dir_ = (dir_ / "small") + "/spool";
+  ASSERT_TRUE(Spool(spool_dir_).prepare().ok());
+  writeConfig("min_free = \"1M\"\n");
+  RunResult r = enqueue({"-f", "a@example.net", "--", "bob@home.example.org"}, "first\n");
+  ASSERT_EQ(r.exit, 0) << r.err;
+  auto before = spoolFiles(spool_dir_);
+  ASSERT_EQ(before.size(), 1u);
+
+  fs.fillLeaving((dir_ / "small") + "/filler", 512 * 1024);
+  r = enqueue({"-f", "a@example.net", "--", "bob@home.example.org"}, "second\n");
+  EXPECT_EQ(r.exit, EX_TEMPFAIL);
+  EXPECT_NE(r.err.find("452 4.3.1 Insufficient system storage"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("spool.min_free needs 1048576"), std::string::npos) << r.err;
+  EXPECT_EQ(spoolFiles(spool_dir_), before) << "what was spooled is untouched, nothing added";
+
+  ASSERT_EQ(::unlink(((dir_ / "small") + "/filler").c_str()), 0);
+  r = enqueue({"-f", "a@example.net", "--", "bob@home.example.org"}, "third\n");
+  EXPECT_EQ(r.exit, 0) << r.err;
+  EXPECT_EQ(incoming().size(), 2u);
+}
+
+// max_queue_messages: the client at its limit waits (75, 4.2.2); another client is not affected.
+TEST_F(Enqueue, ClientOverQueueLimitExitsTempfailOthersGoThrough) {
+  test::writeFile(dir_ / "dynmx.toml",
+                  "[spool]\ndir = \"" + spool_dir_ + "\"\n"
+                  "[[client]]\nname = \"home\"\nhost = \"h\"\ndomains = [\"home.example.org\"]\n"
+                  "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\n"
+                  "max_queue_messages = 2\n"
+                  "[[client]]\nname = \"office\"\nhost = \"o\"\ndomains = [\"office.example.com\"]\n"
+                  "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\n"
+                  "max_queue_messages = 2\n");
+  for (int i = 0; i < 2; ++i)
+    ASSERT_EQ(enqueue({"-f", "a@example.net", "--", "bob@home.example.org"}, "x\n").exit, 0);
+  RunResult r = enqueue({"-f", "a@example.net", "--", "bob@home.example.org"}, "x\n");
+  EXPECT_EQ(r.exit, EX_TEMPFAIL);
+  EXPECT_NE(r.err.find("452 4.2.2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("client home has 2 messages queued, max_queue_messages 2"),
+            std::string::npos)
+      << r.err;
+  r = enqueue({"-f", "a@example.net", "--", "carol@office.example.com"}, "x\n");
+  EXPECT_EQ(r.exit, 0) << r.err;
+  EXPECT_EQ(incoming().size(), 3u);
 }
 
 TEST_F(Enqueue, BadConfigIsConfigErrorWithLocation) {

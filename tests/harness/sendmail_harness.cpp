@@ -111,6 +111,7 @@ std::string TestMilter::configText() const {
   std::ostringstream o;
   o << "[spool]\ndir = " << quoteToml(spoolDir()) << "\n";
   if (!opts_.max_message_size.empty()) o << "max_message_size = " << opts_.max_message_size << "\n";
+  o << opts_.spool_extra;
   o << "\n[milter]\nsocket = " << quoteToml(socketSpec()) << "\n";
   if (!opts_.on_error.empty()) o << "on_error = " << quoteToml(opts_.on_error) << "\n";
   if (!opts_.socket_mode.empty()) o << "socket_mode = " << quoteToml(opts_.socket_mode) << "\n";

@@ -37,6 +37,7 @@ struct TestMilterOptions {
   std::vector<TestClient> clients = {{"alpha", {"alpha.example", ".alpha.example"}},
                                      {"beta", {"beta.example"}}};
   std::string max_message_size;  // TOML value text, e.g. "10000"; empty: the default
+  std::string spool_extra;       // more [spool] lines, e.g. "min_free = \"1M\"\n"
   std::string on_error;          // "tempfail" / "accept"; empty: the default
   std::string socket_mode;       // e.g. "0600"; empty: the default
   std::string socket_group;      // milter.socket_group; empty: not written

@@ -24,6 +24,7 @@
 #include "tests/harness/harness.hpp"
 #include "tests/harness/man_page.hpp"
 #include "tests/harness/postfix_harness.hpp"
+#include "tests/harness/sendmail_harness.hpp"
 #include "tests/relay/relay_smtp_util.hpp"
 #include "tunneld/relay/relaymap_process.hpp"
 
@@ -57,7 +58,8 @@ class PostfixRelayTest : public ::testing::Test {
   }
 
   // The page's lines with `table_path` for the socket; mynetworks excludes the test clients.
-  void startPostfix(const std::string& table_path, bool chroot = false) {
+  void startPostfix(const std::string& table_path, bool chroot = false,
+                    const std::string& more_main_cf = "") {
     TestPostfixOptions po;
     po.chroot = chroot;
     po.relay_domains = {"alpha.example"};
@@ -67,7 +69,7 @@ class PostfixRelayTest : public ::testing::Test {
         // Trusted by Postfix itself: 127.0.0.1 alone, not the test clients.
         "mynetworks = 127.0.0.1/32\n"
         // The harness bounces local mail at RCPT (error transport); accept and drop it.
-        "local_transport = discard\n";
+        "local_transport = discard\n" + more_main_cf;
     postfix_ = std::make_unique<TestPostfix>(tmp_.path() + "/postfix", pkg_, po);
   }
 
@@ -146,6 +148,41 @@ TEST_F(PostfixRelayTest, LeasedAddressMayRelayOthersMayNot) {
   EXPECT_EQ(rcptFrom("127.0.0.3", kRelayDomain).substr(0, 3), "250");
   // Again, over the connection Postfix keeps open to the relaymap.
   EXPECT_EQ(rcptFrom("127.0.0.2", kOutside).substr(0, 3), "250");
+}
+
+// relay_senders through dynmx-milter in smtpd_milters: Postfix grants the leased address relaying,
+// the milter asks the same relaymap whose lease it is and refuses a sender outside the client's
+// domains; mail that does not leave the host ({rcpt_mailer} discard here) is not checked.
+TEST_F(PostfixRelayTest, LeasedClientRelaysOnlyInItsOwnNameThroughDynmxMilter) {
+  startRelaymap();
+  lease({leaseFor("127.0.0.2", 3600)});
+  dynmx::test::TestMilterOptions mo;
+  mo.socket_group = "mail";  // Postfix talks to milters as its mail_owner
+  mo.clients = {{"home", {"home.example"}}};
+  mo.clients[0].extra = "relay = true\nrelay_senders = true\n";
+  mo.extra_toml = "[relay]\nsocket = \"" + socket_ + "\"\n";
+  dynmx::test::TestMilter milter(tmp_.path() + "/milter", mo);
+  milter.start();
+  startPostfix(socket_, false,
+               "smtpd_milters = " + milter.socketSpec() +
+                   "\nmilter_default_action = tempfail\nmilter_protocol = 6\n");
+  postfix_->start();
+  auto relay = [&](const std::string& sender, const std::string& rcpt) {
+    SmtpFrom s("127.0.0.2", "127.0.0.1", postfix_->port());
+    s.command("EHLO client.home.example");
+    std::string r = s.command("MAIL FROM:<" + sender + ">");
+    if (r.rfind("250", 0) != 0) return "MAIL: " + r;
+    return s.command("RCPT TO:<" + rcpt + ">");
+  };
+  EXPECT_EQ(relay("alice@home.example", kOutside).substr(0, 3), "250");
+  std::string r = relay("spammer@evil.example", kOutside);
+  EXPECT_EQ(r.substr(0, 9), "550 5.7.1") << r;
+  EXPECT_EQ(relay("spammer@evil.example", kLocal).substr(0, 3), "250");
+  EXPECT_EQ(rcptFrom("127.0.0.3", kOutside), kDenied) << "Postfix still decides who may relay";
+  EXPECT_TRUE(milter.waitForLog("milter: relay: client=home, addr=127.0.0.2, "
+                                "from=<alice@home.example>, to=<friend@elsewhere.example>"));
+  if (HasFailure()) std::fprintf(stderr, "--- dynmx-milter log:\n%s\n", milter.log().c_str());
+  postfix_->stop();
 }
 
 TEST_F(PostfixRelayTest, ExpiredLeaseIsRefused) {

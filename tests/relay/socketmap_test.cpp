@@ -70,6 +70,34 @@ TEST(SocketmapAnswer, TableNotLoadedIsTempNeverOk) {
   EXPECT_EQ(answerRequest("relay mail.example.org", unknown).status, S::NotFound);
 }
 
+// relayclient: dynmx-milter's question, answered with the client holding the lease.
+TEST(SocketmapAnswer, RelayClientMapNamesTheLeaseHolder) {
+  auto holder = [](const InetAddr& a) -> std::optional<std::string> {
+    if (a == *InetAddr::parse("192.0.2.7")) return std::string("office");
+    return std::string();
+  };
+  const std::vector<AnswerCase> cases = {
+      {"relayclient 192.0.2.7", S::Ok, "office"},
+      {"relayclient ipv6:0:0:0:0:0:ffff:c000:207", S::Ok, "office"},
+      {"relayclient 192.0.2.8", S::NotFound, ""},
+      {"relayclient mail.example.org", S::NotFound, ""},
+      {"relayclient ", S::Perm, "empty key"},
+      // The MTA's map still answers OK alone.
+      {"relay 192.0.2.7", S::Ok, "OK"},
+      {"relay 192.0.2.8", S::NotFound, ""},
+      {"relayclients 192.0.2.7", S::Perm, "unknown map"},
+  };
+  for (const AnswerCase& c : cases) {
+    SocketmapAnswer a = answerLeaseRequest(c.payload, holder);
+    EXPECT_EQ(a.status, c.status) << c.payload;
+    EXPECT_EQ(a.text, c.text) << c.payload;
+  }
+  auto unknown = [](const InetAddr&) -> std::optional<std::string> { return std::nullopt; };
+  EXPECT_EQ(answerLeaseRequest("relayclient 192.0.2.7", unknown).status, S::Temp);
+  // The relay-only entry point does not answer the milter's map.
+  EXPECT_EQ(answerRequest("relayclient 192.0.2.7", table).status, S::Perm);
+}
+
 TEST(SocketmapAnswer, FormatsNetstrings) {
   EXPECT_EQ(formatAnswer({S::Ok, "OK"}), "5:OK OK,");
   EXPECT_EQ(formatAnswer({S::NotFound, ""}), "9:NOTFOUND ,");

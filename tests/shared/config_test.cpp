@@ -454,6 +454,22 @@ INSTANTIATE_TEST_SUITE_P(
                 "spool.max_message_size", "expected a size such as \"50M\""},
         BadCase{"SizeZero", "[spool]\nmax_message_size = 0\n", 2, 20, "spool.max_message_size",
                 "more than zero"},
+        BadCase{"MinFreeWithB", "[spool]\nmin_free = \"1MB\"\n", 2, 12, "spool.min_free",
+                "expected a size such as \"50M\""},
+        BadCase{"MinFreeNegative", "[spool]\nmin_free = -1\n", 2, 12, "spool.min_free",
+                "(0: no limit), got the integer -1"},
+        BadCase{"QueueMessagesNegative",
+                client("a", "[\"a.example\"]", "max_queue_messages = -1\n"), 6, 22,
+                "client[0].max_queue_messages", "expected an integer from 0 to 1000000000"},
+        BadCase{"RelaySendersNoAt",
+                client("a", "[\"a.example\"]", "relay_senders = [\"partner.example\"]\n"), 6,
+                18, "client[0].relay_senders[0]",
+                "expected an address such as \"alice@example.net\" or a domain written "
+                "\"@example.org\", got \"partner.example\""},
+        BadCase{"RelaySendersString", client("a", "[\"a.example\"]", "relay_senders = \"yes\"\n"),
+                6, 17, "client[0].relay_senders", "true (the client's domains only), false"},
+        BadCase{"QueueBytesWords", client("a", "[\"a.example\"]", "max_queue_bytes = \"lots\"\n"),
+                6, 19, "client[0].max_queue_bytes", "got \"lots\""},
         // ---- sockets and modes
         BadCase{"SocketRelative", "[milter]\nsocket = \"unix:milter.sock\"\n", 2, 10,
                 "milter.socket", "absolute path), got \"unix:milter.sock\""},
@@ -1222,6 +1238,56 @@ TEST(RestartOnlyDifferences, SeparatesRestartKeysFromReloadableOnes) {
     ASSERT_TRUE(next.config) << allErrors(next);
     EXPECT_EQ(restartOnlyDifferences(*base.config, *next.config), c.restart) << c.text;
   }
+}
+
+TEST(LoadConfig, StorageLimits) {
+  auto unset = parseConfig(client("a", "[\"a.example\"]"), kPath);
+  ASSERT_TRUE(unset.config) << allErrors(unset);
+  EXPECT_FALSE(unset.config->spool.min_free.has_value()) << "unset: 1.5 x max_message_size";
+  EXPECT_EQ(unset.config->clients[0].max_queue_messages, 0u);
+  EXPECT_EQ(unset.config->clients[0].max_queue_bytes, 0u);
+  auto set = parseConfig("[spool]\nmin_free = \"200M\"\n" +
+                             client("a", "[\"a.example\"]",
+                                    "max_queue_messages = 5000\nmax_queue_bytes = \"2G\"\n"),
+                         kPath);
+  ASSERT_TRUE(set.config) << allErrors(set);
+  EXPECT_EQ(set.config->spool.min_free, 200ull << 20);
+  EXPECT_EQ(set.config->clients[0].max_queue_messages, 5000u);
+  EXPECT_EQ(set.config->clients[0].max_queue_bytes, 2ull << 30);
+  auto off = parseConfig("[spool]\nmin_free = 0\n", kPath);
+  ASSERT_TRUE(off.config) << allErrors(off);
+  EXPECT_EQ(off.config->spool.min_free, 0u) << "0 is set (no check), not unset";
+}
+
+TEST(LoadConfig, RelaySenders) {
+  auto r = parseConfig(client("a", "[\"a.example\"]") + client("b", "[\"b.example\"]",
+                                                              "relay_senders = true\n") +
+                           client("c", "[\"c.example\"]",
+                                  "relay_senders = [\"Boss@Partner.Example\", \"@corp.example\"]\n") +
+                           client("d", "[\"d.example\"]", "relay_senders = false\n"),
+                       kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  EXPECT_FALSE(r.config->clients[0].relay_senders.has_value());
+  ASSERT_TRUE(r.config->clients[1].relay_senders.has_value());
+  EXPECT_TRUE(r.config->clients[1].relay_senders->empty()) << "true: the client's domains only";
+  EXPECT_EQ(r.config->clients[2].relay_senders,
+            (std::vector<std::string>{"boss@partner.example", "@corp.example"}));
+  EXPECT_FALSE(r.config->clients[3].relay_senders.has_value()) << "false: no check";
+}
+
+TEST(PlanReload, StorageLimitsAreTakenByTheMilterAndTheDaemon) {
+  auto base = parseConfig(client("a", "[\"a.example\"]"), kPath);
+  auto next = parseConfig("[spool]\nmin_free = \"1G\"\n" +
+                              client("a", "[\"a.example\"]", "max_queue_bytes = \"1G\"\n"),
+                          kPath);
+  ASSERT_TRUE(base.config && next.config) << allErrors(base) << allErrors(next);
+  ReloadPlan milter = planReload(*base.config, *next.config, ConfigRole::Milter);
+  EXPECT_EQ(milter.taken,
+            (std::vector<std::string>{"spool.min_free", "client a: max_queue_bytes"}));
+  EXPECT_TRUE(milter.waiting.empty());
+  EXPECT_EQ(milter.config.spool.min_free, 1ull << 30);
+  ReloadPlan tunneld = planReload(*base.config, *next.config, ConfigRole::Tunneld);
+  EXPECT_EQ(tunneld.taken, (std::vector<std::string>{"client a: max_queue_bytes"}));
 }
 
 TEST(PlanReload, KeepsRestartKeysAsRunningAndSaysWhatEachProgramTook) {

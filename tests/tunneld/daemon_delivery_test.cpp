@@ -630,6 +630,36 @@ TEST_F(DaemonTest, QueueShowsArrivalAsADateAndAsJson) {
   EXPECT_EQ(runCommand({"/usr/bin/python3", "-c", check, id, sender}, &out, json.second), 0) << json.second;
 }
 
+TEST_F(DaemonTest, StatusShowsSpoolSpaceAndQueueUsageAgainstLimits) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig("", "max_queue_messages = 10\nmax_queue_bytes = \"1M\"\n");
+  sshd->stop();
+  startDaemon();
+  std::string a = spool("Subject: one\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  std::string b = spool("Subject: two\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  const std::string want = "  queue usage: 2 messages of max 10, ";
+  ASSERT_TRUE(waitFor([&] { return contains(status(), want); }, kLong)) << status();
+  // At least the files' sizes when spooled (failed attempts may add journal lines).
+  auto size = [&](const std::string& id) -> uint64_t {
+    for (const char* st : {"incoming", "active", "deferred"}) {
+      std::error_code ec;
+      uint64_t n = std::filesystem::file_size(spooldir() + "/" + st + "/" + id, ec);
+      if (!ec) return n;
+    }
+    return 0;
+  };
+  uint64_t bytes = size(a) + size(b);
+  EXPECT_GT(bytes, 0u);
+  std::string st = status();
+  size_t at = st.find(want) + want.size();
+  EXPECT_GE(std::stoull(st.substr(at)), bytes) << st;
+  EXPECT_TRUE(contains(st.substr(at), " bytes of max 1048576\n")) << st;
+  EXPECT_TRUE(contains(st, "spool: " + spooldir() + ", ")) << st;
+  // Unset spool.min_free: 1.5 x the default max_message_size of 50M.
+  EXPECT_TRUE(contains(st, " bytes free, new client mail refused below 78643200 (spool.min_free)"))
+      << st;
+}
+
 TEST_F(DaemonTest, FarEndRefusingEverySessionIsRetriedWithBackoffAndMailStays) {
   startSshd(smtpd() + " --maildir " + maildir() + " --greeting-reply '554 5.3.2 not today'");
   writeConfig();

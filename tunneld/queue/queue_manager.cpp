@@ -327,6 +327,7 @@ std::vector<ClientQueueStatus> QueueManager::Impl::status() const {
     ClientQueueStatus& s = by[e.msg.env.client];
     s.client = e.msg.env.client;
     s.notifications = e.kind == Kind::Notification;
+    s.bytes += e.msg.good_length;
     if (e.in_flight) {
       ++s.in_flight;
     } else if (e.msg.state == QueueState::Hold) {

@@ -54,6 +54,7 @@ std::chrono::seconds retryDelay(const RetryPolicy& p, uint32_t attempts, std::ch
 struct ClientQueueStatus {
   std::string client;
   size_t active = 0, deferred = 0, hold = 0, in_flight = 0;
+  uint64_t bytes = 0;          // the spool files' sizes (max_queue_bytes counts the same)
   int64_t oldest_arrival = 0;  // 0 when empty
   bool notifications = false;  // the line of the notifications (client is kBounceClient)
 };

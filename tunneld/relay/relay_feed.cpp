@@ -37,6 +37,10 @@ bool LeaseSnapshot::leased(const InetAddr& a, int64_t now_unix) const {
   return it != leases.end() && it->second.expires_unix > now_unix;
 }
 
+std::string LeaseSnapshot::holder(const InetAddr& a, int64_t now_unix) const {
+  return leased(a, now_unix) ? leases.at(a).client : std::string();
+}
+
 bool validFeedClient(std::string_view name) {
   if (name.empty() || name.size() > kMaxClientName) return false;
   for (char c : name) {

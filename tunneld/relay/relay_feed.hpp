@@ -47,6 +47,8 @@ struct LeaseSnapshot {
   std::map<InetAddr, Entry> leases;
   // Leased at `now_unix`: present, and the expiry is still ahead.
   bool leased(const InetAddr& a, int64_t now_unix) const;
+  // The client holding the lease at `now_unix`, "" when none.
+  std::string holder(const InetAddr& a, int64_t now_unix) const;
 };
 
 // The feed text of one full snapshot. Leases with a client name the format cannot carry are a bug

@@ -126,11 +126,11 @@ void Server::answerAll(Conn& c) {
       c.closing = true;
       return;
     }
-    LeaseLookup lookup = [&](const InetAddr& a) -> std::optional<bool> {
+    LeaseHolderLookup holder = [&](const InetAddr& a) -> std::optional<std::string> {
       if (!table_) return std::nullopt;
-      return table_->leased(a, time_.unixSeconds());
+      return table_->holder(a, time_.unixSeconds());
     };
-    c.out += formatAnswer(answerRequest(payload, lookup));
+    c.out += formatAnswer(answerLeaseRequest(payload, holder));
   }
 }
 

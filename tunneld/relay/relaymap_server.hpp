@@ -2,8 +2,9 @@
 // socket, the lease feed and the MTA connections.
 //
 // Contract: serve() accepts MTA connections on `listen_fd` (non-blocking is set here), answers
-// each request with answerRequest() against the newest complete snapshot read from `feed_fd`,
-// judging expiry by `time` (its own clock, not the daemon's), and returns when the feed ends.
+// each request with answerLeaseRequest() (maps relay and relayclient) against the newest complete
+// snapshot read from `feed_fd`, judging expiry by `time` (its own clock, not the daemon's), and
+// returns when the feed ends.
 // Up to max_connections at once (a connection over the limit is accepted and closed at once, so
 // that the MTA fails fast instead of waiting in the backlog); a connection idle for idle_timeout,
 // or one that sends a malformed request (answered PERM first) or does not read its answers, is

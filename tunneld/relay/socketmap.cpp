@@ -80,19 +80,31 @@ std::optional<InetAddr> socketmapKeyAddress(std::string_view key) {
   return InetAddr::parse(key);
 }
 
-SocketmapAnswer answerRequest(std::string_view payload, const LeaseLookup& lookup) {
+SocketmapAnswer answerLeaseRequest(std::string_view payload, const LeaseHolderLookup& holder) {
   size_t sp = payload.find(' ');
   if (sp == std::string_view::npos || sp == 0) return perm("malformed request");
   std::string_view map = payload.substr(0, sp);
   std::string_view key = payload.substr(sp + 1);
-  if (map != kRelayMapName) return perm("unknown map");
+  if (map != kRelayMapName && map != kRelayClientMapName) return perm("unknown map");
   if (key.empty()) return perm("empty key");
   std::optional<InetAddr> addr = socketmapKeyAddress(key);
   if (!addr) return {SocketmapStatus::NotFound, ""};  // a host name: leases are by address
-  std::optional<bool> leased = lookup(*addr);
-  if (!leased) return {SocketmapStatus::Temp, "lease table not loaded"};
-  if (*leased) return {SocketmapStatus::Ok, "OK"};
-  return {SocketmapStatus::NotFound, ""};
+  std::optional<std::string> client = holder(*addr);
+  if (!client) return {SocketmapStatus::Temp, "lease table not loaded"};
+  if (client->empty()) return {SocketmapStatus::NotFound, ""};
+  // The MTA's map answers "OK" alone: its rules compare the value with OK.
+  return {SocketmapStatus::Ok, map == kRelayMapName ? std::string("OK") : *client};
+}
+
+SocketmapAnswer answerRequest(std::string_view payload, const LeaseLookup& lookup) {
+  size_t sp = payload.find(' ');
+  if (sp != std::string_view::npos && sp != 0 && payload.substr(0, sp) != kRelayMapName)
+    return perm("unknown map");
+  return answerLeaseRequest(payload, [&](const InetAddr& a) -> std::optional<std::string> {
+    std::optional<bool> leased = lookup(a);
+    if (!leased) return std::nullopt;
+    return *leased ? std::string("?") : std::string();
+  });
 }
 
 }  // namespace dynmx::relay

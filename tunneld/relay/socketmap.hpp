@@ -4,7 +4,9 @@
 // Contract: a request is a netstring `LEN:MAPNAME KEY,` of at most kMaxRequest payload bytes; an
 // answer is a netstring `OK OK`, `NOTFOUND `, `TEMP reason` or `PERM reason`. SocketmapReader takes
 // the bytes of one connection in any slicing and yields whole requests in order. answerRequest()
-// maps one request to one answer: map `relay` only; a key that is an address (sendmail's
+// maps one request to one answer: map `relay` (the MTA's question: `OK OK` for a leased address)
+// and, with answerLeaseRequest(), map `relayclient` (dynmx-milter's question: `OK CLIENT`, the
+// name of the client holding the lease, for relay_senders); a key that is an address (sendmail's
 // `ipv6:2001:db8:0:0:0:0:0:1`, Postfix's `2001:db8::1`, IPv4, with or without brackets) is asked
 // of the lease lookup; a key that is not an address (Postfix first asks for the client's host name)
 // is NOTFOUND.
@@ -29,6 +31,7 @@ namespace dynmx::relay {
 // name, a space and such a key fit with room to spare.
 inline constexpr size_t kMaxRequest = 512;
 inline constexpr std::string_view kRelayMapName = "relay";
+inline constexpr std::string_view kRelayClientMapName = "relayclient";
 
 enum class SocketmapStatus { Ok, NotFound, Temp, Perm };
 
@@ -67,7 +70,16 @@ using LeaseLookup = std::function<std::optional<bool>(const InetAddr&)>;
 // The key's address in the forms sendmail and Postfix send, or nullopt (a host name, garbage).
 std::optional<InetAddr> socketmapKeyAddress(std::string_view key);
 
-// The answer to one request payload ("relay 192.0.2.1").
+// The answer to one request payload ("relay 192.0.2.1"); map `relay` only.
 SocketmapAnswer answerRequest(std::string_view payload, const LeaseLookup& lookup);
+
+// Who holds the lease on an address now: the client's name, "" when nobody, nullopt when the
+// lease table cannot tell (not loaded yet).
+using LeaseHolderLookup = std::function<std::optional<std::string>(const InetAddr&)>;
+
+// The answer to one request payload of either map: "relay ADDR" as answerRequest(),
+// "relayclient ADDR" -> `OK CLIENT` when leased, NOTFOUND when not, TEMP when the table cannot
+// tell.
+SocketmapAnswer answerLeaseRequest(std::string_view payload, const LeaseHolderLookup& holder);
 
 }  // namespace dynmx::relay
