@@ -525,11 +525,19 @@ std::vector<std::string> Daemon::statusRecords() {
                                     {{"state", stopping_ ? "stopping" : "running"},
                                      {"clients", n(clients_.size())},
                                      {"version", kVersion}}}));
+  {
+    Result<uint64_t> free = freeBytes(cfg_.spool.dir);
+    out.push_back(formatStatusRecord({"spool",
+                                      {{"dir", cfg_.spool.dir},
+                                       {"free_bytes", free ? n(free.value()) : std::string()},
+                                       {"min_free", n(minFreeThreshold(cfg_.spool))}}}));
+  }
   auto queueFields = [&](StatusRecord& rec, const ClientQueueStatus& q) {
     rec.fields.insert(rec.fields.end(), {{"active", n(q.active)},
                                          {"deferred", n(q.deferred)},
                                          {"hold", n(q.hold)},
                                          {"in_flight", n(q.in_flight)},
+                                         {"bytes", n(q.bytes)},
                                          {"oldest_arrival", n(q.oldest_arrival)}});
   };
   size_t notifications = 0;
@@ -552,6 +560,9 @@ std::vector<std::string> Daemon::statusRecords() {
                       {"presented_fp", s.presented_fp},
                       {"expected_fp", s.expected_fp},
                       {"last_error", s.last_error}}};
+    if (const ClientConfig* cc = cfg_.findClient(name))
+      rec.fields.insert(rec.fields.end(), {{"max_queue_messages", n(cc->max_queue_messages)},
+                                           {"max_queue_bytes", n(cc->max_queue_bytes)}});
     queueFields(rec, qs[name]);
     qs.erase(name);
     out.push_back(formatStatusRecord(rec));

@@ -195,8 +195,9 @@ std::string clientJson(const StatusJson& j) {
   o += ", \"host_key\": {\"presented\": " + j.str("presented_fp") +
        ", \"expected\": " + j.str("expected_fp") + "}, \"last_error\": " + j.str("last_error") +
        ", \"queue\": {\"active\": " + j.num("active") + ", \"deferred\": " + j.num("deferred") +
-       ", \"hold\": " + j.num("hold") + ", \"in_flight\": " + j.num("in_flight") + ", " +
-       j.time("oldest_arrival") + "}}";
+       ", \"hold\": " + j.num("hold") + ", \"in_flight\": " + j.num("in_flight") +
+       ", \"bytes\": " + j.num("bytes") + ", \"max_messages\": " + j.num("max_queue_messages") +
+       ", \"max_bytes\": " + j.num("max_queue_bytes") + ", " + j.time("oldest_arrival") + "}}";
   return o;
 }
 
@@ -205,7 +206,7 @@ std::string clientJson(const StatusJson& j) {
 // `status --json`: the daemon's `status fields` records as one JSON object, fields as dynmxctl(8)
 // lists them; EX_PROTOCOL when a record does not parse.
 static int printStatusJson(const std::vector<std::string>& lines) {
-  std::string daemon = "null", notifications = "null", clients;
+  std::string daemon = "null", spool = "null", notifications = "null", clients;
   bool bad = false;
   for (auto& l : lines) {
     auto p = tunneld::parseStatusRecord(l);
@@ -217,6 +218,10 @@ static int printStatusJson(const std::vector<std::string>& lines) {
     if (p->kind == "daemon")
       daemon = "{\"state\": " + j.str("state") + ", \"version\": " + j.str("version") +
                ", \"clients\": " + j.num("clients") + "}";
+    else if (p->kind == "spool")
+      spool = "{\"dir\": " + j.str("dir") + ", \"free_bytes\": " +
+              (j.str("free_bytes") == "null" ? std::string("null") : j.num("free_bytes")) +
+              ", \"min_free\": " + j.num("min_free") + "}";
     else if (p->kind == "client")
       clients += (clients.empty() ? "" : ", ") + clientJson(j);
     else if (p->kind == "notifications")
@@ -226,8 +231,8 @@ static int printStatusJson(const std::vector<std::string>& lines) {
     std::fprintf(stderr, "dynmxctl: status: a number field does not parse\n");
     return EX_PROTOCOL;
   }
-  std::printf("{\"daemon\": %s, \"clients\": [%s], \"notifications\": %s}\n", daemon.c_str(),
-              clients.c_str(), notifications.c_str());
+  std::printf("{\"daemon\": %s, \"spool\": %s, \"clients\": [%s], \"notifications\": %s}\n",
+              daemon.c_str(), spool.c_str(), clients.c_str(), notifications.c_str());
   return EX_OK;
 }
 
