@@ -251,9 +251,9 @@ sfsistat xxEnvrcpt(SMFICTX* ctx, char** argv) {
     MessageSession& m = needMsg(needConn(ctx));
     m.setQueueId(macro(ctx, "i"));
     RcptOutcome r = m.rcpt(argv && argv[0] ? argv[0] : "", params(argv));
-    if (r.verdict == Verdict::Reject) {
+    if (r.verdict == Verdict::Reject || r.verdict == Verdict::Tempfail) {
       setReply(ctx, r.reply);
-      return SMFIS_REJECT;
+      return r.verdict == Verdict::Reject ? SMFIS_REJECT : SMFIS_TEMPFAIL;
     }
     return SMFIS_CONTINUE;
   });

@@ -22,6 +22,7 @@
 #include <string_view>
 #include <vector>
 
+#include "milter/recipient_check.hpp"
 #include "shared/config.hpp"
 #include "shared/crlf.hpp"
 #include "shared/routing.hpp"
@@ -35,7 +36,9 @@ namespace dynmx::milter {
 struct Snapshot {
   Config config;
   Router router;
-  explicit Snapshot(Config c) : config(std::move(c)), router(config.clients) {}
+  RecipientCheck recipients;  // the clients' recipient lists (re-read on change)
+  explicit Snapshot(Config c)
+      : config(std::move(c)), router(config.clients), recipients(config.clients) {}
 };
 
 // ESMTP parameters of MAIL FROM that the spool keeps (RFC 1870, 6152, 3461, 6531).
@@ -78,7 +81,8 @@ struct Reply {
 };
 
 struct RcptOutcome {
-  Verdict verdict = Verdict::Continue;  // Continue or Reject (early SIZE= check)
+  // Continue, Reject (early SIZE= check, unknown recipient) or Tempfail (recipient list unreadable)
+  Verdict verdict = Verdict::Continue;
   Reply reply;
 };
 

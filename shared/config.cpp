@@ -28,6 +28,7 @@
 #include <utility>
 
 #include "shared/private_key.hpp"
+#include "shared/recipient_list.hpp"
 #include "shared/result.hpp"
 #include "shared/sysexits.hpp"
 
@@ -62,7 +63,8 @@ constexpr std::string_view kRelayKeys[] = {
 constexpr std::string_view kClientKeys[] = {
     "name",           "host",          "port",        "user",          "domains",
     "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
-    "queue_lifetime", "delay_warning", "relay",       "relay_networks"};
+    "queue_lifetime", "delay_warning", "relay",       "relay_networks", "recipients",
+    "recipient_file"};
 
 struct SectionKeys {
   std::string_view header;  // how the section is written in the file
@@ -755,6 +757,10 @@ class Loader {
                 c.concurrency = static_cast<uint32_t>(*n);
             } else if (k == "relay" || k == "relay_networks") {
               readClientRelayKey(k, v, key, c);
+            } else if (k == "recipient_file") {
+              if (auto s = absolutePath(v, key)) c.recipient_file = *s;
+            } else if (k == "recipients") {
+              // read below, once the client's domains are known
             } else {
               readRetryKey(k, v, key, c.retry);
             }
@@ -763,6 +769,7 @@ class Loader {
         if (!t.contains(req))
           fail(c.loc, prefix, "missing required key " + quoted(req) + " in [[client]]");
       }
+      if (const auto* r = t.get("recipients")) readRecipients(*r, prefix + ".recipients", c);
       clientOrderCheck(prefix, c);
       claimDomains(i, c, domains_at, claims);
       cfg_.clients.push_back(std::move(c));
@@ -844,6 +851,43 @@ class Loader {
       }
       c.domains.push_back(d);
       where.emplace_back(ekey, at(e));
+    }
+  }
+
+  // After the domains: an entry outside them would never be consulted, and is an error.
+  void readRecipients(const toml::node& v, const std::string& key, ClientConfig& c) {
+    constexpr const char* kExpected =
+        "a non-empty array of addresses such as [\"user@example.org\", \"@other.example.org\"] "
+        "(leave the key out to accept every recipient)";
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    if (a->empty()) return fail(v, key, std::string("expected ") + kExpected + ", got []");
+    auto domain_ok = clientDomainPredicate(c.domains);
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      const auto& e = *a->get(i);
+      auto s = string(e, ekey, "an address \"user@domain\" or \"@domain\"");
+      if (!s) continue;
+      std::string why;
+      if (auto entry = normalizeRecipientEntry(*s, &why, domain_ok))
+        c.recipients.push_back(std::move(*entry));
+      else
+        fail(e, ekey, why);
+    }
+  }
+
+  // dynmx-milter and dynmx-enqueue read the recipient file: a bad one stops them at start-up.
+  void checkRecipientFile(const ClientConfig& c, const std::string& prefix) {
+    std::string key = prefix + ".recipient_file";
+    if (c.recipient_file.empty() || bad_.count(key)) return;
+    if (role_ != ConfigRole::Milter && role_ != ConfigRole::Enqueue) return;
+    Result<RecipientList> r = loadRecipientFile(c.recipient_file, clientDomainPredicate(c.domains));
+    if (r) return;
+    std::string_view all = r.error().message;
+    while (!all.empty()) {
+      std::string_view one = all.substr(0, all.find('\n'));
+      all.remove_prefix(std::min(all.size(), one.size() + 1));
+      fail(where(key), key, std::string(one));
     }
   }
 
@@ -983,6 +1027,7 @@ class Loader {
       const auto& c = cfg_.clients[i];
       std::string prefix = "client[" + std::to_string(i) + "]";
       context_ = c.name.empty() ? std::string() : " (client " + quoted(c.name) + ")";
+      checkRecipientFile(c, prefix);
       if (c.identity.empty()) {
         default_identity_used = true;
       } else if (!bad_.count(prefix + ".identity")) {
@@ -1345,9 +1390,9 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
                                        bool routing_only) {
   // name: the clients are matched by it; loc: where it is written, not what it says.
   const auto& [name, host, port, user, domains, host_key, identity, concurrency, retry, relay,
-               relay_networks, loc] = a;
+               relay_networks, recipients, recipient_file, loc] = a;
   const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, concurrency2, retry2,
-               relay2, relay_networks2, loc2] = b;
+               relay2, relay_networks2, recipients2, recipient_file2, loc2] = b;
   KeyDiff out;
   if (!routing_only) {
     out.add("host", host != host2);
@@ -1355,6 +1400,9 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
     out.add("user", user != user2);
   }
   out.add("domains", domains != domains2);
+  // The milter's: a reload reads the lists and the file again (it also notices a changed file).
+  out.add("recipients", recipients != recipients2);
+  out.add("recipient_file", recipient_file != recipient_file2);
   if (routing_only) return out.keys;
   out.add("host_key", host_key != host_key2);
   out.add("identity", identity != identity2);

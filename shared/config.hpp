@@ -158,7 +158,13 @@ struct ClientConfig {
   RetryPolicy retry;  // [tunneld] values unless overridden
   bool relay = false;                       // may hold relay leases ([relay])
   std::vector<InetNetwork> relay_networks;  // leases only inside these; empty: anywhere
+  // The recipients it accepts (shared/recipient_list.hpp): "user@domain" or "@domain", lower case,
+  // plus the entries of recipient_file (absolute path, "" none). Neither: every address.
+  std::vector<std::string> recipients;
+  std::string recipient_file;
   SourceLoc loc;      // where the [[client]] table starts
+
+  bool hasRecipientList() const { return !recipients.empty() || !recipient_file.empty(); }
 
   // The private key this client logs in with: its own identity, else [tunneld] identity.
   const std::string& identityFile(const TunneldConfig& t) const {
