@@ -64,7 +64,8 @@ constexpr std::string_view kClientKeys[] = {
     "name",           "host",          "port",        "user",          "domains",
     "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
     "queue_lifetime", "delay_warning", "relay",       "relay_networks", "recipients",
-    "recipient_file"};
+    "recipient_file", "verify_recipients", "verify_default", "verify_positive_ttl",
+    "verify_negative_ttl", "verify_timeout"};
 
 struct SectionKeys {
   std::string_view header;  // how the section is written in the file
@@ -759,9 +760,9 @@ class Loader {
               readClientRelayKey(k, v, key, c);
             } else if (k == "recipient_file") {
               if (auto s = absolutePath(v, key)) c.recipient_file = *s;
-            } else if (k == "recipients") {
-              // read below, once the client's domains are known
-            } else {
+            } else if (k.starts_with("verify_")) {
+              readVerifyKey(k, v, key, c);
+            } else if (k != "recipients") {  // recipients: below, once the domains are known
               readRetryKey(k, v, key, c.retry);
             }
           });
@@ -874,6 +875,32 @@ class Loader {
       else
         fail(e, ekey, why);
     }
+  }
+
+  void readVerifyKey(std::string_view k, const toml::node& v, const std::string& key,
+                     ClientConfig& c) {
+    if (k == "verify_recipients") {
+      if (const auto* b = v.as_boolean()) return void(c.verify_recipients = b->get());
+      return typeError(v, key, "true or false");
+    }
+    if (k == "verify_default") {
+      auto s = string(v, key, "\"accept\" or \"tempfail\"");
+      if (!s) return;
+      if (*s == "accept" || *s == "tempfail")
+        return void(c.verify_default = *s == "accept" ? OnError::Accept : OnError::Tempfail);
+      return fail(v, key, "expected \"accept\" or \"tempfail\", got " + quoted(*s));
+    }
+    Seconds* out = k == "verify_positive_ttl"   ? &c.verify_positive_ttl
+                   : k == "verify_negative_ttl" ? &c.verify_negative_ttl
+                                                : &c.verify_timeout;
+    Seconds d = *out;
+    duration(v, key, d);
+    if (k == "verify_timeout" && d > Seconds(30))
+      return fail(v, key,
+                  "expected at most \"30s\": the MTA waits for dynmx-milter's RCPT answer (keep "
+                  "it below the milter's R: timeout, 10s in sendmail's usual T=), got " +
+                      formatDuration(d));
+    *out = d;
   }
 
   // dynmx-milter and dynmx-enqueue read the recipient file: a bad one stops them at start-up.
@@ -1390,9 +1417,12 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
                                        bool routing_only) {
   // name: the clients are matched by it; loc: where it is written, not what it says.
   const auto& [name, host, port, user, domains, host_key, identity, concurrency, retry, relay,
-               relay_networks, recipients, recipient_file, loc] = a;
+               relay_networks, recipients, recipient_file, verify_recipients, verify_default,
+               verify_positive_ttl, verify_negative_ttl, verify_timeout, loc] = a;
   const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, concurrency2, retry2,
-               relay2, relay_networks2, recipients2, recipient_file2, loc2] = b;
+               relay2, relay_networks2, recipients2, recipient_file2, verify_recipients2,
+               verify_default2, verify_positive_ttl2, verify_negative_ttl2, verify_timeout2,
+               loc2] = b;
   KeyDiff out;
   if (!routing_only) {
     out.add("host", host != host2);
@@ -1403,6 +1433,12 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
   // The milter's: a reload reads the lists and the file again (it also notices a changed file).
   out.add("recipients", recipients != recipients2);
   out.add("recipient_file", recipient_file != recipient_file2);
+  // Read by both daemons at each RCPT or probe: in effect at once.
+  out.add("verify_recipients", verify_recipients != verify_recipients2);
+  out.add("verify_default", verify_default != verify_default2);
+  out.add("verify_timeout", verify_timeout != verify_timeout2);
+  out.add("verify_positive_ttl", verify_positive_ttl != verify_positive_ttl2);
+  out.add("verify_negative_ttl", verify_negative_ttl != verify_negative_ttl2);
   if (routing_only) return out.keys;
   out.add("host_key", host_key != host_key2);
   out.add("identity", identity != identity2);

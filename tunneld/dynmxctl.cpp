@@ -30,7 +30,8 @@ static int usage(std::FILE* to = stderr) {
       "       dynmxctl --help | --version\n"
       "commands: status | queue [--json] | flush [CLIENT] | hold ID | release ID | reload |\n"
       "          leases [--json] | revoke ADDRESS |\n"
-      "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
+      "          checkin CLIENT ADDRESS (dynmx-checkin's request) |\n"
+      "          verify CLIENT RECIPIENT (dynmx-milter's question)\n");
   return EX_USAGE;
 }
 

@@ -106,5 +106,52 @@ TEST(ConfigRecipients, AReloadTakesTheListsAtOnce) {
   EXPECT_EQ(plan.config.clients[0].recipients, std::vector<std::string>{"carol@alpha.example"});
 }
 
+TEST(ConfigVerify, DefaultsValuesAndErrors) {
+  LoadResult d = parseConfig(client(""), kPath);
+  ASSERT_TRUE(d.config) << allErrors(d);
+  const ClientConfig& c0 = d.config->clients[0];
+  EXPECT_FALSE(c0.verify_recipients);
+  EXPECT_EQ(c0.verify_default, OnError::Accept);
+  EXPECT_EQ(c0.verify_positive_ttl, Seconds(24 * 3600));
+  EXPECT_EQ(c0.verify_negative_ttl, Seconds(1800));
+  EXPECT_EQ(c0.verify_timeout, Seconds(5));
+  LoadResult r = parseConfig(client("verify_recipients = true\nverify_default = \"tempfail\"\n"
+                                    "verify_positive_ttl = \"7d\"\nverify_negative_ttl = \"1h\"\n"
+                                    "verify_timeout = \"8s\"\n"),
+                             kPath);
+  ASSERT_TRUE(r.config) << allErrors(r);
+  const ClientConfig& c = r.config->clients[0];
+  EXPECT_TRUE(c.verify_recipients);
+  EXPECT_EQ(c.verify_default, OnError::Tempfail);
+  EXPECT_EQ(c.verify_positive_ttl, Seconds(7 * 86400));
+  EXPECT_EQ(c.verify_negative_ttl, Seconds(3600));
+  EXPECT_EQ(c.verify_timeout, Seconds(8));
+  struct Case {
+    std::string extra, error;
+  };
+  const Case cases[] = {
+      {"verify_recipients = \"yes\"\n",
+       "dynmx.toml:6:21: client[0].verify_recipients: expected true or false"},
+      {"verify_default = \"reject\"\n",
+       "dynmx.toml:6:18: client[0].verify_default: expected \"accept\" or \"tempfail\", got "
+       "\"reject\""},
+      {"verify_timeout = \"1m\"\n",
+       "dynmx.toml:6:18: client[0].verify_timeout: expected at most \"30s\""},
+      {"verify_negative_ttl = \"0s\"\n",
+       "dynmx.toml:6:23: client[0].verify_negative_ttl: expected a duration of more than zero"},
+      {"verify_positive_ttl = 3600\n",
+       "dynmx.toml:6:23: client[0].verify_positive_ttl: expected a duration"},
+  };
+  for (const Case& k : cases) {
+    LoadResult bad = parseConfig(client(k.extra), kPath);
+    EXPECT_FALSE(bad.config) << k.extra;
+    EXPECT_NE(allErrors(bad).find(k.error), std::string::npos) << k.extra << allErrors(bad);
+  }
+  ReloadPlan plan = planReload(*d.config, *r.config, ConfigRole::Tunneld);
+  EXPECT_EQ(joinKeys(plan.taken),
+            "client alpha: verify_recipients, verify_default, verify_timeout, "
+            "verify_positive_ttl, verify_negative_ttl");
+}
+
 }  // namespace
 }  // namespace dynmx

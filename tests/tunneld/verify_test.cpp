@@ -8,6 +8,8 @@
 
 #include "shared/verify_reply.hpp"
 #include "tests/harness/harness.hpp"
+#include "tunneld/control/access.hpp"
+#include "tunneld/control/control.hpp"
 #include "tunneld/verify/probe_engine.hpp"
 #include "tunneld/verify/verify_cache.hpp"
 
@@ -203,6 +205,19 @@ TEST(VerifyCacheFile, RefusesTornAndMalformedFiles) {
   EXPECT_FALSE(parseVerifyCacheFile(good.substr(0, good.find("end"))));
   EXPECT_FALSE(parseVerifyCacheFile(""));
   EXPECT_FALSE(parseVerifyCacheFile("dynmx-verify 2\nend 0 00000000\n"));
+}
+
+// "verify CLIENT RECIPIENT" on the admin socket: a question (read-only class), two words.
+TEST(ControlRequest, VerifyTable) {
+  auto r = parseControlRequest("verify home Bob+x@Client.Example\r\n");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->command, ControlRequest::Command::Verify);
+  EXPECT_EQ(r->arg, "home");
+  EXPECT_EQ(r->rcpt, "Bob+x@Client.Example");
+  EXPECT_EQ(commandClass(r->command), CommandClass::ReadOnly);
+  EXPECT_STREQ(commandName(r->command), "verify");
+  for (const char* bad : {"verify", "verify home", "verify home a@b c", "verify home a\x01b"})
+    EXPECT_FALSE(parseControlRequest(bad)) << bad;
 }
 
 }  // namespace

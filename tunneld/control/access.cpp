@@ -17,6 +17,7 @@ CommandClass commandClass(ControlRequest::Command c) {
     case C::Status:
     case C::Queue:
     case C::Leases:
+    case C::Verify:  // asks the client's MTA a question, changes nothing
       return CommandClass::ReadOnly;
     case C::Flush:
     case C::Hold:
@@ -51,6 +52,8 @@ const char* commandName(ControlRequest::Command c) {
       return "revoke";
     case C::Checkin:
       return "checkin";
+    case C::Verify:
+      return "verify";
   }
   return "?";
 }

@@ -67,9 +67,10 @@ constexpr CommandSpec kCommands[] = {
     {"leases", ControlRequest::Command::Leases, 0, 0},
     {"revoke", ControlRequest::Command::Revoke, 1, 1},
     {"checkin", ControlRequest::Command::Checkin, 2, 2},
+    {"verify", ControlRequest::Command::Verify, 2, 2},
 };
 constexpr const char* kExpected =
-    "expected status, queue, flush, hold, release, reload, leases, revoke or checkin";
+    "expected status, queue, flush, hold, release, reload, leases, revoke, checkin or verify";
 
 // The words of a request line, split at spaces and tabs.
 std::vector<std::string_view> splitWords(std::string_view line) {
@@ -132,6 +133,7 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
   r.command = spec->command;
   if (words.size() > 1) r.arg = std::string(words[1]);
   if (auto st = parseAddresses(r, words); !st) return st.error();
+  if (r.command == ControlRequest::Command::Verify) r.rcpt = std::string(words[2]);
   return r;
 }
 

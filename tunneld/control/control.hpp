@@ -2,11 +2,13 @@
 //
 // Protocol: one request per connection, one line (at most kMaxRequest octets, LF or CRLF):
 //   status | queue | flush [CLIENT] | hold ID | release ID | reload | leases | revoke ADDRESS
-//   | checkin CLIENT ADDRESS
+//   | checkin CLIENT ADDRESS | verify CLIENT RECIPIENT
 // `leases` answers one body line per live relay lease, "ADDRESS CLIENT SOURCE GRANTED EXPIRES"
 // (times in unix seconds; dynmxctl shows them), then one "hold ADDRESS UNTIL" per hold-down;
 // `revoke` takes an IPv4 or IPv6 address (inet_pton forms only). `checkin` is dynmx-checkin's: a
-// client checked in over SSH from ADDRESS (see dynmx-checkin(8)).
+// client checked in over SSH from ADDRESS (see dynmx-checkin(8)). `verify` is dynmx-milter's: is
+// RECIPIENT an address the client's own MTA takes? Its one body line is shared/verify_reply.hpp's;
+// it may come only after a probe through the client's tunnel (at most verify_timeout later).
 // Who may send what is access.hpp's (the peer's credentials), not the parser's.
 // The reply is a status line "OK" or "ERR <reason>", then zero or more text lines, then a line
 // holding a single "." (body lines that begin with "." get another "." in front, as in SMTP).
@@ -41,12 +43,14 @@ struct ControlRequest {
     Reload,
     Leases,
     Revoke,
-    Checkin
+    Checkin,
+    Verify
   } command = Command::Status;
   // client name (flush, may be empty; checkin), queue id (hold, release) or address (revoke, as
   // parsed by InetAddr::parse and written back by InetAddr::str)
   std::string arg;
   InetAddr address;  // checkin: the client's address (InetAddr::parse, inet_pton only)
+  std::string rcpt;  // verify: the recipient address, as given (printable, no blanks)
 };
 
 // Parses one request line (without or with its line end). Errors name what was expected.
