@@ -305,7 +305,7 @@ Status Daemon::reload() {
   cfg_ = std::move(plan.config);
   queue_->reconfigure(cfg_);
   reloadRelay();
-  verifier_->configure(cfg_.clients);
+  if (verifier_) verifier_->configure(cfg_.clients);
   applyClients();
   logf(LogLevel::Info, "reload: %zu client(s) configured", cfg_.clients.size());
   logf(LogLevel::Info, "reload: taken: %s",

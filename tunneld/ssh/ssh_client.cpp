@@ -589,8 +589,8 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
   progress |= stepProbe(now);
   if (state_ != State::Connected) return true;
   if (!progress)
-    progress = std::any_of(chans_.begin(), chans_.end(), [](auto& c) { return c->inputQueued(); }) ||
-               (probe_ && probe_->inputQueued());
+    progress = (probe_ && probe_->inputQueued()) ||
+               std::any_of(chans_.begin(), chans_.end(), [](auto& c) { return c->inputQueued(); });
   // One that held a session at the far end frees a slot there (a refused one never held one).
   if (std::any_of(chans_.begin(), chans_.end(),
                   [](auto& c) { return c->gone() && !c->refused(); })) {
