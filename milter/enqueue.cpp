@@ -106,11 +106,11 @@ std::optional<EnqueueResult> checkRecipientLists(const Config& cfg, const Router
         case RecipientTable::Answer::Listed:
           break;
         case RecipientTable::Answer::Unlisted:
-          return fail(kExitNoUser, "<" + rcpt + ">: Recipient address rejected: User unknown "
-                                   "(not in client " + name + "'s recipient list)");
+          return fail(kExitNoUser, "<" + rcpt + ">: Recipient address rejected: User unknown (not "
+                                       "in client " + name + "'s recipient list)");
         case RecipientTable::Answer::Unavailable:
-          return fail(kExitTempFail, "<" + rcpt + ">: Temporary lookup failure: " +
-                                         why.substr(0, why.find('\n')));
+          return fail(kExitTempFail,
+                      "<" + rcpt + ">: Temporary lookup failure: " + why.substr(0, why.find('\n')));
       }
     }
   }

@@ -37,8 +37,7 @@ struct Snapshot {
   Config config;
   Router router;
   RecipientCheck recipients;  // the clients' recipient lists (re-read on change)
-  explicit Snapshot(Config c)
-      : config(std::move(c)), router(config.clients), recipients(config) {}
+  explicit Snapshot(Config c) : config(std::move(c)), router(config.clients), recipients(config) {}
 };
 
 // ESMTP parameters of MAIL FROM that the spool keeps (RFC 1870, 6152, 3461, 6531).

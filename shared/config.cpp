@@ -63,8 +63,9 @@ constexpr std::string_view kRelayKeys[] = {
 constexpr std::string_view kClientKeys[] = {
     "name",           "host",          "port",        "user",          "domains",
     "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
-    "queue_lifetime", "delay_warning", "relay",       "relay_networks", "recipients",
-    "recipient_file", "verify_recipients", "verify_default", "verify_positive_ttl",
+    "queue_lifetime", "delay_warning", "relay",       "relay_networks",
+    // recipients (shared/recipient_list.hpp) and their verification through the tunnel
+    "recipients", "recipient_file", "verify_recipients", "verify_default", "verify_positive_ttl",
     "verify_negative_ttl", "verify_timeout"};
 
 struct SectionKeys {

@@ -152,10 +152,9 @@ void Daemon::applyClients() {
     auto it = clients_.find(c.name);
     if (it == clients_.end()) {
       ClientEntry e;
-      e.client =
-          std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
-                                      leases_ ? static_cast<TunnelObserver*>(this) : nullptr,
-                                      verifier_.get());
+      e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
+                                             leases_ ? static_cast<TunnelObserver*>(this) : nullptr,
+                                             verifier_.get());
       auto [pos, ok] = clients_.emplace(c.name, std::move(e));
       (void)ok;
       service(pos->second);

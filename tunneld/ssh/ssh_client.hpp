@@ -24,9 +24,9 @@
 // of a confirmed connection and host-key mismatches to its TunnelObserver (the daemon, which owns
 // the relay leases). "Now" comes from step()'s caller and from the TimeSource given to the constructor (unix
 // time of results and status), never from the system.
-// With a ProbeSource (recipient verification, tunneld/verify/), a connected client also keeps one
-// ProbeChannel (probe_channel.hpp) for the addresses the source has for it: opened when the first
-// probe is due, QUIT after idle_close; after a failed one, the next opens kProbeRetry later.
+// With a ProbeSource (recipient verification, tunneld/verify/), a connected client also keeps
+// one ProbeChannel (probe_channel.hpp) for the addresses the source has for it: opened when the
+// first probe is due, QUIT after idle_close; after a failed one, the next opens kProbeRetry later.
 #pragma once
 
 #include <netdb.h>
