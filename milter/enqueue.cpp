@@ -11,6 +11,7 @@
 
 #include "shared/crlf.hpp"
 #include "shared/log.hpp"
+#include "shared/recipient_list.hpp"
 #include "shared/routing.hpp"
 #include "shared/spool.hpp"
 #include "shared/storage_limits.hpp"
@@ -92,6 +93,31 @@ EnqueueResult fail(int code, std::string reason) {
 
 using ByClient = std::map<std::string, std::vector<std::string>>;
 
+// The clients' recipient lists: an unlisted address of a client's domains is EX_NOUSER, an
+// unreadable list EX_TEMPFAIL (with --client, addresses outside its domains are not looked up).
+std::optional<EnqueueResult> checkRecipientLists(const Config& cfg, const Router& router,
+                                                 const ByClient& by_client) {
+  for (const auto& [name, rcpts] : by_client) {
+    std::unique_ptr<RecipientTable> table = makeRecipientTable(*cfg.findClient(name));
+    for (const std::string& rcpt : rcpts) {
+      auto idx = router.route(rcpt);
+      if (!table || !idx || router.clientName(*idx) != name) continue;
+      std::string why;
+      switch (table->lookup(rcpt, &why)) {
+        case RecipientTable::Answer::Listed:
+          break;
+        case RecipientTable::Answer::Unlisted:
+          return fail(kExitNoUser, "<" + rcpt + ">: Recipient address rejected: User unknown (not "
+                                       "in client " + name + "'s recipient list)");
+        case RecipientTable::Answer::Unavailable:
+          return fail(kExitTempFail,
+                      "<" + rcpt + ">: Temporary lookup failure: " + why.substr(0, why.find('\n')));
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 // Routes every recipient (or gives them all to --client); a failure names the first that has none.
 std::optional<EnqueueResult> routeRecipients(const Config& cfg, const EnqueueRequest& req,
                                              ByClient& by_client) {
@@ -115,7 +141,7 @@ std::optional<EnqueueResult> routeRecipients(const Config& cfg, const EnqueueReq
     }
     by_client[router.clientName(*idx)].push_back(rcpt);
   }
-  return std::nullopt;
+  return checkRecipientLists(cfg, router, by_client);
 }
 
 // Streams the input into every file; a failing write discards them all (the writers'

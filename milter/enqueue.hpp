@@ -4,7 +4,8 @@
 // to the spool, one file per client when the recipients belong to several. Returns only once every
 // file is committed (exit 0), or a sysexits code with a one-line reason: 75 EX_TEMPFAIL (spool
 // missing, unwritable, disk full; temporary files removed), 67 EX_NOUSER (a recipient no client
-// claims), 65 EX_DATAERR (over max_message_size, malformed arguments), 78 EX_CONFIG, 64 EX_USAGE.
+// claims, or one its client's recipient list does not name), 65 EX_DATAERR (over
+// max_message_size, malformed arguments), 78 EX_CONFIG, 64 EX_USAGE.
 // Every file is fully written before the first is committed, so a failure part-way leaves at most
 // the files already committed (logged as possible duplicates when the MTA retries).
 #pragma once

@@ -131,6 +131,9 @@ RcptOutcome MessageSession::rcpt(std::string_view rcpt, const std::vector<std::s
     ++total_rcpts_;
     return {};
   }
+  if (auto refused = snap_->recipients.check(*client, rcpt, logId()))
+    return {refused->permanent ? Verdict::Reject : Verdict::Tempfail,
+            {refused->code, refused->xcode, refused->text}};
   const std::string& name = snap_->router.clientName(*client);
   uint64_t max = snap_->config.spool.max_message_size;
   if (mail_.size && *mail_.size > max) {

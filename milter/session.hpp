@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "milter/recipient_check.hpp"
 #include "shared/config.hpp"
 #include "shared/crlf.hpp"
 #include "shared/routing.hpp"
@@ -41,7 +42,8 @@ class RelayGuard;
 struct Snapshot {
   Config config;
   Router router;
-  explicit Snapshot(Config c) : config(std::move(c)), router(config.clients) {}
+  RecipientCheck recipients;  // the clients' recipient lists (re-read on change)
+  explicit Snapshot(Config c) : config(std::move(c)), router(config.clients), recipients(config) {}
 };
 
 // ESMTP parameters of MAIL FROM that the spool keeps (RFC 1870, 6152, 3461, 6531).
@@ -84,7 +86,9 @@ struct Reply {
 };
 
 struct RcptOutcome {
-  Verdict verdict = Verdict::Continue;  // Continue, Reject (SIZE=) or Tempfail (storage)
+  // Continue, Reject (early SIZE= check, unknown recipient) or Tempfail (storage; recipient list
+  // unreadable)
+  Verdict verdict = Verdict::Continue;
   Reply reply;
 };
 

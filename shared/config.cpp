@@ -28,6 +28,7 @@
 #include <utility>
 
 #include "shared/private_key.hpp"
+#include "shared/recipient_list.hpp"
 #include "shared/result.hpp"
 #include "shared/sysexits.hpp"
 
@@ -64,7 +65,10 @@ constexpr std::string_view kClientKeys[] = {
     "name",           "host",          "port",        "user",          "domains",
     "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
     "queue_lifetime", "delay_warning", "relay",       "relay_networks", "relay_senders",
-    "max_queue_messages", "max_queue_bytes"};
+    "max_queue_messages", "max_queue_bytes",
+    // recipients (shared/recipient_list.hpp) and their verification through the tunnel
+    "recipients", "recipient_file", "verify_recipients", "verify_default", "verify_positive_ttl",
+    "verify_negative_ttl", "verify_timeout"};
 
 struct SectionKeys {
   std::string_view header;  // how the section is written in the file
@@ -819,7 +823,11 @@ class Loader {
                 c.max_queue_messages = static_cast<uint64_t>(*n);
             } else if (k == "max_queue_bytes") {
               if (auto size = sizeValue(v, key, /*allow_zero=*/true)) c.max_queue_bytes = *size;
-            } else {
+            } else if (k == "recipient_file") {
+              if (auto s = absolutePath(v, key)) c.recipient_file = *s;
+            } else if (k.starts_with("verify_")) {
+              readVerifyKey(k, v, key, c);
+            } else if (k != "recipients") {  // recipients: below, once the domains are known
               readRetryKey(k, v, key, c.retry);
             }
           });
@@ -827,6 +835,7 @@ class Loader {
         if (!t.contains(req))
           fail(c.loc, prefix, "missing required key " + quoted(req) + " in [[client]]");
       }
+      if (const auto* r = t.get("recipients")) readRecipients(*r, prefix + ".recipients", c);
       clientOrderCheck(prefix, c);
       claimDomains(i, c, domains_at, claims);
       cfg_.clients.push_back(std::move(c));
@@ -908,6 +917,69 @@ class Loader {
       }
       c.domains.push_back(d);
       where.emplace_back(ekey, at(e));
+    }
+  }
+
+  // After the domains: an entry outside them would never be consulted, and is an error.
+  void readRecipients(const toml::node& v, const std::string& key, ClientConfig& c) {
+    constexpr const char* kExpected =
+        "a non-empty array of addresses such as [\"user@example.org\", \"@other.example.org\"] "
+        "(leave the key out to accept every recipient)";
+    const auto* a = v.as_array();
+    if (!a) return typeError(v, key, kExpected);
+    if (a->empty()) return fail(v, key, std::string("expected ") + kExpected + ", got []");
+    auto domain_ok = clientDomainPredicate(c.domains);
+    for (size_t i = 0; i < a->size(); ++i) {
+      std::string ekey = key + "[" + std::to_string(i) + "]";
+      const auto& e = *a->get(i);
+      auto s = string(e, ekey, "an address \"user@domain\" or \"@domain\"");
+      if (!s) continue;
+      std::string why;
+      if (auto entry = normalizeRecipientEntry(*s, &why, domain_ok))
+        c.recipients.push_back(std::move(*entry));
+      else
+        fail(e, ekey, why);
+    }
+  }
+
+  void readVerifyKey(std::string_view k, const toml::node& v, const std::string& key,
+                     ClientConfig& c) {
+    if (k == "verify_recipients") {
+      if (const auto* b = v.as_boolean()) return void(c.verify_recipients = b->get());
+      return typeError(v, key, "true or false");
+    }
+    if (k == "verify_default") {
+      auto s = string(v, key, "\"accept\" or \"tempfail\"");
+      if (!s) return;
+      if (*s == "accept" || *s == "tempfail")
+        return void(c.verify_default = *s == "accept" ? OnError::Accept : OnError::Tempfail);
+      return fail(v, key, "expected \"accept\" or \"tempfail\", got " + quoted(*s));
+    }
+    Seconds* out = k == "verify_positive_ttl"   ? &c.verify_positive_ttl
+                   : k == "verify_negative_ttl" ? &c.verify_negative_ttl
+                                                : &c.verify_timeout;
+    Seconds d = *out;
+    duration(v, key, d);
+    if (k == "verify_timeout" && d > Seconds(30))
+      return fail(v, key,
+                  "expected at most \"30s\": the MTA waits for dynmx-milter's RCPT answer (keep "
+                  "it below the milter's R: timeout, 10s in sendmail's usual T=), got " +
+                      formatDuration(d));
+    *out = d;
+  }
+
+  // dynmx-milter and dynmx-enqueue read the recipient file: a bad one stops them at start-up.
+  void checkRecipientFile(const ClientConfig& c, const std::string& prefix) {
+    std::string key = prefix + ".recipient_file";
+    if (c.recipient_file.empty() || bad_.count(key)) return;
+    if (role_ != ConfigRole::Milter && role_ != ConfigRole::Enqueue) return;
+    Result<RecipientList> r = loadRecipientFile(c.recipient_file, clientDomainPredicate(c.domains));
+    if (r) return;
+    std::string_view all = r.error().message;
+    while (!all.empty()) {
+      std::string_view one = all.substr(0, all.find('\n'));
+      all.remove_prefix(std::min(all.size(), one.size() + 1));
+      fail(where(key), key, std::string(one));
     }
   }
 
@@ -1084,6 +1156,7 @@ class Loader {
       const auto& c = cfg_.clients[i];
       std::string prefix = "client[" + std::to_string(i) + "]";
       context_ = c.name.empty() ? std::string() : " (client " + quoted(c.name) + ")";
+      checkRecipientFile(c, prefix);
       if (c.identity.empty()) {
         default_identity_used = true;
       } else if (!bad_.count(prefix + ".identity")) {
@@ -1499,10 +1572,12 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
   // name: the clients are matched by it; loc: where it is written, not what it says.
   const auto& [name, host, port, user, domains, host_key, identity, identity_old, concurrency,
                retry, relay, relay_networks, relay_senders, max_queue_messages, max_queue_bytes,
-               loc] = a;
+               recipients, recipient_file, verify_recipients, verify_default, verify_positive_ttl,
+               verify_negative_ttl, verify_timeout, loc] = a;
   const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, identity_old2,
                concurrency2, retry2, relay2, relay_networks2, relay_senders2, max_queue_messages2,
-               max_queue_bytes2, loc2] = b;
+               max_queue_bytes2, recipients2, recipient_file2, verify_recipients2, verify_default2,
+               verify_positive_ttl2, verify_negative_ttl2, verify_timeout2, loc2] = b;
   KeyDiff out;
   if (!routing_only) {
     out.add("host", host != host2);
@@ -1515,6 +1590,15 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
   out.add("max_queue_bytes", max_queue_bytes != max_queue_bytes2);
   // Checked by dynmx-milter only, per message.
   out.add("relay_senders", relay_senders != relay_senders2);
+  // The milter's: a reload reads the lists and the file again (it also notices a changed file).
+  out.add("recipients", recipients != recipients2);
+  out.add("recipient_file", recipient_file != recipient_file2);
+  // Read by both daemons at each RCPT or probe: in effect at once.
+  out.add("verify_recipients", verify_recipients != verify_recipients2);
+  out.add("verify_default", verify_default != verify_default2);
+  out.add("verify_timeout", verify_timeout != verify_timeout2);
+  out.add("verify_positive_ttl", verify_positive_ttl != verify_positive_ttl2);
+  out.add("verify_negative_ttl", verify_negative_ttl != verify_negative_ttl2);
   if (routing_only) return out.keys;
   out.add("host_key", host_key != host_key2);
   out.add("identity", identity != identity2 || identity_old != identity_old2);

@@ -183,7 +183,19 @@ struct ClientConfig {
   std::optional<std::vector<std::string>> relay_senders;
   uint64_t max_queue_messages = 0;  // spool files of this client before new mail waits; 0: no limit
   uint64_t max_queue_bytes = 0;     // their bytes on disk before new mail waits; 0: no limit
+  // The recipients it accepts (shared/recipient_list.hpp): "user@domain" or "@domain", lower case,
+  // plus the entries of recipient_file (absolute path, "" none). Neither: every address.
+  std::vector<std::string> recipients;
+  std::string recipient_file;
+  // Verification through the tunnel (dynmx-milter asks dynmx-tunneld, which asks the client's MTA).
+  bool verify_recipients = false;
+  OnError verify_default = OnError::Accept;  // when no answer comes: Accept, or Tempfail (450)
+  Seconds verify_positive_ttl{24 * 3600};    // a valid answer is kept this long
+  Seconds verify_negative_ttl{30 * 60};      // an invalid one this long
+  Seconds verify_timeout{5};                 // the milter waits at most this long at RCPT
   SourceLoc loc;      // where the [[client]] table starts
+
+  bool hasRecipientList() const { return !recipients.empty() || !recipient_file.empty(); }
 
   // The private key this client logs in with: its own identity, else [tunneld] identity.
   const std::string& identityFile(const TunneldConfig& t) const {

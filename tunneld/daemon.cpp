@@ -38,15 +38,6 @@ namespace {
 
 }  // namespace
 
-struct Daemon::ControlConn {
-  UniqueFd fd;
-  ControlPeer peer;  // who connected (SO_PEERCRED); nobody when that could not be read
-  std::string in, out;
-  size_t sent = 0;
-  bool replied = false;
-  uint64_t timer = 0;
-};
-
 Daemon::Daemon(Config cfg, const TimeSource& time)
     : cfg_(std::move(cfg)), time_(time), spool_(cfg_.spool.dir) {}
 
@@ -129,6 +120,9 @@ Status Daemon::init() {
     logf(LogLevel::Info, "metrics: serving GET /metrics on %s",
          cfg_.tunneld.metrics_listen->str().c_str());
   }
+  verifier_ = std::make_unique<Verifier>(cfg_.spool.dir + "/verify.cache", time_);
+  verifier_->load();
+  verifier_->configure(cfg_.clients);
 
   loop_.watch(signal_fd_.get(), POLLIN, [this](short) { onSignal(); });
   loop_.watch(wake_fd_.get(), POLLIN, [this](short) {
@@ -171,7 +165,7 @@ void Daemon::applyClients() {
       ClientEntry e;
       e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
                                              leases_ ? static_cast<TunnelObserver*>(this) : nullptr,
-                                             &metrics_);
+                                             &metrics_, verifier_.get());
       auto [pos, ok] = clients_.emplace(c.name, std::move(e));
       (void)ok;
       service(pos->second);
@@ -321,6 +315,7 @@ Status Daemon::reload() {
   cfg_ = std::move(plan.config);
   queue_->reconfigure(cfg_);
   reloadRelay();
+  if (verifier_) verifier_->configure(cfg_.clients);
   applyClients();
   logf(LogLevel::Info, "reload: %zu client(s) configured", cfg_.clients.size());
   logf(LogLevel::Info, "reload: taken: %s",
@@ -387,6 +382,8 @@ void Daemon::onControlIo(int fd, short revents) {
            denied->c_str());
       reply.ok = false;
       reply.error = *denied;
+    } else if (req->command == ControlRequest::Command::Verify) {
+      return startVerify(fd, *req);  // answered later (verifyAnswered)
     } else {
       reply = handleRequest(*req, c.peer);
     }
@@ -718,6 +715,10 @@ ControlReply Daemon::handleRequest(const ControlRequest& req, const ControlPeer&
       break;
     case ControlRequest::Command::Hostkey:
       r = hostkeyReply(req.arg);
+      break;
+    case ControlRequest::Command::Verify:  // answered later, by startVerify()
+      r.ok = false;
+      r.error = "verify: not answered here";
       break;
   }
   return r;

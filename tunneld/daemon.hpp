@@ -22,6 +22,10 @@
 // Metrics: the queue and the SSH clients count into one Metrics registry; `metrics` on the admin
 // socket and, with [tunneld] metrics_listen, GET /metrics over HTTP (MetricsHttpServer, opened by
 // init() before privileges are dropped) render the same snapshot of it (metricsSnapshot()).
+// "verify CLIENT RECIPIENT" (dynmx-milter; daemon_verify.cpp) is answered when the Verifier
+// (tunneld/verify/verifier.hpp) has an answer: at once from its cache, or after a probe over the
+// client's connection, or "unknown" at the client's verify_timeout. The cache lives in
+// SPOOL/verify.cache and survives restarts.
 #pragma once
 
 #include <chrono>
@@ -48,6 +52,7 @@
 #include "tunneld/relay/lease_table.hpp"
 #include "tunneld/relay/relaymap_process.hpp"
 #include "tunneld/ssh/ssh_client.hpp"
+#include "tunneld/verify/verifier.hpp"
 
 namespace dynmx::tunneld {
 
@@ -92,7 +97,15 @@ class Daemon : public Waker, public TunnelObserver {
     uint64_t timer_id = 0;
     std::optional<SteadyClock::time_point> timer_when;
   };
-  struct ControlConn;
+  // One admin connection (also seen by daemon_verify.cpp, whose answers come later).
+  struct ControlConn {
+    UniqueFd fd;
+    ControlPeer peer;  // who connected (SO_PEERCRED); nobody when that could not be read
+    std::string in, out;
+    size_t sent = 0;
+    bool replied = false;
+    uint64_t timer = 0;
+  };
 
   // Visits every client: the configured ones, then those retiring after a reload.
   template <class F>
@@ -175,6 +188,15 @@ class Daemon : public Waker, public TunnelObserver {
   void checkinHint(const std::string& client);
   ControlAccessRules access_;
   std::map<std::string, SteadyClock::time_point> checkin_hints_;  // last retry hint per client
+
+  // Recipient verification (daemon_verify.cpp).
+  void startVerify(int fd, const ControlRequest& req);
+  void verifyAnswered(int fd, uint64_t serial, const VerifyAnswer& answer);
+  void armVerifyTimer();
+  std::unique_ptr<Verifier> verifier_;
+  uint64_t verify_timer_ = 0;
+  std::map<int, uint64_t> verify_waiting_;  // admin connection -> the request it waits for
+  uint64_t verify_serial_ = 0;
 };
 
 // dynmx-tunneld's command line and life: parses argv, loads the config, daemonizes (unless -f),

@@ -39,7 +39,8 @@ static int usage(std::FILE* to = stderr) {
       "          trust CLIENT FINGERPRINT | hostkey CLIENT |\n"
       "          add-client NAME HOST [--from ADDR[,ADDR...]] [--user USER] [--port PORT]\n"
       "                     [--sendmail PATH] |\n"
-      "          checkin CLIENT ADDRESS (dynmx-checkin's request)\n");
+      "          checkin CLIENT ADDRESS (dynmx-checkin's request) |\n"
+      "          verify CLIENT RECIPIENT (dynmx-milter's question)\n");
   return EX_USAGE;
 }
 

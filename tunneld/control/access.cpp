@@ -19,6 +19,7 @@ CommandClass commandClass(ControlRequest::Command c) {
     case C::Leases:
     case C::Metrics:
     case C::Hostkey:
+    case C::Verify:  // asks the client's MTA a question, changes nothing
       return CommandClass::ReadOnly;
     case C::Flush:
     case C::Hold:
@@ -63,6 +64,8 @@ const char* commandName(ControlRequest::Command c) {
       return "bounce";
     case C::Hostkey:
       return "hostkey";
+    case C::Verify:
+      return "verify";
   }
   return "?";
 }

@@ -73,10 +73,11 @@ constexpr CommandSpec kCommands[] = {
     {"delete", ControlRequest::Command::Delete, 1, 2, "a queue id, or ALL and a client name"},
     {"bounce", ControlRequest::Command::Bounce, 1, 2, "a queue id, or ALL and a client name"},
     {"hostkey", ControlRequest::Command::Hostkey, 1, 1, "a client name"},
+    {"verify", ControlRequest::Command::Verify, 2, 2},
 };
 constexpr const char* kExpected =
     "expected status, queue, flush, hold, release, reload, leases, revoke, checkin, metrics, "
-    "delete, bounce or hostkey";
+    "delete, bounce, hostkey or verify";
 
 // The words of a request line, split at spaces and tabs.
 std::vector<std::string_view> splitWords(std::string_view line) {
@@ -159,6 +160,7 @@ Result<ControlRequest> parseControlRequest(std::string_view line) {
   if (words.size() > 1) r.arg = std::string(words[1]);
   if (auto st = parseAddresses(r, words); !st) return st.error();
   if (auto st = checkWords(r, words); !st) return st.error();
+  if (r.command == ControlRequest::Command::Verify) r.rcpt = std::string(words[2]);
   return r;
 }
 

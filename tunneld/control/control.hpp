@@ -3,7 +3,7 @@
 // Protocol: one request per connection, one line (at most kMaxRequest octets, LF or CRLF):
 //   status [fields] | queue | flush [CLIENT] | hold ID | release ID | reload | leases
 //   | revoke ADDRESS | checkin CLIENT ADDRESS | metrics | delete ID | delete ALL CLIENT | bounce ID
-//   | bounce ALL CLIENT | hostkey CLIENT
+//   | bounce ALL CLIENT | hostkey CLIENT | verify CLIENT RECIPIENT
 // `status` answers text for people; `status fields` the same facts as one StatusRecord per line
 // (dynmxctl status --json). `delete` removes messages from the spool without a notification,
 // `bounce` returns them to their sender now (an RFC 3464 report); ALL CLIENT means every message
@@ -15,7 +15,10 @@
 // (times in unix seconds; dynmxctl shows them), then one "hold ADDRESS UNTIL" per hold-down;
 // `revoke` takes an IPv4 or IPv6 address (inet_pton forms only). `checkin` is dynmx-checkin's: a
 // client checked in over SSH from ADDRESS (see dynmx-checkin(8)). `metrics` answers the metrics
-// in OpenMetrics text, one body line per line (tunneld/metrics/exposition.hpp).
+// in OpenMetrics text, one body line per line (tunneld/metrics/exposition.hpp). `verify` is
+// dynmx-milter's: is RECIPIENT an address the client's own MTA takes? Its one body line is
+// shared/verify_reply.hpp's; it may come only after a probe through the client's tunnel (at most
+// verify_timeout later).
 // Who may send what is access.hpp's (the peer's credentials), not the parser's.
 // The reply is a status line "OK" or "ERR <reason>", then zero or more text lines, then a line
 // holding a single "." (body lines that begin with "." get another "." in front, as in SMTP).
@@ -55,7 +58,8 @@ struct ControlRequest {
     Metrics,
     Delete,
     Bounce,
-    Hostkey
+    Hostkey,
+    Verify
   } command = Command::Status;
   // client name (flush, may be empty; checkin), queue id (hold, release) or address (revoke, as
   // parsed by InetAddr::parse and written back by InetAddr::str)
@@ -64,6 +68,7 @@ struct ControlRequest {
   // delete, bounce: arg is a queue id, or "ALL" and `client` names whose messages. status: arg is
   // "" or "fields".
   std::string client;
+  std::string rcpt;  // verify: the recipient address, as given (printable, no blanks)
 };
 
 // Parses one request line (without or with its line end). Errors name what was expected.

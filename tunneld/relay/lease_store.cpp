@@ -15,6 +15,7 @@
 #include <cinttypes>
 #include <cstdio>
 
+#include "shared/atomic_file.hpp"
 #include "shared/fd.hpp"
 #include "shared/log.hpp"
 #include "shared/text.hpp"
@@ -137,59 +138,8 @@ Result<LeaseSnapshot> parseLeaseFile(std::string_view bytes) {
 
 LeaseStore::LeaseStore(std::string path, FsOps& fs) : path_(std::move(path)), fs_(fs) {}
 
-Status LeaseStore::writeTemp(const std::string& tmp, const std::string& bytes) {
-  if (fs_.unlink(tmp.c_str()) != 0 && errno != ENOENT)
-    return sysError(errno, "remove stale " + tmp);
-  int fd = fs_.open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0) return sysError(errno, "create " + tmp);
-  auto failed = [&](const char* what) {
-    Error e = sysError(errno, std::string(what) + " " + tmp);
-    fs_.close(fd);
-    fs_.unlink(tmp.c_str());
-    return e;
-  };
-  size_t off = 0;
-  while (off < bytes.size()) {
-    ssize_t n = fs_.write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      if (n == 0) errno = EIO;
-      return failed("write");
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (fs_.fsync(fd) != 0) return failed("fsync");
-  if (fs_.close(fd) != 0) {
-    Error e = sysError(errno, "close " + tmp);
-    fs_.unlink(tmp.c_str());
-    return e;
-  }
-  return {};
-}
-
-Status LeaseStore::syncDirectory() {
-  size_t slash = path_.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash);
-  int fd = fs_.open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
-  if (fd < 0) return sysError(errno, "open directory " + dir);
-  if (fs_.fsync(fd) != 0) {
-    int e = errno;
-    fs_.close(fd);
-    return sysError(e, "fsync directory " + dir);
-  }
-  fs_.close(fd);
-  return {};
-}
-
 Status LeaseStore::save(const LeaseSnapshot& s) {
-  const std::string tmp = path_ + ".tmp";
-  if (auto st = writeTemp(tmp, formatLeaseFile(s)); !st) return st;
-  if (fs_.rename(tmp.c_str(), path_.c_str()) != 0) {
-    Error e = sysError(errno, "rename " + tmp + " to " + path_);
-    fs_.unlink(tmp.c_str());
-    return e;
-  }
-  return syncDirectory();
+  return writeFileAtomically(path_, formatLeaseFile(s), fs_);
 }
 
 Result<LeaseStore::Loaded> LeaseStore::load(int64_t now) {

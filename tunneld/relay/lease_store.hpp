@@ -1,9 +1,9 @@
 // lease_store.hpp: the lease file, so that relay leases and hold-downs survive a restart of
 // dynmx-tunneld.
 //
-// Contract: save() replaces the file as the spool commits a message: PATH.tmp (removed first if a
-// crash left one) opened O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC mode 0600 -> write -> fsync ->
-// checked close -> rename to PATH -> fsync of the directory. A crash or an error at any step leaves
+// Contract: save() replaces the file as the spool commits a message (shared/atomic_file): PATH.tmp
+// (removed first if a crash left one) opened O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC mode 0600 ->
+// write -> fsync -> checked close -> rename to PATH -> fsync of the directory. A crash or an error at any step leaves
 // the previous file or the new one, whole; a failed save() removes its temporary file and says
 // which step failed on which file. load() reads the file back and drops what has expired.
 // Format (one record a line, fields separated by one space; documented in man/dynmx-relay.7):
@@ -58,9 +58,6 @@ class LeaseStore {
   Result<Loaded> load(int64_t now);
 
  private:
-  Status writeTemp(const std::string& tmp, const std::string& bytes);
-  Status syncDirectory();
-
   std::string path_;
   FsOps& fs_;
 };

@@ -37,6 +37,8 @@ const char* const kMacPref = "hmac-sha2-512,hmac-sha2-256";
 
 namespace {
 constexpr auto kStableAfter = std::chrono::seconds(60);
+// After a probe channel failed (refused open or exec, a broken session): the wait before the next.
+constexpr auto kProbeRetry = std::chrono::seconds(30);
 }  // namespace
 
 std::chrono::milliseconds reconnectDelay(std::chrono::seconds min, std::chrono::seconds max,
@@ -64,7 +66,7 @@ struct ResolveSlot {
 
 SshClient::SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs,
                      Waker& waker, const TimeSource& time, TunnelObserver* tunnels,
-                     Metrics* metrics)
+                     Metrics* metrics, ProbeSource* probes)
     : cfg_(std::move(client)),
       tcfg_(tunneld),
       jobs_(jobs),
@@ -72,7 +74,8 @@ SshClient::SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSourc
       time_(time),
       tunnels_(tunnels),
       counters_(metrics ? metrics->client(cfg_.name) : own_counters_),
-      rng_(std::random_device{}()) {
+      rng_(std::random_device{}()),
+      probes_(probes) {
   backoff_until_ = time_.steady();  // first attempt at once
 }
 
@@ -146,6 +149,8 @@ std::optional<SteadyClock::time_point> SshClient::deadline() const {
       if (peer_confirmed_) take(next_touch_);  // the lease's renewal, once per keepalive
       for (auto& c : chans_)
         if (auto cd = c->deadline(tcfg_.idle_close)) take(*cd);
+      if (probe_)
+        if (auto pd = probe_->deadline(tcfg_.idle_close)) take(*pd);
       if (stopping_) take(stop_deadline_);
       if (session_backoff_until_ > now_hint_) take(session_backoff_until_);
       break;
@@ -202,6 +207,8 @@ void SshClient::teardown(SteadyClock::time_point now, const std::string& reason)
   // Channels first: the session frees those still open when it goes.
   for (auto& c : chans_) c->abandon(jobs_, reason, unixNow());
   chans_.clear();
+  if (probe_) probe_->abandon(*probes_, cfg_.name, reason);
+  probe_.reset();
   channel_went_ = open_after_close_ = refused_wait_ = false;
   drain_.leaveToSession();
   session_.close(&sock_);
@@ -607,8 +614,11 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
   // channel's data out of the socket into libssh2's queue after that channel's turn; poll()
   // would then never report it. Go round again for any channel with queued input (the same check
   // as at the end of a channel's step, for all channels once all have had their turn).
+  progress |= stepProbe(now);
+  if (state_ != State::Connected) return true;
   if (!progress)
-    progress = std::any_of(chans_.begin(), chans_.end(), [](auto& c) { return c->inputQueued(); });
+    progress = (probe_ && probe_->inputQueued()) ||
+               std::any_of(chans_.begin(), chans_.end(), [](auto& c) { return c->inputQueued(); });
   // One that held a session at the far end frees a slot there (a refused one never held one).
   if (std::any_of(chans_.begin(), chans_.end(),
                   [](auto& c) { return c->gone() && !c->refused(); })) {
@@ -644,7 +654,7 @@ bool SshClient::drainTransport(SteadyClock::time_point now) {
 // False when the keepalive failed (and the connection is torn down).
 bool SshClient::keepAlive(SteadyClock::time_point now) {
   if (now < next_keepalive_) return true;
-  bool sending = session_.wantsWrite() ||
+  bool sending = session_.wantsWrite() || (probe_ && probe_->sending()) ||
                  std::any_of(chans_.begin(), chans_.end(), [](auto& c) { return c->sending(); });
   if (sending) {
     // Data is on its way: that keeps the connection alive, and a keepalive now could be left
@@ -675,6 +685,27 @@ bool SshClient::stepChannel(ChannelSession& c, SteadyClock::time_point now) {
   }
   if (!r.session_failure.empty()) sessionFailed(now, r.session_failure);
   if (!r.channel_refused.empty()) channelRefused(now, r.channel_refused);
+  return r.progress;
+}
+
+// The probe channel: opened when a probe is due (not while stopping, not before probe_retry_at_
+// after a failed one), stepped like the SMTP sessions, dropped once closed.
+bool SshClient::stepProbe(SteadyClock::time_point now) {
+  if (!probes_) return false;
+  if (!probe_) {
+    if (stopping_ || now < probe_retry_at_ || !probes_->hasProbe(cfg_.name)) return false;
+    probe_ = std::make_unique<ProbeChannel>(now);
+  }
+  ProbeStep r = probe_->step({session_, *probes_, cfg_, tcfg_, relay_, stopping_}, now);
+  if (!r.connection_failure.empty()) {
+    fail(r.connection_failure, now);
+    return true;
+  }
+  if (!r.failed.empty()) probe_retry_at_ = now + kProbeRetry;
+  if (probe_->gone()) {
+    probe_.reset();
+    return true;
+  }
   return r.progress;
 }
 

@@ -25,6 +25,9 @@
 // of a confirmed connection and host-key mismatches to its TunnelObserver (the daemon, which owns
 // the relay leases). "Now" comes from step()'s caller and from the TimeSource given to the constructor (unix
 // time of results and status), never from the system.
+// With a ProbeSource (recipient verification, tunneld/verify/), a connected client also keeps
+// one ProbeChannel (probe_channel.hpp) for the addresses the source has for it: opened when the
+// first probe is due, QUIT after idle_close; after a failed one, the next opens kProbeRetry later.
 #pragma once
 
 #include <netdb.h>
@@ -51,6 +54,7 @@
 #include "tunneld/ssh/channel.hpp"
 #include "tunneld/ssh/channel_session.hpp"
 #include "tunneld/ssh/host_keys.hpp"
+#include "tunneld/ssh/probe_channel.hpp"
 #include "tunneld/ssh/session.hpp"
 
 namespace dynmx::tunneld {
@@ -123,7 +127,8 @@ class SshClient {
   // the connection attempts, handshake, host-key and authentication failures and the bytes sent
   // are counted, under the client's name; it must outlive the client.
   SshClient(ClientConfig client, const TunneldConfig& tunneld, JobSource& jobs, Waker& waker,
-            const TimeSource& time, TunnelObserver* tunnels = nullptr, Metrics* metrics = nullptr);
+            const TimeSource& time, TunnelObserver* tunnels = nullptr, Metrics* metrics = nullptr,
+            ProbeSource* probes = nullptr);
   ~SshClient();
   SshClient(const SshClient&) = delete;
   SshClient& operator=(const SshClient&) = delete;
@@ -148,6 +153,7 @@ class SshClient {
   // QUIT, disconnect. stopped() when done.
   void beginStop(SteadyClock::time_point now, std::chrono::seconds grace);
   bool stopped() const { return state_ == State::Stopped; }
+  bool connected() const { return state_ == State::Connected && !stopping_; }
 
   ClientStatus status() const;
 
@@ -186,6 +192,7 @@ class SshClient {
   bool stepChannel(ChannelSession& c, SteadyClock::time_point now);
   bool stepStopping(SteadyClock::time_point now, bool progress);
   bool openMoreChannels(SteadyClock::time_point now);
+  bool stepProbe(SteadyClock::time_point now);  // the probe channel (recipient verification)
   bool opening() const;
 
   void sessionFailed(SteadyClock::time_point now, const std::string& why);
@@ -259,6 +266,11 @@ class SshClient {
   std::string login_key_;
   int64_t backoff_until_unix_ = 0;
   int64_t connected_since_unix_ = 0;
+
+  // Recipient verification (probes_ may be null).
+  ProbeSource* probes_;
+  std::unique_ptr<ProbeChannel> probe_;
+  SteadyClock::time_point probe_retry_at_{};
 
   // Relay leases (tunnels_).
   bool peer_seen_ = false;       // this connection's first session reported its first line
