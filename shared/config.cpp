@@ -41,6 +41,8 @@ constexpr size_t kMaxSocketPath = 107;
 constexpr int64_t kMaxDurationSeconds = 3650LL * 86400;  // ten years: beyond that it is a typo
 constexpr size_t kMaxClientName = 64;
 constexpr uint32_t kMaxConcurrency = 64;
+constexpr uint32_t kMaxConnections = 16;
+constexpr uint32_t kMaxChannels = 100000;
 constexpr const char* kDurationExamples = "a duration such as \"30s\", \"5m\", \"1h\", \"5d\"";
 constexpr const char* kSizeExamples =
     "a size such as \"50M\", \"512K\", \"1G\" or a number of bytes";
@@ -51,18 +53,19 @@ constexpr std::string_view kSpoolKeys[] = {"dir", "max_message_size"};
 constexpr std::string_view kMilterKeys[] = {"socket", "socket_mode", "socket_group", "user",
                                             "on_error"};
 constexpr std::string_view kTunneldKeys[] = {
-    "control_socket", "control_group",   "control_mode",   "identity",      "known_hosts",
-    "keepalive",      "connect_timeout", "reconnect_min",  "reconnect_max", "retry_min",
-    "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
-    "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
-    "pid_file"};
+    "control_socket", "control_group",   "control_mode",  "identity",       "known_hosts",
+    "keepalive",      "connect_timeout", "reconnect_min", "reconnect_max",  "retry_min",
+    "retry_max",      "queue_lifetime",  "delay_warning", "idle_close",     "max_transactions",
+    "max_channels",   "bounce_from",     "sendmail",      "remote_command", "hostname",
+    "user",           "pid_file"};
 constexpr std::string_view kRelayKeys[] = {
     "socket",         "socket_mode", "socket_group", "user",       "lease_grace",
     "lease_lifetime", "revoke_hold", "mx_addresses", "lease_file", "checkin_user"};
-constexpr std::string_view kClientKeys[] = {
-    "name",           "host",          "port",        "user",          "domains",
-    "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
-    "queue_lifetime", "delay_warning", "relay",       "relay_networks"};
+constexpr std::string_view kClientKeys[] = {"name",          "host",        "port",
+                                            "user",          "domains",     "host_key",
+                                            "identity",      "concurrency", "max_connections",
+                                            "retry_min",     "retry_max",   "queue_lifetime",
+                                            "delay_warning", "relay",       "relay_networks"};
 
 struct SectionKeys {
   std::string_view header;  // how the section is written in the file
@@ -621,6 +624,9 @@ class Loader {
                  } else if (k == "max_transactions") {
                    if (auto i = integer(v, key, 1, 1000000))
                      c.max_transactions = static_cast<uint32_t>(*i);
+                 } else if (k == "max_channels") {
+                   if (auto i = integer(v, key, 0, kMaxChannels))
+                     c.max_channels = static_cast<uint32_t>(*i);
                  } else if (k == "bounce_from") {
                    if (auto s = text(v, key, "a From: name or address")) c.bounce_from = *s;
                  } else if (k == "sendmail") {
@@ -753,6 +759,9 @@ class Loader {
             } else if (k == "concurrency") {
               if (auto n = integer(v, key, 1, kMaxConcurrency))
                 c.concurrency = static_cast<uint32_t>(*n);
+            } else if (k == "max_connections") {
+              if (auto n = integer(v, key, 1, kMaxConnections))
+                c.max_connections = static_cast<uint32_t>(*n);
             } else if (k == "relay" || k == "relay_networks") {
               readClientRelayKey(k, v, key, c);
             } else {
@@ -1302,9 +1311,10 @@ void diffPart(const TunneldStartup& a, const TunneldStartup& b, KeyDiff& out) {
 
 void diffPart(const TunneldReloadable& a, const TunneldReloadable& b, KeyDiff& out) {
   const auto& [identity, known_hosts, keepalive, connect_timeout, reconnect_min, reconnect_max,
-               retry, idle_close, max_transactions, bounce_from, remote_command, hostname] = a;
+               retry, idle_close, max_transactions, max_channels, bounce_from, remote_command,
+               hostname] = a;
   const auto& [identity2, known_hosts2, keepalive2, connect_timeout2, reconnect_min2,
-               reconnect_max2, retry2, idle_close2, max_transactions2, bounce_from2,
+               reconnect_max2, retry2, idle_close2, max_transactions2, max_channels2, bounce_from2,
                remote_command2, hostname2] = b;
   out.add("tunneld.identity", identity != identity2);
   out.add("tunneld.known_hosts", known_hosts != known_hosts2);
@@ -1315,6 +1325,7 @@ void diffPart(const TunneldReloadable& a, const TunneldReloadable& b, KeyDiff& o
   diffRetry(retry, retry2, "tunneld.", out);
   out.add("tunneld.idle_close", idle_close != idle_close2);
   out.add("tunneld.max_transactions", max_transactions != max_transactions2);
+  out.add("tunneld.max_channels", max_channels != max_channels2);  // taken at once
   out.add("tunneld.bounce_from", bounce_from != bounce_from2);
   out.add("tunneld.remote_command", remote_command != remote_command2);
   out.add("tunneld.hostname", hostname != hostname2);
@@ -1344,10 +1355,10 @@ void diffPart(const RelayReloadable& a, const RelayReloadable& b, KeyDiff& out) 
 std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig& b,
                                        bool routing_only) {
   // name: the clients are matched by it; loc: where it is written, not what it says.
-  const auto& [name, host, port, user, domains, host_key, identity, concurrency, retry, relay,
-               relay_networks, loc] = a;
-  const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, concurrency2, retry2,
-               relay2, relay_networks2, loc2] = b;
+  const auto& [name, host, port, user, domains, host_key, identity, concurrency, max_connections,
+               retry, relay, relay_networks, loc] = a;
+  const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, concurrency2,
+               max_connections2, retry2, relay2, relay_networks2, loc2] = b;
   KeyDiff out;
   if (!routing_only) {
     out.add("host", host != host2);
@@ -1359,6 +1370,8 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
   out.add("host_key", host_key != host_key2);
   out.add("identity", identity != identity2);
   out.add("concurrency", concurrency != concurrency2);
+  // Taken at once: extra connections beyond a lowered value close when their sessions end.
+  out.add("max_connections", max_connections != max_connections2);
   diffRetry(retry, retry2, "", out);
   out.add("relay", relay != relay2);
   out.add("relay_networks", relay_networks != relay_networks2);

@@ -52,6 +52,7 @@ Daemon::Daemon(Config cfg, const TimeSource& time)
 Daemon::~Daemon() {
   clients_.clear();
   retiring_.clear();
+  extras_.clear();
   stopRelay();
   // The hand-off thread wakes us through wake_fd_: it ends before that is closed.
   jobs_.reset();
@@ -118,6 +119,7 @@ Status Daemon::init() {
   control_fd_ = std::move(*fd);
   control_owned_ = true;
   if (auto st = initRelay(); !st) return st;
+  shares_.setCap(cfg_.tunneld.max_channels);
 
   loop_.watch(signal_fd_.get(), POLLIN, [this](short) { onSignal(); });
   loop_.watch(wake_fd_.get(), POLLIN, [this](short) {
@@ -126,6 +128,7 @@ Status Daemon::init() {
     }
     queue_->collectHandoffs(time_.unixSeconds());
     for (auto& [n, e] : clients_) service(e);
+    for (auto& e : extras_) service(e);  // a name lookup of an extra connection came back
   });
   loop_.watch(inotify_fd_.get(), POLLIN, [this](short) { onInotify(); });
   loop_.watch(control_fd_.get(), POLLIN, [this](short) { onControlAccept(); });
@@ -148,6 +151,7 @@ void Daemon::applyClients() {
     if (!cfg_.findClient(it->first)) {
       logf(LogLevel::Info, "client=%s: removed from the configuration; closing", it->first.c_str());
       it->second.client->beginStop(now, kShutdownGrace);
+      shares_.forget(&it->second);  // its demand for another connection
       retiring_.push_back(std::move(it->second));
       it = clients_.erase(it);
     } else {
@@ -161,6 +165,7 @@ void Daemon::applyClients() {
       e.client =
           std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
                                       leases_ ? static_cast<TunnelObserver*>(this) : nullptr);
+      e.client->setShares(&shares_);
       auto [pos, ok] = clients_.emplace(c.name, std::move(e));
       (void)ok;
       service(pos->second);
@@ -176,6 +181,7 @@ template <class F>
 void Daemon::forEachClient(F&& f) {
   for (auto& [name, e] : clients_) f(e);
   for (auto& e : retiring_) f(e);
+  for (auto& e : extras_) f(e);
 }
 
 Daemon::ClientEntry* Daemon::entryOf(const SshClient* c) {
@@ -189,6 +195,7 @@ Daemon::ClientEntry* Daemon::entryOf(const SshClient* c) {
 void Daemon::service(ClientEntry& e, short revents) {
   e.client->step(time_.steady(), revents);
   sync(e);
+  serviceShares();
 }
 
 void Daemon::sync(ClientEntry& e) {
@@ -233,6 +240,12 @@ void Daemon::pokeDue() {
   int64_t now = time_.unixSeconds();
   for (auto& [name, e] : clients_) {
     if (queue_->hasDue(name, now)) {
+      e.client->poke();
+      service(e);
+    }
+  }
+  for (auto& e : extras_) {
+    if (queue_->hasDue(e.client->name(), now)) {
       e.client->poke();
       service(e);
     }
@@ -310,6 +323,9 @@ Status Daemon::reload() {
   cfg_ = std::move(plan.config);
   queue_->reconfigure(cfg_);
   reloadRelay();
+  // Extra connections reopen when a backlog needs them, with the new settings.
+  closeExtraConnections("configuration reloaded");
+  shares_.setCap(cfg_.tunneld.max_channels);
   applyClients();
   logf(LogLevel::Info, "reload: %zu client(s) configured", cfg_.clients.size());
   logf(LogLevel::Info, "reload: taken: %s",
@@ -401,9 +417,12 @@ std::vector<std::string> Daemon::statusLines() {
   std::map<std::string, ClientQueueStatus> qs;
   for (auto& s : queue_->status()) qs[s.client] = s;
   lines.push_back(std::string("dynmx-tunneld: ") + (stopping_ ? "stopping" : "running") + ", " +
-                  std::to_string(clients_.size()) + " client(s)");
+                  std::to_string(clients_.size()) + " client(s), channels " +
+                  std::to_string(shares_.open()) +
+                  (shares_.cap() ? " of max_channels " + std::to_string(shares_.cap()) : ""));
   for (auto& [name, e] : clients_) {
     ClientStatus s = e.client->status();
+    addConnectionStatus(name, s);
     std::string l = "client " + name + ": " + s.state;
     if (s.state == "connected")
       l += " to " + s.address + " since " + isoUtcOrDash(s.connected_since);
@@ -423,7 +442,7 @@ std::vector<std::string> Daemon::statusLines() {
     lines.push_back("  queue: active " + std::to_string(q.active) + ", deferred " +
                     std::to_string(q.deferred) + ", hold " + std::to_string(q.hold) +
                     ", in flight " + std::to_string(q.in_flight) + ", channels " +
-                    std::to_string(s.channels) +
+                    std::to_string(s.channels) + ", connections " + std::to_string(s.connections) +
                     (q.oldest_arrival ? ", oldest " + isoUtcOrDash(q.oldest_arrival) : ""));
     if (!s.last_error.empty()) lines.push_back("  last error: " + s.last_error);
     for (auto& l : leaseStatusLines(name)) lines.push_back(std::move(l));
@@ -605,6 +624,7 @@ int Daemon::run() {
         last_scan_ = now;
         pokeDue();
       }
+      scaleConnections();
     } else {
       bool all = true;
       forEachClient([&](ClientEntry& e) { all = all && e.client->stopped(); });

@@ -16,6 +16,9 @@
 // time; SIGCHLD (and a timer for restarts) lets RelayMapProcess reap and restart its child; the
 // child is stopped by its pid when the daemon exits.
 // Mail committed to incoming/ while its client is connected starts at once (inotify IN_MOVED_TO).
+// A client whose backlog fills its connection gets extra connections, up to max_connections, each
+// an SshClient verified on its own; [tunneld] max_channels caps the SMTP channels of all of them,
+// shared fairly (daemon_connections.cpp, ssh/channel_shares.hpp).
 // The admin socket answers each request only when the peer's credentials allow it (access.hpp);
 // "checkin CLIENT ADDRESS" (dynmx-checkin) grants a check-in lease and, at most once per
 // kCheckinHintInterval per client, makes that client's connection try again at once.
@@ -84,6 +87,7 @@ class Daemon : public Waker, public TunnelObserver {
     int watched_fd = -1;
     uint64_t timer_id = 0;
     std::optional<SteadyClock::time_point> timer_when;
+    bool closing = false;  // an extra connection we close (idle, reload): not a failure
   };
   struct ControlConn;
 
@@ -103,6 +107,13 @@ class Daemon : public Waker, public TunnelObserver {
   void closeControl(int fd);
   void beginShutdown();
   std::vector<std::string> statusLines();
+  // Several connections per client and the channel cap (daemon_connections.cpp).
+  void scaleConnections();
+  void serviceShares();  // steps every connection when the channel shares changed
+  void openExtraConnection(const ClientConfig& c, const SshClient& first);
+  void closeExtraConnections(const std::string& why, const std::string& client = "");
+  void reapExtraConnections();
+  void addConnectionStatus(const std::string& client, ClientStatus& s);
   // Relay leases (daemon_relay.cpp).
   Status initRelay();
   void leaseEvents(const std::vector<LeaseEvent>& events);
@@ -127,6 +138,13 @@ class Daemon : public Waker, public TunnelObserver {
   EventLoop loop_;
   std::map<std::string, ClientEntry> clients_;
   std::vector<ClientEntry> retiring_;  // removed by a reload, finishing their work
+  // Extra connections of clients whose backlog fills their first one ([[client]]
+  // max_connections), and the shares of [tunneld] max_channels among every connection.
+  std::vector<ClientEntry> extras_;
+  ChannelShares shares_;
+  bool sharing_ = false;                            // serviceShares() is stepping the connections
+  std::map<std::string, uint32_t> extra_failures_;  // in a row, per client
+  std::map<std::string, SteadyClock::time_point> extra_backoff_until_;  // per client
   std::map<int, std::unique_ptr<ControlConn>> conns_;
   UniqueFd signal_fd_;
   UniqueFd inotify_fd_;
