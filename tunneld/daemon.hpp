@@ -55,6 +55,9 @@ inline constexpr std::chrono::seconds kIncomingRescan{30};
 inline constexpr size_t kScanSlice = 256;
 // A check-in says the client is back: its connection is retried at once, at most this often.
 inline constexpr std::chrono::seconds kCheckinHintInterval{60};
+// When max_channels does not split evenly among the clients with mail, the channels left over go
+// to the next clients in turn this often (each turn costs a session ended and one started).
+inline constexpr std::chrono::seconds kShareRotation{10};
 
 class Daemon : public Waker, public TunnelObserver {
  public:
@@ -143,6 +146,7 @@ class Daemon : public Waker, public TunnelObserver {
   std::vector<ClientEntry> extras_;
   ChannelShares shares_;
   bool sharing_ = false;                            // serviceShares() is stepping the connections
+  SteadyClock::time_point next_rotation_{};         // of the channels an even split leaves over
   std::map<std::string, uint32_t> extra_failures_;  // in a row, per client
   std::map<std::string, SteadyClock::time_point> extra_backoff_until_;  // per client
   std::map<int, std::unique_ptr<ControlConn>> conns_;

@@ -74,6 +74,10 @@ void Daemon::scaleConnections() {
   reapExtraConnections();
   shares_.setCap(cfg_.tunneld.max_channels);
   auto now = time_.steady();
+  if (now >= next_rotation_) {
+    shares_.rotate();
+    next_rotation_ = now + kShareRotation;
+  }
   for (auto& e : extras_) {
     if (e.closing || !e.client->idle(now)) continue;
     e.closing = true;

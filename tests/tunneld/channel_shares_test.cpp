@@ -142,3 +142,36 @@ TEST(ChannelShares, ALoweredCapTakesChannelsBack) {
   EXPECT_EQ(s.excess("big2"), 6u);
   EXPECT_FALSE(s.mayOpen("big"));
 }
+
+// What an even split leaves over goes round: with `turn` advanced, each unmet demand gets the
+// extra channel in turn, and the total stays the cap.
+TEST(FairShares, RemainderGoesRoundWithTheTurn) {
+  std::vector<size_t> demands{9, 9, 9, 1};  // 11 for three: 4, 4, 3
+  EXPECT_EQ(fairShares(12, demands, 0), (std::vector<size_t>{4, 4, 3, 1}));
+  EXPECT_EQ(fairShares(12, demands, 1), (std::vector<size_t>{3, 4, 4, 1}));
+  EXPECT_EQ(fairShares(12, demands, 2), (std::vector<size_t>{4, 3, 4, 1}));
+  EXPECT_EQ(fairShares(12, demands, 3), (std::vector<size_t>{4, 4, 3, 1}));  // three unmet: again
+  EXPECT_EQ(fairShares(12, demands, 5), (std::vector<size_t>{4, 3, 4, 1}));
+  size_t short_of_level[3] = {0, 0, 0};
+  for (size_t turn = 0; turn < 12; ++turn) {
+    auto s = fairShares(12, demands, turn);
+    EXPECT_EQ(s[0] + s[1] + s[2] + s[3], 12u);
+    for (size_t i = 0; i < 3; ++i) short_of_level[i] += s[i] == 3 ? 1 : 0;
+  }
+  EXPECT_EQ(short_of_level[0], short_of_level[2]);  // over whole rounds, each as often
+  EXPECT_EQ(short_of_level[1], short_of_level[2]);
+}
+
+TEST(ChannelShares, RotateMovesTheExtraChannelAndWakesTheWaiting) {
+  ChannelShares s(5);
+  s.report(&kBigA, "a", 3, 3, true);
+  s.report(&kBigB, "b", 2, 2, true);
+  EXPECT_EQ(s.share("a"), 3u);  // 5 for two: 3, 2
+  EXPECT_EQ(s.share("b"), 2u);
+  (void)s.takeWake();
+  s.rotate();
+  EXPECT_EQ(s.share("a"), 2u);
+  EXPECT_EQ(s.share("b"), 3u);
+  EXPECT_EQ(s.excess("a"), 1u);  // a gives one back, then b may open it
+  EXPECT_TRUE(s.takeWake());
+}

@@ -9,7 +9,7 @@
 
 namespace dynmx::tunneld {
 
-std::vector<size_t> fairShares(size_t cap, const std::vector<size_t>& demands) {
+std::vector<size_t> fairShares(size_t cap, const std::vector<size_t>& demands, size_t turn) {
   if (cap == 0) return demands;
   std::vector<size_t> out(demands.size(), 0);
   std::vector<size_t> order(demands.size());
@@ -27,9 +27,11 @@ std::vector<size_t> fairShares(size_t cap, const std::vector<size_t>& demands) {
       continue;
     }
     // Every demand from here on is above the level: each gets it, and the remainder goes one
-    // each to them in their original order.
+    // each to them in round-robin order from index `turn`.
     std::vector<size_t> unmet(order.begin() + static_cast<std::ptrdiff_t>(k), order.end());
     std::sort(unmet.begin(), unmet.end());
+    std::rotate(unmet.begin(), unmet.begin() + static_cast<std::ptrdiff_t>(turn % unmet.size()),
+                unmet.end());
     size_t extra = left - level * rest;
     for (size_t i : unmet) {
       out[i] = level + (extra > 0 ? 1 : 0);
@@ -51,6 +53,12 @@ void ChannelShares::setCap(size_t cap) {
   cap_ = cap;
   dirty_ = true;
   wake_ = true;
+}
+
+void ChannelShares::rotate() {
+  ++turn_;
+  dirty_ = true;
+  if (cap_ > 0 && blocked() > 0) wake_ = true;
 }
 
 void ChannelShares::report(const void* conn, const std::string& client, size_t open, size_t keeping,
@@ -89,7 +97,7 @@ const std::map<std::string, ChannelShares::ClientSum>& ChannelShares::sums() con
   std::vector<size_t> demands;
   demands.reserve(sums_.size());
   for (auto& [name, s] : sums_) demands.push_back(s.keeping + (s.wants ? 1 : 0));
-  auto shares = fairShares(cap_, demands);
+  auto shares = fairShares(cap_, demands, turn_);
   size_t i = 0;
   for (auto& [name, s] : sums_) s.share = cap_ == 0 ? SIZE_MAX : shares[i++];
   dirty_ = false;

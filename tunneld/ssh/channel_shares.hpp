@@ -27,8 +27,10 @@ namespace dynmx::tunneld {
 
 // Pure: max-min fair shares of `cap` among `demands` (same order). Each demand d gets min(d, L)
 // with the level L as high as the cap allows; what integer division leaves over goes one each to
-// the unsatisfied demands in their order. With cap 0 (no cap) every demand is met.
-std::vector<size_t> fairShares(size_t cap, const std::vector<size_t>& demands);
+// the unsatisfied demands in index order, rotated by `turn` (modulo their number), so that a
+// caller that advances `turn` now and then lets each have the extra channel in turn. With cap 0 (no
+// cap) every demand is met.
+std::vector<size_t> fairShares(size_t cap, const std::vector<size_t>& demands, size_t turn = 0);
 
 // Pure: one more SSH connection for a client? Only when each of its `connections` is up and
 // `saturated` (every channel it may run is working and mail is still due), none is being set up,
@@ -41,6 +43,8 @@ class ChannelShares {
   explicit ChannelShares(size_t cap = 0) : cap_(cap) {}
   void setCap(size_t cap);
   size_t cap() const { return cap_; }
+  // The channels left over by an even split go to the next clients in turn (fairShares' `turn`).
+  void rotate();
 
   // One connection's tally (`conn` identifies it; `client` its client's name).
   void report(const void* conn, const std::string& client, size_t open, size_t keeping, bool wants);
@@ -75,6 +79,7 @@ class ChannelShares {
   size_t blocked() const;  // clients that want a channel and may not open one
 
   size_t cap_;
+  size_t turn_ = 0;
   std::map<const void*, Tally> conns_;
   mutable std::map<std::string, ClientSum> sums_;
   mutable bool dirty_ = true;
