@@ -23,7 +23,9 @@ namespace dynmx::tunneld {
 
 void Daemon::openExtraConnection(const ClientConfig& c, const SshClient& first) {
   ClientEntry e;
-  e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(), nullptr);
+  // The observer hears of host-key mismatches only: an extra connection reads no peer line.
+  e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
+                                         leases_ ? static_cast<TunnelObserver*>(this) : nullptr);
   e.client->setShares(&shares_);
   e.client->setExtra();
   e.client->setChannelLimit(first.channelLimit());

@@ -88,7 +88,9 @@ void ChannelShares::forget(const void* conn) {
 const std::map<std::string, ChannelShares::ClientSum>& ChannelShares::sums() const {
   if (!dirty_) return sums_;
   sums_.clear();
+  total_ = 0;
   for (auto& [conn, t] : conns_) {
+    total_ += t.open;
     ClientSum& s = sums_[t.client];
     s.open += t.open;
     s.keeping += t.keeping;
@@ -105,9 +107,8 @@ const std::map<std::string, ChannelShares::ClientSum>& ChannelShares::sums() con
 }
 
 size_t ChannelShares::open() const {
-  size_t n = 0;
-  for (auto& [conn, t] : conns_) n += t.open;
-  return n;
+  sums();
+  return total_;
 }
 
 size_t ChannelShares::open(const std::string& client) const {

@@ -82,6 +82,7 @@ class ChannelShares {
   size_t turn_ = 0;
   std::map<const void*, Tally> conns_;
   mutable std::map<std::string, ClientSum> sums_;
+  mutable size_t total_ = 0;  // open channels of every connection (with sums_)
   mutable bool dirty_ = true;
   bool wake_ = false;
 };

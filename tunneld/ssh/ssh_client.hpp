@@ -154,7 +154,8 @@ class SshClient {
   // after every change and decides whether it may open one more; it must outlive the client.
   void setShares(ChannelShares* shares) { shares_ = shares; }
   // An extra connection, opened while a backlog fills the client's first one: it reads no peer
-  // line, does not make deferred mail due when it comes up, and after a failure (a host key that
+  // line (its TunnelObserver hears only of host-key mismatches), does not make deferred mail due
+  // when it comes up, and after a failure (a host key that
   // does not verify, a lost connection) it stops instead of trying again: the daemon decides.
   void setExtra() { extra_ = true; }
   bool extra() const { return extra_; }
