@@ -11,8 +11,8 @@
 // that have mail. A connection opens a channel only while the total is under the cap and its
 // client under its share (mayOpen); a client above its share stops taking jobs on that many
 // channels and closes them when their transactions end (excess). So the cap is never exceeded,
-// and one client's backlog cannot hold a small client's new message for longer than one
-// transaction of the big client.
+// and one client's backlog holds a small client's new message back only until one session of the
+// big client has ended the transactions it has open.
 // Failure behaviour: none (pure bookkeeping); a connection that goes reports nothing more
 // (forget()).
 #pragma once
