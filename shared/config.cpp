@@ -43,6 +43,8 @@ constexpr int64_t kMaxDurationSeconds = 3650LL * 86400;  // ten years: beyond th
 constexpr size_t kMaxClientName = 64;
 constexpr uint32_t kMaxConcurrency = 64;
 constexpr int64_t kMaxQueueMessages = 1000000000;  // beyond that it is a typo
+constexpr uint32_t kMaxConnections = 16;
+constexpr uint32_t kMaxChannels = 100000;
 constexpr const char* kDurationExamples = "a duration such as \"30s\", \"5m\", \"1h\", \"5d\"";
 constexpr const char* kSizeExamples =
     "a size such as \"50M\", \"512K\", \"1G\" or a number of bytes";
@@ -56,16 +58,16 @@ constexpr std::string_view kTunneldKeys[] = {
     "control_socket", "control_group",   "control_mode",   "identity",      "known_hosts",
     "keepalive",      "connect_timeout", "reconnect_min",  "reconnect_max", "retry_min",
     "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
-    "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
-    "pid_file",       "metrics_listen"};
+    "max_channels",   "bounce_from",     "sendmail",       "remote_command", "hostname",
+    "user",           "pid_file",        "metrics_listen"};
 constexpr std::string_view kRelayKeys[] = {
     "socket",         "socket_mode", "socket_group", "user",       "lease_grace",
     "lease_lifetime", "revoke_hold", "mx_addresses", "lease_file", "checkin_user"};
 constexpr std::string_view kClientKeys[] = {
     "name",           "host",          "port",        "user",          "domains",
-    "host_key",       "identity",      "concurrency", "retry_min",     "retry_max",
-    "queue_lifetime", "delay_warning", "relay",       "relay_networks", "relay_senders",
-    "max_queue_messages", "max_queue_bytes",
+    "host_key",       "identity",      "concurrency", "max_connections", "retry_min",
+    "retry_max",      "queue_lifetime", "delay_warning", "relay",       "relay_networks",
+    "relay_senders",  "max_queue_messages", "max_queue_bytes",
     // recipients (shared/recipient_list.hpp) and their verification through the tunnel
     "recipients", "recipient_file", "verify_recipients", "verify_default", "verify_positive_ttl",
     "verify_negative_ttl", "verify_timeout"};
@@ -638,6 +640,9 @@ class Loader {
                  } else if (k == "max_transactions") {
                    if (auto i = integer(v, key, 1, 1000000))
                      c.max_transactions = static_cast<uint32_t>(*i);
+                 } else if (k == "max_channels") {
+                   if (auto i = integer(v, key, 0, kMaxChannels))
+                     c.max_channels = static_cast<uint32_t>(*i);
                  } else if (k == "bounce_from") {
                    if (auto s = text(v, key, "a From: name or address")) c.bounce_from = *s;
                  } else if (k == "sendmail") {
@@ -816,6 +821,9 @@ class Loader {
             } else if (k == "concurrency") {
               if (auto n = integer(v, key, 1, kMaxConcurrency))
                 c.concurrency = static_cast<uint32_t>(*n);
+            } else if (k == "max_connections") {
+              if (auto n = integer(v, key, 1, kMaxConnections))
+                c.max_connections = static_cast<uint32_t>(*n);
             } else if (k == "relay" || k == "relay_networks" || k == "relay_senders") {
               readClientRelayKey(k, v, key, c);
             } else if (k == "max_queue_messages") {
@@ -1526,10 +1534,10 @@ void diffPart(const TunneldStartup& a, const TunneldStartup& b, KeyDiff& out) {
 
 void diffPart(const TunneldReloadable& a, const TunneldReloadable& b, KeyDiff& out) {
   const auto& [identity, identity_old, known_hosts, keepalive, connect_timeout, reconnect_min,
-               reconnect_max, retry, idle_close, max_transactions, bounce_from, remote_command,
-               hostname] = a;
+               reconnect_max, retry, idle_close, max_transactions, max_channels, bounce_from,
+               remote_command, hostname] = a;
   const auto& [identity2, identity_old2, known_hosts2, keepalive2, connect_timeout2, reconnect_min2,
-               reconnect_max2, retry2, idle_close2, max_transactions2, bounce_from2,
+               reconnect_max2, retry2, idle_close2, max_transactions2, max_channels2, bounce_from2,
                remote_command2, hostname2] = b;
   // Both keys of identity are one key of the file; a change reconnects the clients using it.
   out.add("tunneld.identity", identity != identity2 || identity_old != identity_old2);
@@ -1541,6 +1549,7 @@ void diffPart(const TunneldReloadable& a, const TunneldReloadable& b, KeyDiff& o
   diffRetry(retry, retry2, "tunneld.", out);
   out.add("tunneld.idle_close", idle_close != idle_close2);
   out.add("tunneld.max_transactions", max_transactions != max_transactions2);
+  out.add("tunneld.max_channels", max_channels != max_channels2);  // taken at once
   out.add("tunneld.bounce_from", bounce_from != bounce_from2);
   out.add("tunneld.remote_command", remote_command != remote_command2);
   out.add("tunneld.hostname", hostname != hostname2);
@@ -1571,13 +1580,14 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
                                        bool routing_only) {
   // name: the clients are matched by it; loc: where it is written, not what it says.
   const auto& [name, host, port, user, domains, host_key, identity, identity_old, concurrency,
-               retry, relay, relay_networks, relay_senders, max_queue_messages, max_queue_bytes,
-               recipients, recipient_file, verify_recipients, verify_default, verify_positive_ttl,
-               verify_negative_ttl, verify_timeout, loc] = a;
+               max_connections, retry, relay, relay_networks, relay_senders, max_queue_messages,
+               max_queue_bytes, recipients, recipient_file, verify_recipients, verify_default,
+               verify_positive_ttl, verify_negative_ttl, verify_timeout, loc] = a;
   const auto& [name2, host2, port2, user2, domains2, host_key2, identity2, identity_old2,
-               concurrency2, retry2, relay2, relay_networks2, relay_senders2, max_queue_messages2,
-               max_queue_bytes2, recipients2, recipient_file2, verify_recipients2, verify_default2,
-               verify_positive_ttl2, verify_negative_ttl2, verify_timeout2, loc2] = b;
+               concurrency2, max_connections2, retry2, relay2, relay_networks2, relay_senders2,
+               max_queue_messages2, max_queue_bytes2, recipients2, recipient_file2,
+               verify_recipients2, verify_default2, verify_positive_ttl2, verify_negative_ttl2,
+               verify_timeout2, loc2] = b;
   KeyDiff out;
   if (!routing_only) {
     out.add("host", host != host2);
@@ -1603,6 +1613,8 @@ std::vector<std::string> clientChanges(const ClientConfig& a, const ClientConfig
   out.add("host_key", host_key != host_key2);
   out.add("identity", identity != identity2 || identity_old != identity_old2);
   out.add("concurrency", concurrency != concurrency2);
+  // Taken at once: extra connections beyond a lowered value close when their sessions end.
+  out.add("max_connections", max_connections != max_connections2);
   diffRetry(retry, retry2, "", out);
   out.add("relay", relay != relay2);
   out.add("relay_networks", relay_networks != relay_networks2);

@@ -135,6 +135,9 @@ struct TunneldReloadable {
   RetryPolicy retry;
   Seconds idle_close{60};            // QUIT an idle SMTP session after this; SSH stays up
   uint32_t max_transactions = 1000;  // per SMTP session, then QUIT and start a new one
+  // SMTP channels open at once across every client and connection (fair shares when reached);
+  // 0: no cap
+  uint32_t max_channels = 64;
   std::string bounce_from = "MAILER-DAEMON";  // header From: of bounces (envelope is always <>)
   std::string remote_command = "/usr/sbin/sendmail -bs";  // exec request; authorized_keys forces it
   std::string hostname;  // EHLO name and bounce host; empty: the system's (hostNameOr)
@@ -173,7 +176,9 @@ struct ClientConfig {
   std::string host_key;  // "" | "ssh-ed25519 AAAA..." (pinned line) | "SHA256:base64"
   std::string identity;  // "" means [tunneld] identity
   std::string identity_old;  // the second key of identity = ["NEW", "OLD"]; "" when none
-  uint32_t concurrency = 8;
+  uint32_t concurrency = 8;  // SMTP channels per SSH connection, at most
+  // SSH connections while a backlog fills the open ones; one when idle
+  uint32_t max_connections = 2;
   RetryPolicy retry;  // [tunneld] values unless overridden
   bool relay = false;                       // may hold relay leases ([relay])
   std::vector<InetNetwork> relay_networks;  // leases only inside these; empty: anywhere

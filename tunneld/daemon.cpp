@@ -44,6 +44,7 @@ Daemon::Daemon(Config cfg, const TimeSource& time)
 Daemon::~Daemon() {
   clients_.clear();
   retiring_.clear();
+  extras_.clear();
   stopRelay();
   // The hand-off thread wakes us through wake_fd_: it ends before that is closed.
   jobs_.reset();
@@ -123,6 +124,7 @@ Status Daemon::init() {
   verifier_ = std::make_unique<Verifier>(cfg_.spool.dir + "/verify.cache", time_);
   verifier_->load();
   verifier_->configure(cfg_.clients);
+  shares_.setCap(cfg_.tunneld.max_channels);
 
   loop_.watch(signal_fd_.get(), POLLIN, [this](short) { onSignal(); });
   loop_.watch(wake_fd_.get(), POLLIN, [this](short) {
@@ -131,6 +133,7 @@ Status Daemon::init() {
     }
     queue_->collectHandoffs(time_.unixSeconds());
     for (auto& [n, e] : clients_) service(e);
+    for (auto& e : extras_) service(e);  // a name lookup of an extra connection came back
   });
   loop_.watch(inotify_fd_.get(), POLLIN, [this](short) { onInotify(); });
   loop_.watch(control_fd_.get(), POLLIN, [this](short) { onControlAccept(); });
@@ -153,6 +156,7 @@ void Daemon::applyClients() {
     if (!cfg_.findClient(it->first)) {
       logf(LogLevel::Info, "client=%s: removed from the configuration; closing", it->first.c_str());
       it->second.client->beginStop(now, kShutdownGrace);
+      shares_.forget(&it->second);  // its demand for another connection
       retiring_.push_back(std::move(it->second));
       it = clients_.erase(it);
     } else {
@@ -166,6 +170,7 @@ void Daemon::applyClients() {
       e.client = std::make_unique<SshClient>(c, cfg_.tunneld, *jobs_, *this, systemTime(),
                                              leases_ ? static_cast<TunnelObserver*>(this) : nullptr,
                                              &metrics_, verifier_.get());
+      e.client->setShares(&shares_);
       auto [pos, ok] = clients_.emplace(c.name, std::move(e));
       (void)ok;
       service(pos->second);
@@ -181,6 +186,7 @@ template <class F>
 void Daemon::forEachClient(F&& f) {
   for (auto& [name, e] : clients_) f(e);
   for (auto& e : retiring_) f(e);
+  for (auto& e : extras_) f(e);
 }
 
 Daemon::ClientEntry* Daemon::entryOf(const SshClient* c) {
@@ -194,6 +200,7 @@ Daemon::ClientEntry* Daemon::entryOf(const SshClient* c) {
 void Daemon::service(ClientEntry& e, short revents) {
   e.client->step(time_.steady(), revents);
   sync(e);
+  serviceShares();
 }
 
 void Daemon::sync(ClientEntry& e) {
@@ -238,6 +245,12 @@ void Daemon::pokeDue() {
   int64_t now = time_.unixSeconds();
   for (auto& [name, e] : clients_) {
     if (queue_->hasDue(name, now)) {
+      e.client->poke();
+      service(e);
+    }
+  }
+  for (auto& e : extras_) {
+    if (queue_->hasDue(e.client->name(), now)) {
       e.client->poke();
       service(e);
     }
@@ -316,6 +329,9 @@ Status Daemon::reload() {
   queue_->reconfigure(cfg_);
   reloadRelay();
   if (verifier_) verifier_->configure(cfg_.clients);
+  // Extra connections reopen when a backlog needs them, with the new settings.
+  closeExtraConnections("configuration reloaded");
+  shares_.setCap(cfg_.tunneld.max_channels);
   applyClients();
   logf(LogLevel::Info, "reload: %zu client(s) configured", cfg_.clients.size());
   logf(LogLevel::Info, "reload: taken: %s",
@@ -434,10 +450,13 @@ std::vector<std::string> Daemon::statusLines() {
   std::map<std::string, ClientQueueStatus> qs;
   for (auto& s : queue_->status()) qs[s.client] = s;
   lines.push_back(std::string("dynmx-tunneld: ") + (stopping_ ? "stopping" : "running") + ", " +
-                  std::to_string(clients_.size()) + " client(s)");
+                  std::to_string(clients_.size()) + " client(s), channels " +
+                  std::to_string(shares_.open()) +
+                  (shares_.cap() ? " of max_channels " + std::to_string(shares_.cap()) : ""));
   lines.push_back(spoolSpaceLine(cfg_.spool));
   for (auto& [name, e] : clients_) {
     ClientStatus s = e.client->status();
+    addConnectionStatus(name, s);
     std::string l = "client " + name + ": " + s.state;
     if (s.state == "connected")
       l += " to " + s.address + " since " + isoUtcOrDash(s.connected_since);
@@ -458,7 +477,7 @@ std::vector<std::string> Daemon::statusLines() {
     lines.push_back("  queue: active " + std::to_string(q.active) + ", deferred " +
                     std::to_string(q.deferred) + ", hold " + std::to_string(q.hold) +
                     ", in flight " + std::to_string(q.in_flight) + ", channels " +
-                    std::to_string(s.channels) +
+                    std::to_string(s.channels) + ", connections " + std::to_string(s.connections) +
                     (q.oldest_arrival ? ", oldest " + isoUtcOrDash(q.oldest_arrival) : ""));
     if (const ClientConfig* cc = cfg_.findClient(name)) lines.push_back(queueUsageLine(*cc, q));
     if (!s.last_error.empty()) lines.push_back("  last error: " + s.last_error);
@@ -813,6 +832,7 @@ int Daemon::run() {
         last_scan_ = now;
         pokeDue();
       }
+      scaleConnections();
     } else {
       bool all = true;
       forEachClient([&](ClientEntry& e) { all = all && e.client->stopped(); });

@@ -16,6 +16,9 @@
 // time; SIGCHLD (and a timer for restarts) lets RelayMapProcess reap and restart its child; the
 // child is stopped by its pid when the daemon exits.
 // Mail committed to incoming/ while its client is connected starts at once (inotify IN_MOVED_TO).
+// A client whose backlog fills its connection gets extra connections, up to max_connections, each
+// an SshClient verified on its own; [tunneld] max_channels caps the SMTP channels of all of them,
+// shared fairly (daemon_connections.cpp, ssh/channel_shares.hpp).
 // The admin socket answers each request only when the peer's credentials allow it (access.hpp);
 // "checkin CLIENT ADDRESS" (dynmx-checkin) grants a check-in lease and, at most once per
 // kCheckinHintInterval per client, makes that client's connection try again at once.
@@ -63,6 +66,9 @@ inline constexpr std::chrono::seconds kIncomingRescan{30};
 inline constexpr size_t kScanSlice = 256;
 // A check-in says the client is back: its connection is retried at once, at most this often.
 inline constexpr std::chrono::seconds kCheckinHintInterval{60};
+// When max_channels does not split evenly among the clients with mail, the channels left over go
+// to the next clients in turn this often (each turn costs a session ended and one started).
+inline constexpr std::chrono::seconds kShareRotation{10};
 
 class Daemon : public Waker, public TunnelObserver {
  public:
@@ -96,6 +102,7 @@ class Daemon : public Waker, public TunnelObserver {
     int watched_fd = -1;
     uint64_t timer_id = 0;
     std::optional<SteadyClock::time_point> timer_when;
+    bool closing = false;  // an extra connection we close (idle, reload): not a failure
   };
   // One admin connection (also seen by daemon_verify.cpp, whose answers come later).
   struct ControlConn {
@@ -127,6 +134,13 @@ class Daemon : public Waker, public TunnelObserver {
   std::vector<std::string> statusRecords();  // `status fields` (StatusRecord lines)
   ControlReply disposeReply(const ControlRequest& req, const ControlPeer& peer);
   ControlReply hostkeyReply(const std::string& client);
+  // Several connections per client and the channel cap (daemon_connections.cpp).
+  void scaleConnections();
+  void serviceShares();  // steps every connection when the channel shares changed
+  void openExtraConnection(const ClientConfig& c, const SshClient& first);
+  void closeExtraConnections(const std::string& why, const std::string& client = "");
+  void reapExtraConnections();
+  void addConnectionStatus(const std::string& client, ClientStatus& s);
   // Relay leases (daemon_relay.cpp).
   Status initRelay();
   void leaseEvents(const std::vector<LeaseEvent>& events);
@@ -153,6 +167,14 @@ class Daemon : public Waker, public TunnelObserver {
   EventLoop loop_;
   std::map<std::string, ClientEntry> clients_;
   std::vector<ClientEntry> retiring_;  // removed by a reload, finishing their work
+  // Extra connections of clients whose backlog fills their first one ([[client]]
+  // max_connections), and the shares of [tunneld] max_channels among every connection.
+  std::vector<ClientEntry> extras_;
+  ChannelShares shares_;
+  bool sharing_ = false;                            // serviceShares() is stepping the connections
+  SteadyClock::time_point next_rotation_{};         // of the channels an even split leaves over
+  std::map<std::string, uint32_t> extra_failures_;  // in a row, per client
+  std::map<std::string, SteadyClock::time_point> extra_backoff_until_;  // per client
   std::map<int, std::unique_ptr<ControlConn>> conns_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;  // when metrics_listen is set
   UniqueFd signal_fd_;

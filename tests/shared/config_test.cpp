@@ -216,6 +216,7 @@ queue_lifetime = "3d"
 delay_warning = "0"
 idle_close = "2m"
 max_transactions = 50
+max_channels = 24
 bounce_from = "Mail Delivery System <MAILER-DAEMON@mx.example.net>"
 sendmail = ["/usr/sbin/sendmail", "-oi"]
 remote_command = "/usr/sbin/sendmail -bs -oi"
@@ -233,6 +234,7 @@ host_key = ")" + std::string(kEd25519) +
                      R"("
 identity = "/nonexistent/dynmx/home_key"
 concurrency = 3
+max_connections = 4
 retry_min = "1m"
 retry_max = "30m"
 queue_lifetime = "7d"
@@ -279,6 +281,7 @@ host_key = ")" + kEcdsa +
   EXPECT_EQ(t.retry.delay_warning, Seconds(0));
   EXPECT_EQ(t.idle_close, Seconds(120));
   EXPECT_EQ(t.max_transactions, 50u);
+  EXPECT_EQ(t.max_channels, 24u);
   EXPECT_EQ(t.bounce_from, "Mail Delivery System <MAILER-DAEMON@mx.example.net>");
   EXPECT_EQ(t.sendmail, (std::vector<std::string>{"/usr/sbin/sendmail", "-oi"}));
   EXPECT_EQ(t.remote_command, "/usr/sbin/sendmail -bs -oi");
@@ -296,12 +299,13 @@ host_key = ")" + kEcdsa +
   EXPECT_EQ(home.host_key, kEd25519);
   EXPECT_EQ(home.identity, "/nonexistent/dynmx/home_key");
   EXPECT_EQ(home.concurrency, 3u);
+  EXPECT_EQ(home.max_connections, 4u);
   EXPECT_EQ(home.retry.retry_min, Seconds(60));
   EXPECT_EQ(home.retry.retry_max, Seconds(1800));
   EXPECT_EQ(home.retry.queue_lifetime, Seconds(7 * 86400));
   EXPECT_EQ(home.retry.delay_warning, Seconds(3600));
   EXPECT_EQ(home.loc.file, kPath);
-  EXPECT_EQ(home.loc.line, 36u);
+  EXPECT_EQ(home.loc.line, 37u);
 
   // Unset keys take the defaults and the [tunneld] retry values.
   const auto& office = c.clients[1];
@@ -310,6 +314,7 @@ host_key = ")" + kEcdsa +
   EXPECT_EQ(office.user, "dynmx");
   EXPECT_EQ(office.identity, "");
   EXPECT_EQ(office.concurrency, 8u);  // the default
+  EXPECT_EQ(office.max_connections, 2u);  // the default
   EXPECT_EQ(office.host_key, kFingerprint);
   EXPECT_EQ(office.retry.retry_min, Seconds(600));
   EXPECT_EQ(office.retry.retry_max, Seconds(3 * 3600));
@@ -527,6 +532,10 @@ INSTANTIATE_TEST_SUITE_P(
                 "tunneld.bounce_from", "no control characters"},
         BadCase{"MaxTransactionsZero", "[tunneld]\nmax_transactions = 0\n", 2, 20,
                 "tunneld.max_transactions", "from 1 to 1000000"},
+        BadCase{"MaxChannelsNegative", "[tunneld]\nmax_channels = -1\n", 2, 16,
+                "tunneld.max_channels", "from 0 to 100000"},
+        BadCase{"MaxChannelsText", "[tunneld]\nmax_channels = \"64\"\n", 2, 16,
+                "tunneld.max_channels", "expected an integer"},
         BadCase{"HostnameBad", "[tunneld]\nhostname = \"mx_1.example\"\n", 2, 12,
                 "tunneld.hostname", "expected a host name (letters"},
         BadCase{"UserWithSpace", "[milter]\nuser = \"mail user\"\n", 2, 8, "milter.user",
@@ -580,6 +589,8 @@ INSTANTIATE_TEST_SUITE_P(
                 "client[0].port", "expected an integer from 1 to 65535, got 0 (client \"a\")"},
         BadCase{"ClientPortTooBig", client("a", "[\"a.example\"]", "port = 65536\n"), 6, 8,
                 "client[0].port", "got 65536"},
+        BadCase{"ClientMaxConnectionsZero", client("a", "[\"a.example\"]", "max_connections = 0\n"),
+                6, 19, "client[0].max_connections", "expected an integer from 1 to 16, got 0"},
         BadCase{"ClientConcurrencyTooBig", client("a", "[\"a.example\"]", "concurrency = 65\n"), 6,
                 15, "client[0].concurrency", "expected an integer from 1 to 64, got 65"},
         BadCase{"ClientUserEmpty", client("a", "[\"a.example\"]", "user = \"\"\n"), 6, 8,
@@ -925,6 +936,7 @@ void expectDefaults(const Config& c) {
   EXPECT_EQ(t.retry.delay_warning, u.retry.delay_warning);
   EXPECT_EQ(t.idle_close, u.idle_close);
   EXPECT_EQ(t.max_transactions, u.max_transactions);
+  EXPECT_EQ(t.max_channels, u.max_channels);
   EXPECT_EQ(t.bounce_from, u.bounce_from);
   EXPECT_EQ(t.sendmail, u.sendmail);
   EXPECT_EQ(t.remote_command, u.remote_command);
@@ -965,6 +977,7 @@ TEST(SampleConfig, ShowsEveryKeyWithItsDefault) {
   EXPECT_EQ(c.user, d.user);
   EXPECT_EQ(c.identity, d.identity);
   EXPECT_EQ(c.concurrency, d.concurrency);
+  EXPECT_EQ(c.max_connections, d.max_connections);
   EXPECT_EQ(c.retry.retry_min, r.config->tunneld.retry.retry_min);
   EXPECT_EQ(c.retry.retry_max, r.config->tunneld.retry.retry_max);
   EXPECT_EQ(c.retry.queue_lifetime, r.config->tunneld.retry.queue_lifetime);
@@ -983,14 +996,15 @@ TEST(SampleConfig, ShowsEveryKeyWithItsDefault) {
        {"control_socket", "control_group",   "control_mode",   "identity",      "known_hosts",
         "keepalive",      "connect_timeout", "reconnect_min",  "reconnect_max", "retry_min",
         "retry_max",      "queue_lifetime",  "delay_warning",  "idle_close",    "max_transactions",
-        "bounce_from",    "sendmail",        "remote_command", "hostname",      "user",
-        "pid_file",       "metrics_listen"}},
+        "max_channels",   "bounce_from",     "sendmail",       "remote_command", "hostname",
+        "user",           "pid_file",        "metrics_listen"}},
       {"[relay]",
        {"socket", "socket_mode", "socket_group", "user", "lease_grace", "lease_lifetime",
         "revoke_hold", "mx_addresses", "lease_file"}},
       {"[[client]]",
        {"name", "host", "port", "user", "domains", "host_key", "identity", "concurrency",
-        "retry_min", "retry_max", "queue_lifetime", "delay_warning", "relay", "relay_networks"}},
+        "max_connections", "retry_min", "retry_max", "queue_lifetime", "delay_warning", "relay",
+        "relay_networks"}},
   };
   for (const auto& s : sections) {
     size_t begin = text.find(std::string("\n") + s.header + "\n");
@@ -1293,12 +1307,14 @@ TEST(PlanReload, StorageLimitsAreTakenByTheMilterAndTheDaemon) {
 TEST(PlanReload, KeepsRestartKeysAsRunningAndSaysWhatEachProgramTook) {
   auto base = parseConfig(client("a", "[\"a.example\"]") + client("b", "[\"b.example\"]"), kPath);
   ASSERT_TRUE(base.config) << allErrors(base);
-  auto next = parseConfig("[spool]\ndir = \"/srv/spool\"\nmax_message_size = \"1M\"\n"
-                          "[milter]\nuser = \"dynmx\"\non_error = \"accept\"\n"
-                          "[tunneld]\ncontrol_mode = \"0600\"\nkeepalive = \"10s\"\n" +
-                              client("a", "[\"a.example\", \"c.example\"]", "port = 2222\n") +
-                              client("d", "[\"d.example\"]"),
-                          kPath);
+  auto next = parseConfig(
+      "[spool]\ndir = \"/srv/spool\"\nmax_message_size = \"1M\"\n"
+      "[milter]\nuser = \"dynmx\"\non_error = \"accept\"\n"
+      "[tunneld]\ncontrol_mode = \"0600\"\nkeepalive = \"10s\"\n"
+      "max_channels = 10\n" +
+          client("a", "[\"a.example\", \"c.example\"]", "port = 2222\nmax_connections = 3\n") +
+          client("d", "[\"d.example\"]"),
+      kPath);
   ASSERT_TRUE(next.config) << allErrors(next);
 
   struct Case {
@@ -1310,11 +1326,12 @@ TEST(PlanReload, KeepsRestartKeysAsRunningAndSaysWhatEachProgramTook) {
         "client b removed"},
        {"spool.dir", "milter.user"}},
       {ConfigRole::Tunneld,
-       {"tunneld.keepalive", "client a: port, domains", "client d added", "client b removed"},
+       {"tunneld.keepalive", "tunneld.max_channels", "client a: port, domains, max_connections",
+        "client d added", "client b removed"},
        {"spool.dir", "tunneld.control_mode"}},
       {ConfigRole::Any,
-       {"spool.max_message_size", "milter.on_error", "tunneld.keepalive",
-        "client a: port, domains", "client d added", "client b removed"},
+       {"spool.max_message_size", "milter.on_error", "tunneld.keepalive", "tunneld.max_channels",
+        "client a: port, domains, max_connections", "client d added", "client b removed"},
        {"spool.dir", "milter.user", "tunneld.control_mode"}},
   };
   for (const auto& c : cases) {
@@ -1330,6 +1347,8 @@ TEST(PlanReload, KeepsRestartKeysAsRunningAndSaysWhatEachProgramTook) {
     EXPECT_EQ(plan.config.tunneld.keepalive, Seconds(10));
     ASSERT_EQ(plan.config.clients.size(), 2u);
     EXPECT_EQ(plan.config.clients[0].port, 2222);
+    EXPECT_EQ(plan.config.clients[0].max_connections, 3u);
+    EXPECT_EQ(plan.config.tunneld.max_channels, 10u);
   }
   EXPECT_EQ(joinKeys(planReload(*base.config, *base.config, ConfigRole::Any).taken), "");
 }

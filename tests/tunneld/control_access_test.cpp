@@ -29,7 +29,7 @@ ControlAccessRules rules() {
 
 const std::vector<C> kAll = {C::Status,  C::Queue,  C::Flush,  C::Hold,   C::Release,
                              C::Reload,  C::Leases, C::Revoke, C::Checkin, C::Metrics,
-                             C::Delete,  C::Bounce, C::Hostkey};
+                             C::Delete,  C::Bounce, C::Hostkey, C::Verify};
 
 }  // namespace
 
@@ -43,10 +43,10 @@ TEST(ControlAccess, PolicyTable) {
       {"the daemon's user", {kDaemon, {kDaemon}}, kAll},
       {"a member of control_group (primary)",
        {kAdmin, {kControl}},
-       {C::Status, C::Queue, C::Leases, C::Metrics, C::Hostkey}},
+       {C::Status, C::Queue, C::Leases, C::Metrics, C::Hostkey, C::Verify}},
       {"a member of control_group (supplementary)",
        {kAdmin, {kUsers, kUsers, kControl}},
-       {C::Status, C::Queue, C::Leases, C::Metrics, C::Hostkey}},
+       {C::Status, C::Queue, C::Leases, C::Metrics, C::Hostkey, C::Verify}},
       {"anyone else", {kOther, {kUsers}}, {}},
       {"a peer without credentials", {}, {}},
       {"the check-in account", {kCheckin, {kCheckin}}, {C::Checkin}},

@@ -39,7 +39,7 @@ size_t sessionsWithWork(const ChannelSessions& all) {
 }
 
 bool ChannelSession::usable(uint32_t max_transactions) const {
-  if (st_ == St::Closing) return false;
+  if (st_ == St::Closing || shedding_) return false;
   if (transactions_ >= std::max<uint32_t>(1, max_transactions)) return false;
   if (!smtp_) return true;
   auto st = smtp_->state();
@@ -277,7 +277,14 @@ void ChannelSession::quit(SteadyClock::time_point now, ChannelStep& out) {
 // The engine is Ready: a job, QUIT, or nothing yet (a warm spare, or waiting for mail).
 void ChannelSession::takeNextJob(const ChannelContext& ctx, SteadyClock::time_point now,
                                  ChannelStep& out) {
-  if (ctx.stopping || transactions_ + jobs_.size() >= maxTransactions(ctx.tunneld)) {
+  if (!shedding_ && ctx.shed && *ctx.shed > 0) {
+    shedding_ = true;  // the client is over its share of [tunneld] max_channels
+    --*ctx.shed;
+    out.progress = true;
+  }
+  if (shedding_) {
+    if (jobs_.empty()) quit(now, out);
+  } else if (ctx.stopping || transactions_ + jobs_.size() >= maxTransactions(ctx.tunneld)) {
     quit(now, out);
   } else if (jobs_.empty() &&
              sessionsWithWork(ctx.all) >= std::max<uint32_t>(1, ctx.client.concurrency)) {

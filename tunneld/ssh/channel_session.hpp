@@ -55,6 +55,10 @@ struct ChannelContext {
   const std::string& relay;  // "HOST[IP]:PORT", for log lines and results
   bool stopping;
   const ChannelSessions& all;  // every session of the connection (for the warm-spare rule)
+  // Sessions of this connection that must give their channel back ([tunneld] max_channels: the
+  // client holds more than its share). A session that takes one of them takes no more jobs and
+  // QUITs once its open ones ended; null: none.
+  size_t* shed = nullptr;
 };
 
 // What one step did, for the connection to act on.
@@ -87,7 +91,8 @@ class ChannelSession {
   bool gone() const { return st_ == St::Closing && !ch_; }
   // The far end refused to open its channel: it never held a session there.
   bool refused() const { return refused_; }
-  // Can take more transactions: not closing, under the cap, engine not ended.
+  // Can take more transactions: not closing, not giving its channel back, under the cap, engine
+  // not ended.
   bool usable(uint32_t max_transactions) const;
   // Holds a job or runs a transaction.
   bool working() const {
@@ -142,6 +147,7 @@ class ChannelSession {
   PeerLineReader peer_;         // the first line of stdout: the client's dynmx-peer line?
   bool peer_reported_ = false;  // ChannelStep::peer was set
   bool quit_by_us_ = false;  // we ended it (idle, cap, stopping): not a failure of the far end
+  bool shedding_ = false;    // gives its channel back (ChannelContext::shed): no new jobs
   bool refused_ = false;     // the channel open was refused
 };
 

@@ -153,6 +153,9 @@ std::optional<SteadyClock::time_point> SshClient::deadline() const {
         if (auto pd = probe_->deadline(tcfg_.idle_close)) take(*pd);
       if (stopping_) take(stop_deadline_);
       if (session_backoff_until_ > now_hint_) take(session_backoff_until_);
+      // An extra connection that never ran a session closes after idle_close (the daemon).
+      if (extra_ && chans_.empty() && !had_channel_ && last_channel_ + tcfg_.idle_close > now_hint_)
+        take(last_channel_ + tcfg_.idle_close);
       break;
     case State::Stopped:
       break;
@@ -188,7 +191,11 @@ void SshClient::fail(const std::string& why, SteadyClock::time_point now, bool c
   last_error_ = why;
   mismatch_state_.clear();  // the host-key branches set it again after calling fail()
   teardown(now, why);
-  if (stopping_) {
+  if (stopping_ || extra_) {
+    // An extra connection is not retried: the daemon opens another when a backlog needs it.
+    if (extra_ && !stopping_)
+      logf(LogLevel::Info, "client=%s: extra connection: %s; closed", cfg_.name.c_str(),
+           why.c_str());
     state_ = State::Stopped;
     return;
   }
@@ -209,6 +216,7 @@ void SshClient::teardown(SteadyClock::time_point now, const std::string& reason)
   chans_.clear();
   if (probe_) probe_->abandon(*probes_, cfg_.name, reason);
   probe_.reset();
+  if (shares_) shares_->forget(this);
   channel_went_ = open_after_close_ = refused_wait_ = false;
   drain_.leaveToSession();
   session_.close(&sock_);
@@ -582,16 +590,20 @@ bool SshClient::stepOpenDrain(SteadyClock::time_point now) {
 void SshClient::connected(SteadyClock::time_point now) {
   state_ = State::Connected;
   connected_at_ = now;
+  last_channel_ = now;
+  had_channel_ = false;
   connected_since_unix_ = unixNow();
   last_rx_ = now;
   next_keepalive_ = now + tcfg_.keepalive;
   last_error_.clear();
   mismatch_state_.clear();
   logf(LogLevel::Info,
-       "client=%s: connected to %s (user %s, key %s, kex %s, hostkey %s %s, cipher %s, mac %s)",
-       cfg_.name.c_str(), relay_.c_str(), cfg_.user.c_str(), login_key_.c_str(), kex_.c_str(),
-       hostkey_.c_str(), presented_fp_.c_str(), cipher_.c_str(), mac_.c_str());
-  jobs_.clientUp(cfg_.name, unixNow());
+       "client=%s: %sconnected to %s (user %s, key %s, kex %s, hostkey %s %s, cipher %s, mac %s)",
+       cfg_.name.c_str(), extra_ ? "extra connection " : "", relay_.c_str(), cfg_.user.c_str(),
+       login_key_.c_str(), kex_.c_str(), hostkey_.c_str(), presented_fp_.c_str(), cipher_.c_str(),
+       mac_.c_str());
+  // The client's first connection makes its deferred mail due; an extra one only adds room.
+  if (!extra_) jobs_.clientUp(cfg_.name, unixNow());
 }
 
 bool SshClient::stepConnected(SteadyClock::time_point now) {
@@ -607,8 +619,10 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
   bool progress = false;
   // By index: a failure inside stepChannel() tears the connection down and clears chans_.
   for (size_t i = 0; i < chans_.size(); ++i) {
+    shed_ = shares_ ? shares_->excess(cfg_.name) : 0;
     progress |= stepChannel(*chans_[i], now);
     if (state_ != State::Connected) return true;
+    reportShares(now);
   }
   // A later channel's reads (or a write draining window adjustments) can pull an earlier
   // channel's data out of the socket into libssh2's queue after that channel's turn; poll()
@@ -630,8 +644,17 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
     chans_.erase(gone, chans_.end());
     progress = true;
   }
-  if (stopping_) return stepStopping(now, progress);
-  return openMoreChannels(now) || progress;
+  if (stopping_) {
+    reportShares(now);
+    return stepStopping(now, progress);
+  }
+  bool opened = openMoreChannels(now);
+  reportShares(now);
+  if (!chans_.empty()) {
+    had_channel_ = true;
+    last_channel_ = now;
+  }
+  return opened || progress;
 }
 
 // Reads the idle channel, which lets libssh2 process what the server sends. False when the
@@ -674,7 +697,7 @@ bool SshClient::keepAlive(SteadyClock::time_point now) {
 }
 
 bool SshClient::stepChannel(ChannelSession& c, SteadyClock::time_point now) {
-  ChannelContext ctx{session_, jobs_, time_, cfg_, tcfg_, relay_, stopping_, chans_};
+  ChannelContext ctx{session_, jobs_, time_, cfg_, tcfg_, relay_, stopping_, chans_, &shed_};
   ChannelStep r = c.step(ctx, now);
   counters_.sent_bytes += r.bytes_written;
   if (r.transaction_done) session_failures_ = 0;
@@ -729,16 +752,27 @@ bool SshClient::opening() const {
 // cap) do not count against `concurrency`, so their replacement starts at once; a session past
 // half its cap gets its replacement warmed up early (the far end's start-up then overlaps the
 // deliveries). Jobs themselves never run on more than `concurrency` sessions at a time.
+// The channel is opened only while [tunneld] max_channels leaves the client room (shares_).
 bool SshClient::openMoreChannels(SteadyClock::time_point now) {
+  if (!wantsChannel(now)) return false;
+  if (shares_) {
+    reportShares(now);  // the demand includes the channel asked for
+    if (!shares_->mayOpen(cfg_.name)) return false;
+  }
+  chans_.push_back(std::make_unique<ChannelSession>(now));
+  if (wantsPeerLine() && chans_.size() == 1) return true;
+  open_after_close_ = channel_went_;
+  channel_went_ = false;
+  return true;
+}
+
+bool SshClient::wantsChannel(SteadyClock::time_point now) const {
   if (opening() || now < session_backoff_until_) return false;
   // Every channel of ours holds a session at the far end until it is gone, ending ones too.
   if (refused_wait_ || (channel_limit_ > 0 && chans_.size() >= channel_limit_)) return false;
-  if (wantsPeerLine() && chans_.empty()) {
-    // A relay client's lease needs the peer line of a session, mail or not: start one (it closes
-    // after idle_close when nothing is due).
-    chans_.push_back(std::make_unique<ChannelSession>(now));
-    return true;
-  }
+  // A relay client's lease needs the peer line of a session, mail or not: start one (it closes
+  // after idle_close when nothing is due).
+  if (wantsPeerLine() && chans_.empty()) return true;
   if (!jobs_.hasDue(cfg_.name, unixNow())) return false;
   uint32_t conc = std::max<uint32_t>(1, cfg_.concurrency);
   uint32_t cap = std::max<uint32_t>(1, tcfg_.max_transactions);
@@ -750,12 +784,31 @@ bool SshClient::openMoreChannels(SteadyClock::time_point now) {
     if (c->transactions() < cap / 2 + 1 || cap == 1) ++fresh;
     if (!c->working()) idle = true;
   }
-  bool want = (usable < conc && !idle) || (usable == conc && fresh < conc && cap > 1);
-  if (!want) return false;
-  chans_.push_back(std::make_unique<ChannelSession>(now));
-  open_after_close_ = channel_went_;
-  channel_went_ = false;
-  return true;
+  return (usable < conc && !idle) || (usable == conc && fresh < conc && cap > 1);
+}
+
+size_t SshClient::channelCeiling() const {
+  size_t conc = std::max<uint32_t>(1, cfg_.concurrency);
+  return channel_limit_ > 0 ? std::min(conc, channel_limit_) : conc;
+}
+
+bool SshClient::idle(SteadyClock::time_point now) const {
+  if (state_ != State::Connected || !chans_.empty()) return false;
+  return had_channel_ || now - last_channel_ >= tcfg_.idle_close;
+}
+
+bool SshClient::saturated() const {
+  if (!connectedNow() || opening() || refused_wait_) return false;
+  if (sessionsWithWork(chans_) < channelCeiling()) return false;
+  return jobs_.hasDue(cfg_.name, unixNow());
+}
+
+void SshClient::reportShares(SteadyClock::time_point now) {
+  if (!shares_) return;
+  uint32_t cap = std::max<uint32_t>(1, tcfg_.max_transactions);
+  size_t keeping = static_cast<size_t>(
+      std::count_if(chans_.begin(), chans_.end(), [&](auto& c) { return c->usable(cap); }));
+  shares_->report(this, cfg_.name, chans_.size(), keeping, !stopping_ && wantsChannel(now));
 }
 
 std::optional<InetAddr> SshClient::connectedAddr() const {

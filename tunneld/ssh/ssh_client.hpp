@@ -1,4 +1,6 @@
-// ssh_client.hpp: one client's persistent SSH connection and the SMTP sessions run over it.
+// ssh_client.hpp: one SSH connection to a client and the SMTP sessions run over it. A client has
+// one such connection always, and extra ones while a backlog fills it (setExtra(); the daemon
+// decides when, daemon_connections.cpp).
 //
 // Contract: an SshClient is a non-blocking state machine driven by the daemon's event loop: it
 // exposes the socket to watch (fd(), events()) and the time it next needs attention (deadline()),
@@ -18,13 +20,15 @@
 // teaches the client how many SMTP channels that far end allows (logged once per new limit, kept
 // across reconnects, forgotten on reconfigure), and no more are opened from then on. Results go
 // back to the JobSource (finish/abandon); a transaction that cannot end cleanly is abandoned, never
-// counted as delivered. libssh2 is driven per its non-blocking rules (the output gate of
-// SshSession, session.hpp); the handles are owned by SshSession and SshChannel, the socket by a
-// UniqueFd. For a client with relay = true it also opens one SMTP session at once after
+// counted as delivered. With a ChannelShares (setShares: [tunneld] max_channels), a channel opens
+// only while the cap leaves the client room, and a client above its fair share ends that many
+// sessions once their transactions are done. libssh2 is driven per its non-blocking rules (the
+// output gate of SshSession, session.hpp); the handles are owned by SshSession and SshChannel, the
+// socket by a UniqueFd. For a client with relay = true it also opens one SMTP session at once after
 // connecting, to read the client's dynmx-peer line, and reports that line, the traffic, the loss
 // of a confirmed connection and host-key mismatches to its TunnelObserver (the daemon, which owns
-// the relay leases). "Now" comes from step()'s caller and from the TimeSource given to the constructor (unix
-// time of results and status), never from the system.
+// the relay leases). "Now" comes from step()'s caller and from the TimeSource given to the
+// constructor (unix time of results and status), never from the system.
 // With a ProbeSource (recipient verification, tunneld/verify/), a connected client also keeps
 // one ProbeChannel (probe_channel.hpp) for the addresses the source has for it: opened when the
 // first probe is due, QUIT after idle_close; after a failed one, the next opens kProbeRetry later.
@@ -53,6 +57,7 @@
 #include "tunneld/relay/peer_check.hpp"
 #include "tunneld/ssh/channel.hpp"
 #include "tunneld/ssh/channel_session.hpp"
+#include "tunneld/ssh/channel_shares.hpp"
 #include "tunneld/ssh/host_keys.hpp"
 #include "tunneld/ssh/probe_channel.hpp"
 #include "tunneld/ssh/session.hpp"
@@ -114,6 +119,7 @@ struct ClientStatus {
   uint32_t failures = 0;
   size_t channels = 0;
   size_t in_flight = 0;
+  size_t connections = 0;  // SSH connections of the client (the daemon fills it in)
 };
 
 struct ResolveSlot;
@@ -157,6 +163,28 @@ class SshClient {
 
   ClientStatus status() const;
 
+  // Several connections per client ([[client]] max_connections) and the channel cap
+  // ([tunneld] max_channels). `shares` (may be null: no cap) hears this connection's channels
+  // after every change and decides whether it may open one more; it must outlive the client.
+  void setShares(ChannelShares* shares) { shares_ = shares; }
+  // An extra connection, opened while a backlog fills the client's first one: it reads no peer
+  // line (its TunnelObserver hears only of host-key mismatches), does not make deferred mail due
+  // when it comes up, and after a failure (a host key that
+  // does not verify, a lost connection) it stops instead of trying again: the daemon decides.
+  void setExtra() { extra_ = true; }
+  bool extra() const { return extra_; }
+  // The SMTP channels the far end allows per connection, as learned (0: not known). An extra
+  // connection starts with its first connection's (the same sshd): it need not be refused again.
+  size_t channelLimit() const { return channel_limit_; }
+  void setChannelLimit(size_t n) { channel_limit_ = n; }
+  bool connectedNow() const { return state_ == State::Connected && !stopping_; }
+  // Connected, and every channel it may run works while mail is still due: more would need
+  // another connection.
+  bool saturated() const;
+  // Connected with no SMTP session: its sessions ended (they QUIT after idle_close), or it never
+  // had one for idle_close since it came up (the backlog was gone by then).
+  bool idle(SteadyClock::time_point now) const;
+
  private:
   enum class State {
     Backoff,
@@ -193,6 +221,9 @@ class SshClient {
   bool stepStopping(SteadyClock::time_point now, bool progress);
   bool openMoreChannels(SteadyClock::time_point now);
   bool stepProbe(SteadyClock::time_point now);  // the probe channel (recipient verification)
+  bool wantsChannel(SteadyClock::time_point now) const;
+  size_t channelCeiling() const;  // concurrency, or the far end's learned limit when lower
+  void reportShares(SteadyClock::time_point now);
   bool opening() const;
 
   void sessionFailed(SteadyClock::time_point now, const std::string& why);
@@ -203,7 +234,7 @@ class SshClient {
   static ssize_t recvHook(int sock, void* buf, size_t len, int flags, void** abstract);
   int64_t unixNow() const { return time_.unixSeconds(); }
   // Relay leases: the peer line of this connection, traffic, the loss of a confirmed one.
-  bool wantsPeerLine() const { return tunnels_ && cfg_.relay && !peer_seen_; }
+  bool wantsPeerLine() const { return tunnels_ && cfg_.relay && !peer_seen_ && !extra_; }
   void peerLine(const PeerLine& line, SteadyClock::time_point now);
   void reportTraffic(SteadyClock::time_point now);
   void reportMismatch();
@@ -217,6 +248,11 @@ class SshClient {
   TunnelObserver* tunnels_;
   ClientCounters own_counters_;  // when no Metrics was given
   ClientCounters& counters_;
+  ChannelShares* shares_ = nullptr;
+  bool extra_ = false;
+  size_t shed_ = 0;               // sessions that must still give their channel back (shed)
+  bool had_channel_ = false;      // this connection ran an SMTP session
+  SteadyClock::time_point last_channel_{};  // when it last had one (or came up)
   State state_ = State::Backoff;
   bool stopping_ = false;
   SteadyClock::time_point stop_deadline_{};
