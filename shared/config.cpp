@@ -762,6 +762,28 @@ class Loader {
       fail(it2->second, min_key, msg);
   }
 
+  // [[client]] host: a DNS name or an IP literal.
+  void readClientHost(const toml::node& v, const std::string& key, ClientConfig& c) {
+    auto s = string(v, key, "a host name or address");
+    if (!s) return;
+    if (!isDnsName(*s, '_') && !isIpLiteral(*s, AF_INET) && !isIpLiteral(*s, AF_INET6))
+      return fail(v, key, "expected a host name or an IPv4 or IPv6 address, got " + quoted(*s));
+    c.host = *s;
+  }
+
+  // [[client]] host_key: a pinned public key line or a SHA256: fingerprint; "" is the same as
+  // leaving it out (verify with known_hosts).
+  void readHostKey(const toml::node& v, const std::string& key, ClientConfig& c) {
+    auto s = string(v, key, "a public key line or a SHA256: fingerprint");
+    if (!s) return;
+    std::string trimmed = *s;
+    while (!trimmed.empty() && (trimmed.back() == ' ' || trimmed.back() == '\n'))
+      trimmed.pop_back();
+    if (auto why = hostKeyProblem(trimmed); !trimmed.empty() && !why.empty())
+      return fail(v, key, why);
+    c.host_key = trimmed;
+  }
+
   void readClients(const toml::node& node) {
     const auto* a = node.as_array();
     if (a && a->empty()) return;  // "client = []": no clients
@@ -793,12 +815,7 @@ class Loader {
             if (k == "name") {
               validateClientName(v, key, c.name, names, i, *a);
             } else if (k == "host") {
-              auto s = string(v, key, "a host name or address");
-              if (!s) return;
-              if (!isDnsName(*s, '_') && !isIpLiteral(*s, AF_INET) && !isIpLiteral(*s, AF_INET6))
-                return fail(v, key,
-                            "expected a host name or an IPv4 or IPv6 address, got " + quoted(*s));
-              c.host = *s;
+              readClientHost(v, key, c);
             } else if (k == "port") {
               if (auto p = integer(v, key, 1, 65535)) c.port = static_cast<uint16_t>(*p);
             } else if (k == "user") {
@@ -806,15 +823,7 @@ class Loader {
             } else if (k == "domains") {
               readDomains(v, key, c, domains_at);
             } else if (k == "host_key") {
-              auto s = string(v, key, "a public key line or a SHA256: fingerprint");
-              if (!s) return;
-              std::string trimmed = *s;
-              while (!trimmed.empty() && (trimmed.back() == ' ' || trimmed.back() == '\n'))
-                trimmed.pop_back();
-              // "" is the same as leaving it out: verify with known_hosts.
-              if (auto why = hostKeyProblem(trimmed); !trimmed.empty() && !why.empty())
-                return fail(v, key, why);
-              c.host_key = trimmed;
+              readHostKey(v, key, c);
             } else if (k == "identity") {
               // "" is the same as leaving it out: use [tunneld] identity.
               readIdentity(v, key, /*allow_empty=*/true, c.identity, c.identity_old);

@@ -650,6 +650,39 @@ ControlReply Daemon::hostkeyReply(const std::string& client) {
   return r;
 }
 
+// `flush [CLIENT]`: deferred mail due now, and a connection attempt now (one client or all).
+ControlReply Daemon::flushReply(const std::string& client, int64_t now) {
+  ControlReply r;
+  if (!client.empty() && !clients_.count(client)) {
+    r.ok = false;
+    r.error = "no client named " + client;
+    return r;
+  }
+  scan_more_ = queue_->scanIncoming(now);
+  queue_->flush(client, now);
+  auto t = time_.steady();
+  for (auto& [name, e] : clients_) {
+    if (!client.empty() && name != client) continue;
+    e.client->retryNow(t);
+    service(e);
+  }
+  r.lines.push_back("flushed " + (client.empty() ? std::string("every client") : client));
+  return r;
+}
+
+// `metrics`: the OpenMetrics text, one body line per line.
+ControlReply Daemon::metricsReply() {
+  ControlReply r;
+  std::string text = renderMetrics(metricsSnapshot(), ExpositionFormat::OpenMetrics);
+  for (size_t at = 0; at < text.size();) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) nl = text.size();
+    r.lines.push_back(text.substr(at, nl - at));
+    at = nl + 1;
+  }
+  return r;
+}
+
 ControlReply Daemon::handleRequest(const ControlRequest& req, const ControlPeer& peer) {
   ControlReply r;
   int64_t now = time_.unixSeconds();
@@ -660,23 +693,9 @@ ControlReply Daemon::handleRequest(const ControlRequest& req, const ControlPeer&
     case ControlRequest::Command::Queue:
       r.lines = queue_->listQueue();
       break;
-    case ControlRequest::Command::Flush: {
-      if (!req.arg.empty() && !clients_.count(req.arg)) {
-        r.ok = false;
-        r.error = "no client named " + req.arg;
-        break;
-      }
-      scan_more_ = queue_->scanIncoming(now);
-      queue_->flush(req.arg, now);
-      auto t = time_.steady();
-      for (auto& [name, e] : clients_) {
-        if (!req.arg.empty() && name != req.arg) continue;
-        e.client->retryNow(t);
-        service(e);
-      }
-      r.lines.push_back("flushed " + (req.arg.empty() ? std::string("every client") : req.arg));
+    case ControlRequest::Command::Flush:
+      r = flushReply(req.arg, now);
       break;
-    }
     case ControlRequest::Command::Hold: {
       auto st = queue_->hold(req.arg);
       if (!st) {
@@ -718,16 +737,9 @@ ControlReply Daemon::handleRequest(const ControlRequest& req, const ControlPeer&
     case ControlRequest::Command::Checkin:
       r = checkin(req);
       break;
-    case ControlRequest::Command::Metrics: {
-      std::string text = renderMetrics(metricsSnapshot(), ExpositionFormat::OpenMetrics);
-      for (size_t at = 0; at < text.size();) {
-        size_t nl = text.find('\n', at);
-        if (nl == std::string::npos) nl = text.size();
-        r.lines.push_back(text.substr(at, nl - at));
-        at = nl + 1;
-      }
+    case ControlRequest::Command::Metrics:
+      r = metricsReply();
       break;
-    }
     case ControlRequest::Command::Delete:
     case ControlRequest::Command::Bounce:
       r = disposeReply(req, peer);

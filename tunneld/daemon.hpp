@@ -131,6 +131,8 @@ class Daemon : public Waker, public TunnelObserver {
   void beginShutdown();
   std::vector<std::string> statusLines();
   MetricsSnapshot metricsSnapshot();
+  ControlReply flushReply(const std::string& client, int64_t now);
+  ControlReply metricsReply();               // `metrics`
   std::vector<std::string> statusRecords();  // `status fields` (StatusRecord lines)
   ControlReply disposeReply(const ControlRequest& req, const ControlPeer& peer);
   ControlReply hostkeyReply(const std::string& client);
