@@ -112,6 +112,14 @@ class LinkFaultTest : public ::testing::Test {
         << out;
   }
 
+  // Bytes the emulator took from the daemon's side so far (its "stats" answer).
+  uint64_t linkBytesUp() {
+    std::string out;
+    runCommand({bin + "/dynmx-linkemu", "--control", dir / "link.ctl", "--command", "stats"}, &out);
+    auto p = out.find("bytes_up=");
+    return p == std::string::npos ? 0 : std::stoull(out.substr(p + 9));
+  }
+
   void writeConfig(const std::string& tunneld_extra, const std::string& client_extra) {
     std::string c;
     c += "[spool]\ndir = \"" + spooldir() + "\"\n\n";
@@ -250,29 +258,40 @@ INSTANTIATE_TEST_SUITE_P(LinkFault, LinkResetTest, ::testing::Values(false, true
                          [](const auto& info) { return info.param ? "Bdat" : "Data"; });
 
 // A reset pinned at one point of one transaction: the far end's sink (--hold) stops at that point
-// of the session's 5th transaction and says so in a file; the test waits until the daemon has the
-// replies to the four before (logged sent), and then resets the link. One SMTP session (concurrency
+// of the session's 3rd transaction and says so in a file; the test waits until the daemon has the
+// replies to the two before (logged sent), and then resets the link. One SMTP session (concurrency
 // 1), so what was in flight is known exactly: at "mail" (between transactions) and "body" (in the
 // middle of the DATA payload or before a BDAT chunk) nothing was accepted by the far end and
 // nothing may arrive twice; at "dot" the far end stored the message and its reply was lost:
 // exactly that one arrives twice (the daemon cannot know; at least once is the contract).
+// Messages of 3 MB, more than sshd's channel window (2 MB) and the pipe to the sink: at "body"
+// the daemon is still sending the held message when the link resets (the emulator's byte count
+// shows it).
 class PinnedResetTest : public LinkFaultTest,
                         public ::testing::WithParamInterface<std::tuple<std::string, bool>> {};
 
 TEST_P(PinnedResetTest, ResetAtAPinnedPointDeliversEverythingOnce) {
   const auto& [stage, chunking] = GetParam();
-  const int kMessages = 20, kHeld = 5;
+  const int kMessages = 6, kHeld = 3, kLines = 40000;  // 40000 lines of 80 bytes: 3.2 MB
+  const uint64_t kMessageBytes = 80ull * kLines;
   std::string held = maildir() + "/held";
   startFarEnd(std::string(chunking ? " --chunking" : "") + " --hold " + stage + ":" +
                   std::to_string(kHeld) + ":" + held,
-              10, 20000);
+              10, 100000);
   writeConfig("keepalive = \"10s\"\n", "concurrency = 1\n");
-  spoolMany(0, kMessages, 200);  // 16 KB each: the DATA payload spans many SSH packets
+  spoolMany(0, kMessages, kLines);
   startDaemon();
   ASSERT_TRUE(waitFor([&] { return std::filesystem::exists(held); }, kLong)) << status();
   EXPECT_EQ(readFile(held), stage + " " + std::to_string(kHeld) + "\n");
   ASSERT_TRUE(waitFor([&] { return count(log(), "status=sent") >= kHeld - 1; }, kLong)) << log();
   EXPECT_EQ(count(log(), "status=sent"), static_cast<size_t>(kHeld - 1));  // the held one waits
+  if (stage == "body") {
+    // The held message had begun to cross the link, and not all of it had left the daemon: the
+    // reset cuts its payload.
+    uint64_t up = linkBytesUp();
+    EXPECT_GT(up, (kHeld - 1) * kMessageBytes);
+    EXPECT_LT(up, kHeld * kMessageBytes);
+  }
   link("reset");
   ASSERT_TRUE(waitFor([&] { return spooled() == 0; }, kLong)) << status();
   auto seen = arrived();
