@@ -147,7 +147,7 @@ done
 cpu=$(cpu_seconds "$d")
 kill "$d"; wait "$d" 2>/dev/null || true
 
-printf '6. three clients with %d spooled %d-byte messages each, a fourth idle and connected, each behind its own %d ms RTT, %d kbit/s link:\n' \
+printf '8. three clients with %d spooled %d-byte messages each, a fourth idle and connected, each behind its own %d ms RTT, %d kbit/s link:\n' \
   "$cl_backlog" "$msgsize" "$((2 * cl_delay))" "$cl_kbit"
 for i in 1 2 3; do
   t=$(calc "${done_at[c$i]} - $t0")

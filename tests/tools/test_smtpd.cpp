@@ -33,6 +33,14 @@
 //                           only when the reader of stdout hangs up (the channel closed)
 //   --garbage STAGE         at STAGE reply with a line that is no SMTP reply
 //   --messages-max N        exit after N messages (benchmarks)
+//   --hold STAGE:N:FILE     pins a link fault for a test: in this session's Nth transaction, at
+//                           STAGE, create FILE (O_EXCL: once across all sessions; when FILE is
+//                           there already, nothing is held), send the replies due so far, and then
+//                           neither read nor reply until the reader of stdout hangs up. STAGE:
+//                           mail (the MAIL command read, not answered: between transactions),
+//                           body (354 sent and one line of content read; with BDAT: the BDAT
+//                           command read, its chunk not), dot (the final dot or BDAT LAST read,
+//                           the message stored, its reply never sent)
 // A REPLY is a whole reply line without CRLF, e.g. "450 4.2.0 busy"; "\n" inside it (two
 // characters) makes a multi-line reply ("550-5.1.1 a\n550 5.1.1 b").
 //
@@ -71,6 +79,8 @@ struct Options {
   long long disconnect_after = -1;
   std::string stall, garbage;
   long long messages_max = -1;
+  std::string hold_stage, hold_file;
+  unsigned long long hold_at = 0;  // transaction number in this session, from 1
 };
 
 Options g_opt;
@@ -163,6 +173,31 @@ void reply(const std::string& r) {
     int n = ::poll(&p, 1, -1);
     if (n > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL))) std::exit(0);
   }
+}
+
+// --hold: whether `stage` of this session's transaction number `transaction` is the held one,
+// and it was not held yet (by this or another session).
+bool holdDue(const char* stage, unsigned long long transaction) {
+  return g_opt.hold_stage == stage && g_opt.hold_at == transaction &&
+         ::access(g_opt.hold_file.c_str(), F_OK) != 0;
+}
+
+// Claims the hold (the file, O_EXCL: one session of all wins); false when another has it.
+bool claimHold(const char* stage, unsigned long long transaction) {
+  if (!holdDue(stage, transaction)) return false;
+  int fd = ::open(g_opt.hold_file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return false;
+  std::string what = std::string(stage) + " " + std::to_string(transaction) + "\n";
+  (void)!::write(fd, what.data(), what.size());
+  ::close(fd);
+  return true;
+}
+
+// mail and body: the replies due so far go out, then nothing more (see --hold).
+void holdPoint(const char* stage, unsigned long long transaction) {
+  if (!holdDue(stage, transaction)) return;
+  flushOut();
+  if (claimHold(stage, transaction)) waitForHangup();
 }
 
 [[noreturn]] void stallForever() {
@@ -306,7 +341,16 @@ void parseArgs(int argc, char** argv) {
       g_opt.garbage = val();
     else if (a == "--messages-max")
       g_opt.messages_max = std::atoll(val().c_str());
-    else
+    else if (a == "--hold") {
+      std::string v = val();
+      size_t c1 = v.find(':'), c2 = c1 == std::string::npos ? c1 : v.find(':', c1 + 1);
+      if (c2 == std::string::npos) usage("--hold wants STAGE:N:FILE");
+      g_opt.hold_stage = v.substr(0, c1);
+      g_opt.hold_at = std::strtoull(v.c_str() + c1 + 1, nullptr, 10);
+      g_opt.hold_file = v.substr(c2 + 1);
+      if (g_opt.hold_stage != "mail" && g_opt.hold_stage != "body" && g_opt.hold_stage != "dot")
+        usage("--hold STAGE is mail, body or dot");
+    } else
       usage(("unknown option " + a).c_str());
   }
   if (g_opt.maildir.empty() && !g_opt.discard) usage("need --maildir DIR or --discard");
@@ -350,6 +394,20 @@ int completeMessage(const std::string& envelope, const std::string& data,
   return 0;
 }
 
+// completeMessage, or with --hold at "dot": the message stored, the replies before it sent, its
+// own reply never (the hold is claimed only once the message is stored).
+int completeWithHold(const std::string& envelope, const std::string& data,
+                     unsigned long long& messages, unsigned long long transaction) {
+  bool hold = holdDue("dot", transaction);
+  if (hold) flushOut();
+  int end = completeMessage(envelope, data, messages);
+  if (hold && end != 74 && claimHold("dot", transaction)) {
+    g_out.clear();
+    waitForHangup();
+  }
+  return end;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -370,6 +428,7 @@ int main(int argc, char** argv) {
   std::string envelope;
   size_t rcpts_ok = 0;
   unsigned long long messages = 0;
+  unsigned long long mails = 0;  // MAIL commands in this session (--hold counts transactions)
   std::string bdat_data;  // the chunks of the message so far
   long long bdat_seen = 0;
   std::string line;
@@ -409,6 +468,7 @@ int main(int argc, char** argv) {
       if (fault("ehlo")) continue;
       reply("250 " + g_opt.name);
     } else if (verb == "MAIL") {
+      holdPoint("mail", ++mails);
       if (fault("mail")) continue;
       if (have_mail) {
         reply("503 5.5.1 Error: nested MAIL command");
@@ -461,6 +521,7 @@ int main(int argc, char** argv) {
       long long seen = 0;
       bool complete = false;
       while (readLine(line)) {
+        if (seen == 0) holdPoint("body", mails);
         seen += static_cast<long long>(line.size());
         if (g_opt.disconnect_after >= 0 && seen >= g_opt.disconnect_after) {
           flushOut();
@@ -475,7 +536,7 @@ int main(int argc, char** argv) {
       if (!complete) return 0;  // EOF inside DATA: nothing was accepted
       have_mail = false;
       if (fault("dot")) continue;
-      int end = completeMessage(envelope, data, messages);
+      int end = completeWithHold(envelope, data, messages, mails);
       if (end == 74) return 74;
       if (end == 1) break;
     } else if (verb == "BDAT" && g_opt.chunking) {
@@ -489,6 +550,7 @@ int main(int argc, char** argv) {
         reply("501 5.5.4 Syntax: BDAT size [LAST]");
         continue;
       }
+      if (bdat_seen == 0) holdPoint("body", mails);
       std::string chunk;
       if (!readExact(static_cast<size_t>(n), chunk)) return 0;  // EOF in a chunk: nothing kept
       bdat_seen += static_cast<long long>(n);
@@ -512,7 +574,7 @@ int main(int argc, char** argv) {
       }
       have_mail = false;
       if (fault("dot")) continue;
-      int end = completeMessage(envelope, bdat_data, messages);
+      int end = completeWithHold(envelope, bdat_data, messages, mails);
       bdat_data.clear();
       bdat_seen = 0;
       if (end == 74) return 74;

@@ -90,6 +90,7 @@ class Server {
     from_ = -1;
   }
   int inputFd() const { return to_; }
+  int outputFd() const { return from_; }
   // Waits for the exit status (generous deadline: the test fails rather than hangs).
   int wait() {
     for (int i = 0; i < 3000; ++i) {
@@ -463,6 +464,81 @@ TEST(TestSmtpd, BdatWithoutAcceptedRecipientsIsReadAndDiscarded) {
     if (e.path().extension() == ".data") data.push_back(readFile(e.path()));
   ASSERT_EQ(data.size(), 1u);
   EXPECT_EQ(data[0], "kept");
+}
+
+// --hold: the script goes in whole (pipelined); the server stops at the held point, having sent
+// the replies due before it; returns what it sent once the hold file is there, then hangs up.
+struct Held {
+  std::string out;
+  int status = -1;
+  size_t stored = 0;
+};
+Held runHeld(const std::vector<std::string>& args, const std::string& script,
+             const std::string& dir, const std::string& hold_file) {
+  Held h;
+  Server s(args);
+  EXPECT_EQ(::write(s.inputFd(), script.data(), script.size()),
+            static_cast<ssize_t>(script.size()));
+  EXPECT_TRUE(dynmx::test::waitFor([&] { return ::access(hold_file.c_str(), F_OK) == 0; }));
+  // The replies before the hold were flushed before the file was made: all in the pipe now.
+  ::fcntl(s.outputFd(), F_SETFL, O_NONBLOCK);
+  char buf[65536];
+  for (ssize_t n; (n = ::read(s.outputFd(), buf, sizeof buf)) > 0;)
+    h.out.append(buf, static_cast<size_t>(n));
+  s.closeOutput();
+  h.status = s.wait();
+  for (auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".data") ++h.stored;
+  return h;
+}
+
+size_t occurrences(const std::string& hay, const std::string& needle) {
+  size_t n = 0;
+  for (size_t p = hay.find(needle); p != std::string::npos; p = hay.find(needle, p + 1)) ++n;
+  return n;
+}
+
+TEST(TestSmtpd, HoldPinsTheStageOnceAcrossSessions) {
+  TempDir dir;
+  std::string mail = dir.path() + "/mail", flag = dir.path() + "/held";
+  fs::create_directory(mail);
+  std::string txn = "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nline\r\n.\r\n";
+  std::string bdat = "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 4 LAST\r\nline";
+  std::string data3 = "EHLO x\r\n" + txn + txn + txn + "QUIT\r\n";
+  // dot, transaction 2: two stored, the second one's reply never sent.
+  Held dot = runHeld({"--maildir", mail, "--hold", "dot:2:" + flag}, data3, mail, flag);
+  EXPECT_EQ(dot.status, 0);
+  EXPECT_EQ(dot.stored, 2u);
+  EXPECT_NE(dot.out.find("queued as 1"), std::string::npos) << dot.out;
+  EXPECT_EQ(dot.out.find("queued as 2"), std::string::npos) << dot.out;
+  EXPECT_EQ(readFile(flag), "dot 2\n");
+  // The file is there: the next session holds nothing.
+  fs::remove_all(mail);
+  fs::create_directory(mail);
+  std::string all = runScript({"--maildir", mail, "--hold", "dot:2:" + flag}, data3);
+  EXPECT_NE(all.find("queued as 3"), std::string::npos) << all;
+  // mail, transaction 2: the first message through and answered, the second MAIL unanswered.
+  fs::remove(flag);
+  fs::remove_all(mail);
+  fs::create_directory(mail);
+  Held m = runHeld({"--maildir", mail, "--hold", "mail:2:" + flag}, data3, mail, flag);
+  EXPECT_EQ(m.stored, 1u);
+  EXPECT_NE(m.out.find("queued as 1"), std::string::npos) << m.out;
+  EXPECT_EQ(occurrences(m.out, "250 2.1.0 Ok"), 1u) << m.out;
+  // body, with DATA: 354 sent, nothing stored; with BDAT: the chunk not read, no reply to it.
+  fs::remove(flag);
+  fs::remove_all(mail);
+  fs::create_directory(mail);
+  Held b = runHeld({"--maildir", mail, "--hold", "body:1:" + flag}, "EHLO x\r\n" + txn, mail, flag);
+  EXPECT_EQ(b.stored, 0u);
+  EXPECT_NE(b.out.find("354 "), std::string::npos) << b.out;
+  fs::remove(flag);
+  Held c = runHeld({"--maildir", mail, "--chunking", "--hold", "body:1:" + flag},
+                   "EHLO x\r\n" + bdat, mail, flag);
+  EXPECT_EQ(c.stored, 0u);
+  EXPECT_EQ(c.status, 0);
+  EXPECT_NE(c.out.find("250 2.1.5 Ok"), std::string::npos) << c.out;
+  EXPECT_EQ(c.out.find("queued"), std::string::npos) << c.out;
 }
 
 // The engine's BDAT path against the sink: the same bytes arrive as with DATA, for a message of

@@ -207,14 +207,15 @@ TEST(VerifyCacheFile, RefusesTornAndMalformedFiles) {
   EXPECT_FALSE(parseVerifyCacheFile("dynmx-verify 2\nend 0 00000000\n"));
 }
 
-// "verify CLIENT RECIPIENT" on the admin socket: a question (read-only class), two words.
+// "verify CLIENT RECIPIENT" on the admin socket: two words; a question, but not for control_group
+// (its answers tell which addresses exist): the class of root and the daemon's user.
 TEST(ControlRequest, VerifyTable) {
   auto r = parseControlRequest("verify home Bob+x@Client.Example\r\n");
   ASSERT_TRUE(r) << r.error().message;
   EXPECT_EQ(r->command, ControlRequest::Command::Verify);
   EXPECT_EQ(r->arg, "home");
   EXPECT_EQ(r->rcpt, "Bob+x@Client.Example");
-  EXPECT_EQ(commandClass(r->command), CommandClass::ReadOnly);
+  EXPECT_EQ(commandClass(r->command), CommandClass::ChangesState);
   EXPECT_STREQ(commandName(r->command), "verify");
   for (const char* bad : {"verify", "verify home", "verify home a@b c", "verify home a\x01b"})
     EXPECT_FALSE(parseControlRequest(bad)) << bad;

@@ -19,7 +19,6 @@ CommandClass commandClass(ControlRequest::Command c) {
     case C::Leases:
     case C::Metrics:
     case C::Hostkey:
-    case C::Verify:  // asks the client's MTA a question, changes nothing
       return CommandClass::ReadOnly;
     case C::Flush:
     case C::Hold:
@@ -28,6 +27,10 @@ CommandClass commandClass(ControlRequest::Command c) {
     case C::Revoke:
     case C::Delete:
     case C::Bounce:
+    // verify changes nothing, but its answers tell which addresses exist at a client (and make the
+    // daemon probe it): dynmx-milter's question (it runs as the daemon's user), not
+    // control_group's.
+    case C::Verify:
       return CommandClass::ChangesState;
     case C::Checkin:
       return CommandClass::Checkin;

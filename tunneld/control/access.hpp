@@ -5,8 +5,9 @@
 // asks", dynmxctl(8) ACCESS):
 //   - commands that only look (status, queue, leases, metrics, hostkey): root, the daemon's own
 //     user, and members of the control group (primary or supplementary);
-//   - commands that change state (flush, hold, release, reload, revoke, delete, bounce): root and
-//     the daemon's own user;
+//   - commands that change state (flush, hold, release, reload, revoke, delete, bounce), and
+//     verify (dynmx-milter's; its answers reveal which addresses exist): root and the daemon's own
+//     user;
 //   - checkin: the check-in account ([relay] checkin_user), root and the daemon's own user;
 //   - the check-in account may check in and nothing else, whatever groups it is in.
 // controlAccess() is the policy: a pure function of the rules, the peer and the command, tested

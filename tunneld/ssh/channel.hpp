@@ -51,9 +51,6 @@ class SshChannel {
   ssize_t readStderr(char* buf, size_t len) { return libssh2_channel_read_stderr(ch_, buf, len); }
   ssize_t write(const char* buf, size_t len) { return libssh2_channel_write(ch_, buf, len); }
   bool eof() const { return libssh2_channel_eof(ch_) != 0; }
-  // Input that libssh2 already took off the socket for this channel (stream 0 stdout, 1 stderr):
-  // poll() will not report it.
-  bool queuedInput(int stream) const { return libssh2_poll_channel_read(ch_, stream) != 0; }
 
  private:
   enum class Stage { Open, EofSent, Closed };

@@ -183,8 +183,8 @@ ChannelStep ChannelSession::stepRunning(const ChannelContext& ctx, SteadyClock::
   if (!writeOutput(ctx, now, out)) return out;
   endIfDone(ctx, now, out);
   // Reads for one purpose (stderr, a write draining window adjustments) can pull this channel's
-  // data out of the socket into libssh2's queue; poll() would then never report it. Go round again.
-  if (!out.progress && inputQueued()) out.progress = true;
+  // data out of the socket into libssh2's queue, which poll() would never report: SshClient goes
+  // round its channels again while bytes arrive (stepConnected).
   return out;
 }
 

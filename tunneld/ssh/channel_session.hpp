@@ -102,12 +102,6 @@ class ChannelSession {
   size_t inFlight() const { return jobs_.size(); }
   // Has bytes on their way to the far end.
   bool sending() const { return !wbuf_.empty() || (smtp_ && smtp_->wantsToWrite()); }
-  // Input (or EOF) that libssh2 already took off the socket for this channel, which poll() will
-  // not report.
-  bool inputQueued() const {
-    return st_ == St::Running && ch_ &&
-           (ch_.queuedInput(0) || ch_.queuedInput(1) || (!eof_seen_ && ch_.eof()));
-  }
   // When this session next needs a step without I/O (engine timeout, idle_close, close deadline).
   std::optional<SteadyClock::time_point> deadline(std::chrono::seconds idle_close) const;
 

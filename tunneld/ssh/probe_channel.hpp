@@ -48,9 +48,6 @@ class ProbeChannel {
   void abandon(ProbeSource& probes, const std::string& client, const std::string& reason);
   bool gone() const { return st_ == St::Closing && !ch_; }
   bool sending() const { return !wbuf_.empty() || (engine_ && !engine_->output().empty()); }
-  bool inputQueued() const {
-    return st_ == St::Running && ch_ && (ch_.queuedInput(0) || ch_.queuedInput(1));
-  }
   std::optional<SteadyClock::time_point> deadline(std::chrono::seconds idle_close) const;
 
  private:

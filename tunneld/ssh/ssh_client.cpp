@@ -183,6 +183,7 @@ ssize_t SshClient::recvHook(int sock, void* buf, size_t len, int flags, void** a
   if (rc > 0 && abstract && *abstract) {
     auto* self = static_cast<SshClient*>(*abstract);
     self->last_rx_ = self->time_.steady();
+    ++self->rx_reads_;
   }
   return rc;
 }
@@ -617,6 +618,7 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
   if (!keepAlive(now)) return true;
   reportTraffic(now);
   bool progress = false;
+  uint64_t rx_before = rx_reads_;
   // By index: a failure inside stepChannel() tears the connection down and clears chans_.
   for (size_t i = 0; i < chans_.size(); ++i) {
     shed_ = shares_ ? shares_->excess(cfg_.name) : 0;
@@ -624,15 +626,17 @@ bool SshClient::stepConnected(SteadyClock::time_point now) {
     if (state_ != State::Connected) return true;
     reportShares(now);
   }
-  // A later channel's reads (or a write draining window adjustments) can pull an earlier
-  // channel's data out of the socket into libssh2's queue after that channel's turn; poll()
-  // would then never report it. Go round again for any channel with queued input (the same check
-  // as at the end of a channel's step, for all channels once all have had their turn).
   progress |= stepProbe(now);
   if (state_ != State::Connected) return true;
-  if (!progress)
-    progress = (probe_ && probe_->inputQueued()) ||
-               std::any_of(chans_.begin(), chans_.end(), [](auto& c) { return c->inputQueued(); });
+  // A channel's reads (or a write draining window adjustments) can pull another channel's data
+  // (or its EOF, or the probe channel's) out of the socket into libssh2's queue after that
+  // channel's turn; poll() would then never report it. So while bytes came off the socket during
+  // a round, go round again: the step ends after a round in which nothing arrived, once every
+  // channel has read what libssh2 holds for it. (Not libssh2_poll_channel_read: a keepalive's
+  // reply, SSH_MSG_REQUEST_FAILURE, stays at the head of libssh2's packet list, and from then on
+  // that function returns an error, for every channel, which the daemon took for queued input
+  // and spun on a 1 ms timer.)
+  if (!progress && rx_reads_ != rx_before) progress = true;
   // One that held a session at the far end frees a slot there (a refused one never held one).
   if (std::any_of(chans_.begin(), chans_.end(),
                   [](auto& c) { return c->gone() && !c->refused(); })) {

@@ -260,6 +260,7 @@ class SshClient {
   SteadyClock::time_point attempt_deadline_{};
   SteadyClock::time_point connected_at_{};
   SteadyClock::time_point last_rx_{};
+  uint64_t rx_reads_ = 0;  // recv() calls that returned bytes (stepConnected's fixed point)
   SteadyClock::time_point next_keepalive_{};
   bool poked_ = false;
   uint32_t failures_ = 0;
