@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -35,6 +36,36 @@
 namespace dynmx::tunneld {
 
 namespace {
+
+// The soft limit of open files up to the hard one (systemd starts services at 1024 soft, 524288
+// hard): each channel in flight holds open spool files, up to 32 with CHUNKING, so 64 channels
+// can need more than 1024. Nothing here uses select(), so descriptors above FD_SETSIZE are fine.
+// Logs what it did, and a warning when even the hard limit is short of what max_channels may use.
+void raiseOpenFileLimit(uint32_t max_channels) {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  rlim_t before = lim.rlim_cur;
+  if (lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+      logf(LogLevel::Warning, "open files: cannot raise the limit from %llu to %llu: %s",
+           static_cast<unsigned long long>(before), static_cast<unsigned long long>(lim.rlim_max),
+           std::strerror(errno));
+      lim.rlim_cur = before;
+    } else {
+      logf(LogLevel::Info, "open files: limit raised from %llu to %llu (the hard limit)",
+           static_cast<unsigned long long>(before), static_cast<unsigned long long>(lim.rlim_cur));
+    }
+  }
+  uint64_t want = uint64_t{max_channels} * 32 + 256;
+  if (max_channels != 0 && lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < want)
+    logf(LogLevel::Warning,
+         "open files: limit %llu is below what max_channels %u may need (%llu: 32 spool files "
+         "per channel with CHUNKING, and 256 more); raise it (systemd LimitNOFILE=) or lower "
+         "max_channels",
+         static_cast<unsigned long long>(lim.rlim_cur), max_channels,
+         static_cast<unsigned long long>(want));
+}
 
 }  // namespace
 
@@ -75,6 +106,7 @@ void Daemon::wake() {
 
 Status Daemon::init() {
   if (auto st = blockSignals(); !st) return st;
+  raiseOpenFileLimit(cfg_.tunneld.max_channels);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);

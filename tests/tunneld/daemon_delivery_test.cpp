@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -82,15 +83,19 @@ class DaemonTest : public ::testing::Test {
     writeFile(dir / "dynmx.toml", c, 0644);
   }
 
-  void startDaemon() {
+  // `prefix`: a program that runs the daemon in its place (prlimit, say).
+  void startDaemon(std::vector<std::string> prefix = {}) {
     // Under AddressSanitizer, freed buffers would sit in its quarantine and count as resident:
     // keep it small so that the memory bound of the 50 MB test measures the daemon.
     const char* asan = std::getenv("ASAN_OPTIONS");
     std::string asan_opts =
         "ASAN_OPTIONS=" + (asan ? std::string(asan) + ":" : std::string()) + "quarantine_size_mb=1";
-    daemon = std::make_unique<Process>(
-        std::vector<std::string>{bin + "/dynmx-tunneld", "-f", "-c", dir / "dynmx.toml"},
-        SpawnOptions{"", "", dir / "daemon.log", {asan_opts}, true});
+    std::vector<std::string> argv = std::move(prefix);
+    for (std::string a : {bin + "/dynmx-tunneld", std::string("-f"), std::string("-c"),
+                          std::string(dir / "dynmx.toml")})
+      argv.push_back(a);
+    daemon = std::make_unique<Process>(argv,
+                                       SpawnOptions{"", "", dir / "daemon.log", {asan_opts}, true});
     ASSERT_TRUE(waitFor([&] { return !daemon->running() || ctl({"status"}).first == 0; }, kLong));
     ASSERT_TRUE(daemon->running()) << readFile(dir / "daemon.log");
   }
@@ -858,6 +863,28 @@ TEST_F(DaemonTest, StatusAsJsonHasTheDocumentedFields) {
       "assert g['queue']['bytes'] > 0, g\n"
       "assert g['ssh'] is None and g['address'] is None, g\n";
   EXPECT_EQ(checkJson(json.second, check, {std::to_string(sshd->port())}), 0) << json.second;
+}
+
+// The soft limit of open files goes up to the hard one at start (systemd's 1024 soft is short of
+// what 64 channels with CHUNKING may hold open), and a hard limit below what max_channels may need
+// is logged. prlimit(1) sets the limits and execs the daemon (same pid).
+TEST_F(DaemonTest, OpenFileLimitIsRaisedToTheHardOneAndAShortOneIsLogged) {
+  startSshd(smtpd() + " --maildir " + maildir());
+  writeConfig();
+  startDaemon({"/usr/bin/prlimit", "--nofile=256:4096", "--"});
+  std::string limits = readFile("/proc/" + std::to_string(daemon->pid()) + "/limits");
+  EXPECT_TRUE(std::regex_search(limits, std::regex("Max open files +4096 +4096 ")))
+      << limits;
+  EXPECT_TRUE(contains(log(), "open files: limit raised from 256 to 4096 (the hard limit)"))
+      << log();
+  EXPECT_FALSE(contains(log(), "is below what max_channels")) << log();
+  spool("Subject: x\r\n\r\nhi\r\n", {"bob@alpha.test"});
+  ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+  daemon->stop();
+  std::filesystem::remove(dir / "daemon.log");
+  startDaemon({"/usr/bin/prlimit", "--nofile=256:512", "--"});
+  EXPECT_TRUE(contains(log(), "open files: limit 512 is below what max_channels 64 may need (2304"))
+      << log();
 }
 
 // delete: the message is gone from the queue and the spool, the log says who deleted it, and
