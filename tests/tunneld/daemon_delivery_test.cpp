@@ -873,8 +873,7 @@ TEST_F(DaemonTest, OpenFileLimitIsRaisedToTheHardOneAndAShortOneIsLogged) {
   writeConfig();
   startDaemon({"/usr/bin/prlimit", "--nofile=256:4096", "--"});
   std::string limits = readFile("/proc/" + std::to_string(daemon->pid()) + "/limits");
-  EXPECT_TRUE(std::regex_search(limits, std::regex("Max open files +4096 +4096 ")))
-      << limits;
+  EXPECT_TRUE(std::regex_search(limits, std::regex("Max open files +4096 +4096 "))) << limits;
   EXPECT_TRUE(contains(log(), "open files: limit raised from 256 to 4096 (the hard limit)"))
       << log();
   EXPECT_FALSE(contains(log(), "is below what max_channels")) << log();
