@@ -466,13 +466,13 @@ std::string spoolSpaceLine(const SpoolConfig& spool) {
   return l;
 }
 
-// "  queue usage: N messages of max M, B bytes of max Q" (max 0: "no limit").
+// "  queue usage: N messages of max M, B bytes of max Q"; for a limit of 0, "N messages (no
+// limit)".
 std::string queueUsageLine(const ClientConfig& c, const ClientQueueStatus& q) {
-  auto limit = [](uint64_t v) { return v ? std::to_string(v) : std::string("no limit"); };
+  auto limit = [](uint64_t v) { return v ? " of max " + std::to_string(v) : " (no limit)"; };
   uint64_t messages = q.active + q.deferred + q.hold + q.in_flight;
-  return "  queue usage: " + std::to_string(messages) + " messages of max " +
-         limit(c.max_queue_messages) + ", " + std::to_string(q.bytes) + " bytes of max " +
-         limit(c.max_queue_bytes);
+  return "  queue usage: " + std::to_string(messages) + " messages" + limit(c.max_queue_messages) +
+         ", " + std::to_string(q.bytes) + " bytes" + limit(c.max_queue_bytes);
 }
 
 }  // namespace

@@ -879,6 +879,13 @@ TEST_F(DaemonTest, OpenFileLimitIsRaisedToTheHardOneAndAShortOneIsLogged) {
   EXPECT_FALSE(contains(log(), "is below what max_channels")) << log();
   spool("Subject: x\r\n\r\nhi\r\n", {"bob@alpha.test"});
   ASSERT_TRUE(waitFor([&] { return delivered() == 1 && spooled() == 0; }, kLong)) << status();
+  // No max_queue_messages / max_queue_bytes: the usage line says so.
+  EXPECT_TRUE(waitFor(
+      [&] {
+        return contains(status(), "  queue usage: 0 messages (no limit), 0 bytes (no limit)\n");
+      },
+      kLong))
+      << status();
   daemon->stop();
   std::filesystem::remove(dir / "daemon.log");
   startDaemon({"/usr/bin/prlimit", "--nofile=256:512", "--"});
