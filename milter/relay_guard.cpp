@@ -4,21 +4,15 @@
 #include <strings.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cstring>
 
 #include "shared/log.hpp"
 #include "shared/socketmap_client.hpp"
+#include "shared/text.hpp"
 
 namespace dynmx::milter {
 
 namespace {
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 bool anyRelaySenders(const Config& cfg) {
   return std::any_of(cfg.clients.begin(), cfg.clients.end(),
@@ -35,7 +29,7 @@ bool relaySenderAllowed(const ClientConfig& client, const Router& router, size_t
   std::optional<size_t> owner = router.route(sender);
   if (owner && *owner == index) return true;
   if (!client.relay_senders) return false;
-  std::string s = lower(sender);
+  std::string s = asciiLower(sender);
   size_t at = s.rfind('@');
   std::string domain = at == std::string::npos ? std::string() : s.substr(at);  // "@example.org"
   for (const std::string& allowed : *client.relay_senders) {

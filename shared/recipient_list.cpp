@@ -14,20 +14,11 @@
 #include "shared/fd.hpp"
 #include "shared/log.hpp"
 #include "shared/routing.hpp"
+#include "shared/text.hpp"
 
 namespace dynmx {
 
 namespace {
-
-char lower(char c) {
-  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-std::string lowered(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = lower(c);
-  return out;
-}
 
 bool isDomainChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
@@ -68,7 +59,7 @@ std::optional<std::string> normalizeRecipientEntry(
     if (why) *why = std::move(message);
     return std::nullopt;
   };
-  std::string e = lowered(entry);
+  std::string e = asciiLower(entry);
   if (!e.empty() && e.back() == '.') e.pop_back();  // "user@example.org." is the same address
   size_t at = e.rfind('@');
   if (at == std::string::npos)
@@ -102,7 +93,7 @@ std::function<bool(std::string_view)> clientDomainPredicate(std::vector<std::str
 }
 
 bool RecipientList::contains(std::string_view address) const {
-  std::string a = lowered(bareAddress(address));
+  std::string a = asciiLower(bareAddress(address));
   if (!a.empty() && a.back() == '.') a.pop_back();
   size_t at = a.rfind('@');
   if (at == std::string::npos || at == 0) return false;
@@ -142,7 +133,7 @@ RecipientListParse parseRecipientList(std::string_view text,
     if (blank != std::string_view::npos) {
       // A Postfix recipient table line "user@domain OK" reads the same.
       std::string_view value = trimBlanks(line.substr(blank));
-      if (lowered(value) != "ok") {
+      if (asciiLower(value) != "ok") {
         out.errors.emplace_back(lineno,
                                 "expected one address or @domain per line (optionally "
                                 "followed by OK, as in a Postfix table), got \"" +

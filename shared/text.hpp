@@ -1,5 +1,7 @@
-// text.hpp: two small pieces of the line formats dynmx writes itself (spool records, the lease
-// file): fields split at single spaces, and checksums as eight lowercase hex digits.
+// text.hpp: small pieces of the line formats dynmx reads and writes (spool records, the lease
+// file, the verify cache, control replies): fields split at single spaces, checksums as eight
+// lowercase hex digits, non-negative decimals of at most 18 digits, and ASCII lower case (of
+// domains and addresses; the C locale's, whatever the process's locale).
 //
 // Contract: pure, total; splitSpaces keeps empty fields ("a  b" is "a", "", "b"), so that a reader
 // can refuse a line with a doubled space instead of guessing.
@@ -30,6 +32,25 @@ inline std::string hex8(uint32_t v) {
   char b[9];
   (void)std::snprintf(b, sizeof b, "%08" PRIx32, v);
   return b;
+}
+
+// A non-negative decimal of 1 to 18 digits (fits int64_t); false for anything else.
+inline bool parseDecimal(std::string_view s, int64_t& out) {
+  if (s.empty() || s.size() > 18) return false;
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  out = v;
+  return true;
+}
+
+inline std::string asciiLower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
 }
 
 }  // namespace dynmx

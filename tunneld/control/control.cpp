@@ -23,6 +23,7 @@
 #include "shared/fd.hpp"
 #include "shared/inet_addr.hpp"
 #include "shared/stale_socket.hpp"
+#include "shared/text.hpp"
 
 namespace dynmx::tunneld {
 
@@ -36,17 +37,6 @@ bool validArg(std::string_view s) {
   return true;
 }
 
-// A non-negative decimal of at most 18 digits (the times and sizes of reply lines).
-bool decimal(std::string_view s, int64_t& out) {
-  if (s.empty() || s.size() > 18) return false;
-  int64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + (c - '0');
-  }
-  out = v;
-  return true;
-}
 }  // namespace
 
 namespace {
@@ -187,7 +177,7 @@ Result<LeaseLine> parseLeaseLine(std::string_view line) {
     l.hold = true;
     if (!InetAddr::parse(f[1])) return bad("not an address");
     l.address = std::string(f[1]);
-    if (!decimal(f[2], l.expires)) return bad("bad time");
+    if (!parseDecimal(f[2], l.expires)) return bad("bad time");
     return l;
   }
   if (f.size() != 5) return bad("expected ADDRESS CLIENT SOURCE GRANTED EXPIRES");
@@ -196,7 +186,7 @@ Result<LeaseLine> parseLeaseLine(std::string_view line) {
   l.address = std::string(f[0]);
   l.client = std::string(f[1]);
   l.source = std::string(f[2]);
-  if (!decimal(f[3], l.granted) || !decimal(f[4], l.expires)) return bad("bad time");
+  if (!parseDecimal(f[3], l.granted) || !parseDecimal(f[4], l.expires)) return bad("bad time");
   return l;
 }
 
@@ -239,8 +229,8 @@ Result<QueueLine> parseQueueLine(std::string_view line) {
   rest.remove_prefix(sp + 1);
   if (!takeField(rest, "client=", v) || v.empty()) return bad("expected client=");
   q.client = std::string(v);
-  if (!takeField(rest, "size=", v) || !decimal(v, q.size)) return bad("expected size=OCTETS");
-  if (!takeField(rest, "arrival=", v) || !decimal(v, q.arrival))
+  if (!takeField(rest, "size=", v) || !parseDecimal(v, q.size)) return bad("expected size=OCTETS");
+  if (!takeField(rest, "arrival=", v) || !parseDecimal(v, q.arrival))
     return bad("expected arrival=UNIX");
   if (rest.substr(0, 6) != "from=<") return bad("expected from=<");
   rest.remove_prefix(6);
@@ -249,7 +239,7 @@ Result<QueueLine> parseQueueLine(std::string_view line) {
   q.sender = std::string(rest.substr(0, to));
   rest.remove_prefix(to + 5);
   if (size_t at = rest.rfind(" attempts="); at != std::string_view::npos) {
-    if (!decimal(rest.substr(at + 10), q.attempts)) return bad("bad attempts=");
+    if (!parseDecimal(rest.substr(at + 10), q.attempts)) return bad("bad attempts=");
     rest = rest.substr(0, at);
   }
   while (!rest.empty()) {

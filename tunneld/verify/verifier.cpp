@@ -5,17 +5,9 @@
 
 #include "shared/log.hpp"
 #include "shared/smtp_reply.hpp"
+#include "shared/text.hpp"
 
 namespace dynmx::tunneld {
-
-namespace {
-std::string lowered(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
-}  // namespace
 
 Verifier::Verifier(std::string cache_path, const TimeSource& time)
     : store_(std::move(cache_path)), time_(time) {}
@@ -64,7 +56,7 @@ void Verifier::request(const std::string& client, const std::string& address, bo
   }
   if (!connected)
     return reply({VerifyStatus::Unknown, "none", "client " + client + " is not connected"});
-  std::string key = lowered(address);
+  std::string key = asciiLower(address);
   auto it = std::find_if(pending_.begin(), pending_.end(),
                          [&](const Pending& p) { return p.client == client && p.address == key; });
   if (it == pending_.end()) it = pending_.insert(pending_.end(), Pending{client, key, false, {}});
@@ -120,7 +112,7 @@ void Verifier::probeDone(const std::string& client, const ProbeResult& result) {
                 printable(result.reply, 512)});
     save();
   }
-  std::string key = lowered(result.address);
+  std::string key = asciiLower(result.address);
   auto it = std::find_if(pending_.begin(), pending_.end(), [&](const Pending& p) {
     return p.client == client && p.address == key && p.started;
   });

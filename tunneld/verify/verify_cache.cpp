@@ -12,28 +12,10 @@ namespace dynmx::tunneld {
 
 namespace {
 
-std::string lowered(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
-
 bool word(std::string_view s, size_t max) {
   if (s.empty() || s.size() > max) return false;
   for (unsigned char c : s)
     if (c <= 0x20 || c >= 0x7f) return false;
-  return true;
-}
-
-bool decimal(std::string_view s, int64_t& out) {
-  if (s.empty() || s.size() > 18) return false;
-  int64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + (c - '0');
-  }
-  out = v;
   return true;
 }
 
@@ -53,11 +35,11 @@ Result<VerifyEntry> parseEntry(std::string_view line) {
   if (!word(f[1], 64) || !word(f[2], 320)) return Error{0, "bad client or address"};
   auto st = verifyStatusFromName(f[3]);
   if (!st || *st == VerifyStatus::Unknown) return Error{0, "expected valid or invalid"};
-  if (!decimal(f[4], e.expires)) return Error{0, "bad expiry time"};
+  if (!parseDecimal(f[4], e.expires)) return Error{0, "bad expiry time"};
   for (unsigned char c : reply)
     if (c < 0x20 || c >= 0x7f) return Error{0, "reply is not printable"};
   e.client = std::string(f[1]);
-  e.address = lowered(f[2]);
+  e.address = asciiLower(f[2]);
   e.status = *st;
   e.reply = std::string(reply);
   return e;
@@ -67,14 +49,14 @@ Result<VerifyEntry> parseEntry(std::string_view line) {
 
 std::optional<VerifyEntry> VerifyCache::find(const std::string& client, std::string_view address,
                                              int64_t now) const {
-  auto it = map_.find({client, lowered(address)});
+  auto it = map_.find({client, asciiLower(address)});
   if (it == map_.end() || it->second.expires <= now) return std::nullopt;
   return it->second;
 }
 
 void VerifyCache::put(VerifyEntry e) {
   if (e.status == VerifyStatus::Unknown) return;
-  e.address = lowered(e.address);
+  e.address = asciiLower(e.address);
   auto key = std::make_pair(e.client, e.address);
   map_[key] = std::move(e);
 }
@@ -125,7 +107,7 @@ Result<std::vector<VerifyEntry>> parseVerifyCacheFile(std::string_view bytes) {
   std::string_view body = bytes.substr(0, last + 1);
   std::vector<std::string_view> ef = splitSpaces(end);
   int64_t count = 0;
-  if (ef.size() != 3 || ef[0] != "end" || !decimal(ef[1], count))
+  if (ef.size() != 3 || ef[0] != "end" || !parseDecimal(ef[1], count))
     return Error{0, "no end line (torn file)"};
   if (ef[2] != hex8(crc32c(0, body.data(), body.size()))) return Error{0, "CRC mismatch"};
   std::vector<VerifyEntry> out;
