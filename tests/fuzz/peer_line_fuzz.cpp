@@ -36,9 +36,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   std::string env(in);  // as a C string: up to the first NUL, as getenv would give it
   CheckinDecision d = decideCheckin("home", env.c_str(), rules);
-  if (d.exit_code == dynmx::kExitOk &&
-      (d.addr.isLoopback() || d.addr.isLinkLocal() || d.addr.isUnspecified() || d.addr == local ||
-       rules.isMxAddress(d.addr)))
-    __builtin_trap();
+  // Accepted: never loopback, link-local, unspecified, one of the MX's addresses, or the address
+  // the client connected to (SSH_CONNECTION's server address: the MX's own, whatever it is).
+  // (Not `local`: that is the tunnel's side, which a check-in does not see.)
+  if (d.exit_code == dynmx::kExitOk) {
+    auto conn = parseSshConnection(env.c_str());
+    if (!conn || d.addr.isLoopback() || d.addr.isLinkLocal() || d.addr.isUnspecified() ||
+        d.addr == conn->server_addr || rules.isMxAddress(d.addr))
+      __builtin_trap();
+  }
   return 0;
 }
