@@ -23,13 +23,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using C = ControlRequest::Command;
     C c = r->command;
     bool takes_arg = c == C::Flush || c == C::Hold || c == C::Release || c == C::Revoke ||
-                     c == C::Checkin || c == C::Delete || c == C::Bounce || c == C::Hostkey;
+                     c == C::Checkin || c == C::Delete || c == C::Bounce || c == C::Hostkey ||
+                     c == C::Verify;
     if (c == C::Status && !r->arg.empty() && r->arg != "fields") std::abort();
     if (!takes_arg && c != C::Status && !r->arg.empty()) std::abort();
     if ((c == C::Hold || c == C::Release || c == C::Revoke || c == C::Checkin || c == C::Delete ||
-         c == C::Bounce || c == C::Hostkey) &&
+         c == C::Bounce || c == C::Hostkey || c == C::Verify) &&
         r->arg.empty())
       std::abort();
+    // verify names a client and a recipient; nothing else has a recipient.
+    if ((c == C::Verify) == r->rcpt.empty()) std::abort();
     // delete/bounce name a client only after ALL, and ALL always with a client.
     if (!r->client.empty() && (r->arg != "ALL" || (c != C::Delete && c != C::Bounce))) std::abort();
     if ((c == C::Delete || c == C::Bounce) && r->arg == "ALL" && r->client.empty()) std::abort();
